@@ -1,0 +1,214 @@
+"""Dataclass configs for MiniGPT-4 and a table of named presets.
+
+One `MiniGPT4Config` describes the whole model: the vision encoder, the Q-Former (or none, for
+the LLaMA-2 variant that concatenates ViT tokens instead), the projection, which LLM to load,
+the chat template, and which parameter groups train. Presets are plain functions in `PRESETS`
+so `get_config("vicuna-7b")` reads like litgpt's name -> sizes table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# CLIP normalisation used by BLIP-2 / MiniGPT-4 preprocessing.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ASSETS = Path(__file__).parent / "assets"
+BUNDLED_TOKENIZER = str(ASSETS / "tokenizer-smollm2")
+
+
+@dataclass
+class VisionConfig:
+    """EVA ViT-g/14 structure: pre-norm blocks, q/v bias but no k bias, abs pos-emb, CLS token."""
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1408
+    depth: int = 39
+    heads: int = 16
+    mlp_dim: int = 6144
+    eps: float = 1e-6
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class QFormerConfig:
+    """BLIP-2 Q-Former, query path only (BERT-style post-norm layers)."""
+    num_query_tokens: int = 32
+    hidden: int = 768
+    layers: int = 12
+    heads: int = 12
+    intermediate: int = 3072
+    cross_attention_freq: int = 2
+    eps: float = 1e-12
+
+
+@dataclass
+class LLMConfig:
+    """Where the frozen causal LM comes from.
+
+    source:
+      "random" - a LlamaConfig built from `arch` with random weights (tests, tiny recipes);
+      "hf"     - a Hugging Face model directory at `path` (Vicuna, LLaMA-2, ...);
+      "gguf"   - a GGUF file at `path` (dequantised by transformers on load);
+      "folder" - the LLM stored inside a converted minigpt4 folder (set by `convert`).
+    """
+    source: str = "random"
+    path: str | None = None
+    arch: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None  # defaults to `path` (hf) or the bundled SmolLM2 tokenizer
+    hidden_size: int = 4096
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling defaults of the original MiniGPT-4 demo."""
+    max_new_tokens: int = 300
+    temperature: float = 1.0
+    top_p: float = 0.9
+    top_k: int = 0
+    repetition_penalty: float = 1.05
+    do_sample: bool = True
+    stop: tuple[str, ...] = ()  # extra stop strings; the template's own end symbol is always used
+    seed: int | None = None
+
+
+@dataclass
+class MiniGPT4Config:
+    name: str = "custom"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    qformer: QFormerConfig | None = field(default_factory=QFormerConfig)
+    # LLaMA-2 variant: no Q-Former; drop CLS and concatenate this many consecutive ViT tokens.
+    concat_tokens: int = 1
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    template: str = "vicuna_v0"  # see minigpt4.chat.templates.TEMPLATES
+    system: str | None = None    # None -> the template's default system message
+    # Parameter groups that train: any of "proj", "qformer", "vision", "lora".
+    trainable: list[str] = field(default_factory=lambda: ["proj"])
+    lora: dict[str, Any] = field(default_factory=lambda: {"r": 64, "alpha": 16, "dropout": 0.05,
+                                                          "target_modules": ["q_proj", "v_proj"]})
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    max_context: int = 2000
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    @property
+    def num_image_tokens(self) -> int:
+        if self.qformer is not None:
+            return self.qformer.num_query_tokens
+        return self.vision.num_patches // self.concat_tokens
+
+    @property
+    def proj_in_features(self) -> int:
+        if self.qformer is not None:
+            return self.qformer.hidden
+        return self.vision.width * self.concat_tokens
+
+    # --- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MiniGPT4Config":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+        sub = {"vision": VisionConfig, "qformer": QFormerConfig, "llm": LLMConfig,
+               "generation": GenerationConfig}
+        for key, klass in sub.items():
+            if key in d and isinstance(d[key], dict):
+                d[key] = _build(klass, d[key], key)
+        for key in ("image_mean", "image_std"):
+            if key in d:
+                d[key] = tuple(d[key])
+        if "generation" in d and isinstance(d["generation"], GenerationConfig):
+            d["generation"].stop = tuple(d["generation"].stop)
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        from minigpt4.utils import atomic_write_text
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MiniGPT4Config":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _build(klass, d: dict[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in config section '{where}'; "
+                         f"known fields: {sorted(known)}")
+    return klass(**d)
+
+
+# --- presets ---------------------------------------------------------------------------
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=4096, vocab_size=49152,
+                  tie_word_embeddings=True, rms_norm_eps=1e-5)
+
+
+def _tiny() -> MiniGPT4Config:
+    return MiniGPT4Config(
+        name="tiny",
+        vision=VisionConfig(image_size=56, patch_size=14, width=48, depth=2, heads=4, mlp_dim=96),
+        qformer=QFormerConfig(num_query_tokens=8, hidden=32, layers=2, heads=4, intermediate=64),
+        llm=LLMConfig(source="random", arch=dict(TINY_LLAMA), hidden_size=64),
+        template="vicuna_v0",
+        generation=GenerationConfig(max_new_tokens=20),
+    )
+
+
+def _tiny_llama2() -> MiniGPT4Config:
+    cfg = _tiny()
+    cfg.name, cfg.qformer, cfg.concat_tokens, cfg.template = "tiny-llama2", None, 4, "llama2"
+    return cfg
+
+
+def _vicuna(size: str) -> MiniGPT4Config:
+    hidden = {"7b": 4096, "13b": 5120}[size]
+    return MiniGPT4Config(name=f"vicuna-{size}", llm=LLMConfig(source="hf", path=None, hidden_size=hidden),
+                          template="vicuna_v0")
+
+
+def _llama2_7b() -> MiniGPT4Config:
+    return MiniGPT4Config(name="llama2-7b", qformer=None, concat_tokens=4,
+                          llm=LLMConfig(source="hf", path=None, hidden_size=4096), template="llama2")
+
+
+def _small() -> MiniGPT4Config:
+    """The project's default model: a small ViT + Q-Former trained here, frozen SmolLM2-135M."""
+    return MiniGPT4Config(
+        name="small",
+        vision=VisionConfig(image_size=224, patch_size=16, width=384, depth=6, heads=6, mlp_dim=1536),
+        qformer=QFormerConfig(num_query_tokens=16, hidden=384, layers=4, heads=6, intermediate=1536),
+        llm=LLMConfig(source="gguf", path=None, hidden_size=576),
+        template="chatml",
+        system="You are a helpful assistant that can see images. Answer questions about the image.",
+        generation=GenerationConfig(max_new_tokens=200, temperature=0.7, top_p=0.9, repetition_penalty=1.1),
+    )
+
+
+PRESETS = {
+    "tiny": _tiny,
+    "tiny-llama2": _tiny_llama2,
+    "vicuna-7b": lambda: _vicuna("7b"),
+    "vicuna-13b": lambda: _vicuna("13b"),
+    "llama2-7b": _llama2_7b,
+    "small": _small,
+}
+
+
+def get_config(name: str) -> MiniGPT4Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()

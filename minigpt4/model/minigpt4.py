@@ -1,0 +1,194 @@
+"""MiniGPT-4: frozen vision encoder -> frozen Q-Former -> trained projection -> frozen causal LM.
+
+Composition, not inheritance: the LLM is any transformers causal LM held as `self.llm`.
+`encode_images()` is its own cacheable step (content-hash LRU cache), and `embed()` splices the
+image embeddings into the token embeddings with one vectorized masked write where the prompt
+holds image placeholders (`IMAGE_TOKEN_ID`).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from minigpt4.config import MiniGPT4Config
+from minigpt4.data.image import ImageInput, load_image, preprocess
+from minigpt4.model.qformer import QFormer
+from minigpt4.model.vision import VisionTransformer
+
+IMAGE_TOKEN_ID = -200  # marks image-embedding slots in input_ids; never a real vocabulary id
+IGNORE_INDEX = -100
+TRAINABLE_GROUPS = ("proj", "qformer", "vision", "lora")
+
+
+class MiniGPT4(nn.Module):
+    def __init__(self, cfg: MiniGPT4Config, llm: nn.Module, tokenizer, cache_size: int = 256):
+        super().__init__()
+        self.cfg = cfg
+        self.visual_encoder = VisionTransformer(cfg.vision)
+        self.ln_vision = nn.LayerNorm(cfg.vision.width)  # BLIP-2's ln_vision: default eps 1e-5
+        self.qformer = QFormer(cfg.qformer, cfg.vision.width) if cfg.qformer is not None else None
+        llm_hidden = llm.get_input_embeddings().weight.shape[1]
+        if llm_hidden != cfg.llm.hidden_size:
+            raise ValueError(f"config says llm.hidden_size={cfg.llm.hidden_size} but the loaded LLM has "
+                             f"hidden size {llm_hidden}; fix llm.hidden_size or load the matching LLM")
+        self.proj = nn.Linear(cfg.proj_in_features, llm_hidden)  # `llama_proj` in the original
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache_size = cache_size
+        self.set_trainable(cfg.trainable)
+
+    # --- trainable set -------------------------------------------------------------------
+    def groups(self) -> dict[str, list[nn.Module]]:
+        return {"proj": [self.proj], "qformer": [self.qformer] if self.qformer is not None else [],
+                "vision": [self.visual_encoder, self.ln_vision], "llm": [self.llm]}
+
+    def set_trainable(self, trainable: Sequence[str]) -> None:
+        unknown = sorted(set(trainable) - set(TRAINABLE_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown trainable group(s) {unknown}; choose from {list(TRAINABLE_GROUPS)}")
+        if "qformer" in trainable and self.qformer is None:
+            raise ValueError("trainable includes 'qformer' but this model has no Q-Former (LLaMA-2 variant)")
+        self.trainable = list(trainable)
+        for name, modules in self.groups().items():
+            for m in modules:
+                m.requires_grad_(name in trainable)
+        if "lora" in trainable:
+            from minigpt4.model.lora import add_lora
+            add_lora(self, self.cfg.lora)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode (no dropout) whatever the caller asks."""
+        super().train(mode)
+        for name, modules in self.groups().items():
+            frozen = name not in self.trainable and not (name == "llm" and "lora" in self.trainable)
+            for m in modules:
+                if frozen:
+                    m.eval()
+        return self
+
+    # --- images --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.proj.weight.device
+
+    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frozen vision side: pixels -> Q-Former outputs (or concatenated ViT tokens)."""
+        vdtype = self.visual_encoder.patch_embed.proj.weight.dtype
+        feats = self.visual_encoder(pixels.to(self.device, vdtype))
+        feats = self.ln_vision(feats.to(self.ln_vision.weight.dtype))
+        if self.qformer is not None:
+            return self.qformer(feats.to(self.qformer.query_tokens.dtype))
+        feats = feats[:, 1:, :]  # LLaMA-2 variant: drop CLS, concatenate every k tokens
+        B, N, C = feats.shape
+        k = self.cfg.concat_tokens
+        return feats.reshape(B, N // k, C * k)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features.to(self.proj.weight.dtype))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) normalised pixels -> (B, num_image_tokens, llm_hidden) image embeddings."""
+        return self.project(self.vision_features(pixels))
+
+    def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        pil = [load_image(im) for im in images]
+        return preprocess(pil, self.cfg.vision.image_size, self.cfg.image_mean, self.cfg.image_std)
+
+    @staticmethod
+    def image_key(img: Image.Image) -> str:
+        h = hashlib.sha256(f"{img.mode}:{img.size}".encode())
+        h.update(img.tobytes())
+        return h.hexdigest()
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Encode images (paths, bytes or PIL) with a content-hash LRU cache: a repeated image
+        costs no encoder time. Returns (len(images), num_image_tokens, llm_hidden)."""
+        pil = [load_image(im) for im in images]
+        keys = [self.image_key(im) for im in pil]
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        if todo:
+            uniq = list(dict.fromkeys(keys[i] for i in todo))
+            first = {k: next(i for i in todo if keys[i] == k) for k in uniq}
+            pixels = preprocess([pil[first[k]] for k in uniq], self.cfg.vision.image_size,
+                                self.cfg.image_mean, self.cfg.image_std)
+            out = self.encode_pixels(pixels)
+            for k, emb in zip(uniq, out):
+                self._cache[k] = emb
+        for k in keys:
+            self._cache.move_to_end(k)
+        result = torch.stack([self._cache[k] for k in keys])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return result
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    # --- splice --------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with image embeddings written where input_ids == IMAGE_TOKEN_ID.
+        Images fill the placeholder slots in reading order (row by row through the batch)."""
+        mask = input_ids == IMAGE_TOKEN_ID
+        n_slots = int(mask.sum())
+        n_feats = 0 if image_embeds is None else image_embeds.shape[0] * image_embeds.shape[1]
+        if n_slots != n_feats:
+            per = self.cfg.num_image_tokens
+            raise ValueError(f"image features and image tokens do not match: tokens {n_slots} "
+                             f"({n_slots / per:g} image placeholders x {per}), features {n_feats} "
+                             f"({0 if image_embeds is None else image_embeds.shape[0]} images); give one "
+                             f"image per <ImageHere> placeholder")
+        embeds = self.llm.get_input_embeddings()(input_ids.clamp(min=0))
+        if n_slots:
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), image_embeds.to(embeds.dtype))
+        return embeds
+
+    # --- training forward ----------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                pixels: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean next-token loss over label positions. Give pixels (runs the encoders), `features`
+        (cached frozen vision outputs, projected here) or ready `image_embeds`."""
+        if image_embeds is None:
+            if features is not None:
+                image_embeds = self.project(features.to(self.device))
+            elif pixels is not None:
+                image_embeds = self.encode_pixels(pixels)
+        embeds = self.embed(input_ids.to(self.device), image_embeds)
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask.to(self.device)).last_hidden_state
+        # LM head only where a label is set: the big vocab matmul is skipped for prompt/image slots.
+        targets = labels.to(self.device)[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep])
+        return F.cross_entropy(logits.float(), targets[keep])
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.named_parameters() if v.requires_grad}
+
+
+def build_model(cfg: MiniGPT4Config, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                quantize: str | None = None, seed: int | None = 0) -> MiniGPT4:
+    """Build a MiniGPT4 from a config: load (or randomly create) the LLM, create the vision side
+    and projection (random until weights are loaded into them), move to device/dtype."""
+    from minigpt4.model.llm import load_llm
+    if seed is not None:
+        torch.manual_seed(seed)
+    llm, tokenizer = load_llm(cfg.llm, dtype=dtype, quantize=quantize, device=str(device))
+    model = MiniGPT4(cfg, llm, tokenizer)
+    if quantize is None:
+        model.llm.to(device)
+    # Vision side in the compute dtype; ln_vision and the projection stay fp32 (as the original).
+    model.visual_encoder.to(device, dtype)
+    if model.qformer is not None:
+        model.qformer.to(device, dtype)
+    model.ln_vision.to(device)
+    model.proj.to(device)
+    return model
