@@ -1,0 +1,38 @@
+"""Shared fixtures: one tiny random-config MiniGPT-4 per test session, and a folder for artefacts
+(screenshots, logs) that tests leave for people to look at."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("MINIGPT4_TEST_OUTPUT", ROOT / "test-output"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Tiny MiniGPT-4 (random weights, bundled SmolLM2 tokenizer); treat as read-only."""
+    from minigpt4.config import get_config
+    from minigpt4.model.minigpt4 import build_model
+    model = build_model(get_config("tiny"), seed=0)
+    model.eval()
+    return model
+
+
+@pytest.fixture
+def artifacts(request) -> Path:
+    """A per-test folder under test-output/ for screenshots and logs kept after the run."""
+    d = ARTIFACTS / request.node.name.replace("/", "_").replace("[", "_").replace("]", "")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _no_hub(monkeypatch):
+    # Nothing may reach a model hub: make any attempt fail fast instead of hanging.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    torch.manual_seed(0)
