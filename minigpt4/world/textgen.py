@@ -62,9 +62,35 @@ def a(word: str) -> str:
     return f"{article(word)} {word}"
 
 
+# nouns that need a measure word when counted: name -> (one, many)
+COUNTED = {
+    "bread": ("loaf of bread", "loaves of bread"), "broccoli": ("head of broccoli", "heads of broccoli"),
+    "lettuce": ("head of lettuce", "heads of lettuce"), "corn": ("ear of corn", "ears of corn"),
+    "garlic": ("garlic bulb", "garlic bulbs"), "cheese": ("wedge of cheese", "wedges of cheese"),
+    "meat": ("piece of meat", "pieces of meat"), "bacon": ("strip of bacon", "strips of bacon"),
+    "popcorn": ("bucket of popcorn", "buckets of popcorn"), "salt": ("salt shaker", "salt shakers"),
+    "rice": ("bowl of rice", "bowls of rice"), "spaghetti": ("plate of spaghetti", "plates of spaghetti"),
+    "sushi": ("piece of sushi", "pieces of sushi"), "curry": ("plate of curry", "plates of curry"),
+    "noodles": ("bowl of noodles", "bowls of noodles"), "dango": ("dango skewer", "dango skewers"),
+    "sake": ("sake bottle", "sake bottles"), "cherries": ("pair of cherries", "pairs of cherries"),
+    "blueberries": ("handful of blueberries", "handfuls of blueberries"),
+    "grapes": ("bunch of grapes", "bunches of grapes"), "pancakes": ("stack of pancakes", "stacks of pancakes"),
+    "peanuts": ("handful of peanuts", "handfuls of peanuts"), "fries": ("serving of fries", "servings of fries"),
+    "headphones": ("pair of headphones", "pairs of headphones"), "glasses": ("pair of glasses", "pairs of glasses"),
+    "sunglasses": ("pair of sunglasses", "pairs of sunglasses"), "jeans": ("pair of jeans", "pairs of jeans"),
+    "socks": ("pair of socks", "pairs of socks"), "gloves": ("pair of gloves", "pairs of gloves"),
+    "skis": ("pair of skis", "pairs of skis"), "scissors": ("pair of scissors", "pairs of scissors"),
+    "champagne": ("champagne bottle", "champagne bottles"), "fried shrimp": ("fried shrimp", "fried shrimps"),
+    "hibiscus": ("hibiscus flower", "hibiscus flowers"), "toilet paper": ("roll of toilet paper", "rolls of toilet paper"),
+    "soap": ("bar of soap", "bars of soap"),
+}
+
+
 def count_phrase(n: int, singular: str, plural: str, rng: random.Random | None = None,
                  adj: str = "") -> str:
-    """"a red circle" / "two red circles" / "three cats"."""
+    """"a red circle" / "two red circles" / "three loaves of bread"."""
+    if singular in COUNTED and not adj:
+        singular, plural = COUNTED[singular]
     noun = singular if n == 1 else plural
     if adj:
         noun = f"{adj} {noun}"
