@@ -72,10 +72,68 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
-def get_template(name: str) -> Template:
+HF_SYSTEM = "You are a helpful assistant that can see images. Answer questions about the image."
+
+
+def get_template(name: str, tokenizer=None) -> Template:
+    """A template by name; "hf" is the tokenizer's own chat template (needs `tokenizer`)."""
+    if name == "hf":
+        if tokenizer is None:
+            raise ValueError("template 'hf' is the tokenizer's own chat template: pass the tokenizer")
+        return template_from_tokenizer(tokenizer)
     if name not in TEMPLATES:
-        raise ValueError(f"unknown template '{name}'; choose one of: {', '.join(TEMPLATES)}")
+        raise ValueError(f"unknown template '{name}'; choose one of: {', '.join(TEMPLATES)}, hf")
     return TEMPLATES[name]
+
+
+def template_from_tokenizer(tokenizer, system: str = HF_SYSTEM) -> Template:
+    """The tokenizer's Jinja chat template as a turn-by-turn `Template`.
+
+    The pieces (system block, user block, generation prompt, answer end) are found by rendering
+    marker messages, then checked: the derived template must reproduce the Jinja rendering of a
+    two-turn conversation exactly. Because encode_conversation tokenizes turn by turn, the result
+    keeps the prefix property KV reuse needs; Jinja templates that rewrite earlier turns when a new
+    one arrives (dates, "last turn only" logic) fail the check with a clear error instead."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template; use --template vicuna_v0, llama2 or chatml")
+    S, U, A, U2 = "\x01SYS\x01", "\x01USR\x01", "\x01ANS\x01", "\x01USR2\x01"
+
+    def render(msgs, gen):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    sys_m, user_m = {"role": "system", "content": S}, {"role": "user", "content": U}
+    only_sys = render([sys_m], False)
+    with_user = render([sys_m, user_m], False)
+    with_gen = render([sys_m, user_m], True)
+    two = render([sys_m, user_m, {"role": "assistant", "content": A}, {"role": "user", "content": U2}], True)
+    try:
+        if not (with_user.startswith(only_sys) and with_gen.startswith(with_user) and two.startswith(with_gen)):
+            raise ValueError("turns are not appended in order")
+        bos = tokenizer.bos_token or ""
+        # A leading BOS string is the tokenizer's BOS only if the tokenizer adds one itself
+        # (SmolLM2's "bos" is <|im_start|>, which is part of every block, not a BOS).
+        adds_bos = tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]
+        has_bos = bool(bos) and adds_bos and only_sys.startswith(bos)
+        sys_block = only_sys[len(bos):] if has_bos else only_sys
+        user_block = with_user[len(only_sys):]
+        gen_prompt = with_gen[len(with_user):]
+        rest = two[len(with_gen):]
+        if not rest.startswith(A):
+            raise ValueError("the answer is not written right after the generation prompt")
+        end = rest[len(A):rest.index(user_block.replace(U, U2))] if user_block.replace(U, U2) in rest else None
+        if end is None:
+            raise ValueError("cannot find the second user turn")
+        esc = lambda t: t.replace("{", "{{").replace("}", "}}")  # noqa: E731
+        tpl = Template("hf", system, esc(sys_block).replace(S, "{}"), esc(user_block).replace(U, "{}"),
+                       gen_prompt, end, bos=has_bos)
+        check = [Message("user", U), Message("assistant", A), Message("user", U2)]
+        rebuilt = (bos if has_bos else "") + tpl.render(check, system=S)
+        if rebuilt != two:
+            raise ValueError("the derived turn format does not reproduce the template")
+    except ValueError as e:
+        raise ValueError(f"the tokenizer's chat template cannot be used turn by turn ({e}); use "
+                         f"--template vicuna_v0, llama2 or chatml instead") from None
+    return tpl
 
 
 def tokenize(tokenizer, text: str, num_image_tokens: int, bos: bool = True) -> list[int]:
