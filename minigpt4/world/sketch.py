@@ -407,7 +407,7 @@ def _parts(t) -> list[str]:
                                     ("a button", c["button"])) if f]
             out.append(f"{NUMBER_WORDS[len(b['columns'])]} columns, each with {join_list(extra)}")
         elif typ == "form":
-            out.append(f"a form with {join_list([f.lower() for f in b['fields']])} fields"
+            out.append(f"a form with {join_list([f.lower().replace('phone', 'phone number') for f in b['fields']])} fields"
                        + (", a message box" if b["textarea"] else "") + f' and a "{b["button"]}" button')
         elif typ == "buttons":
             out.append(join_list([f'a "{x}" button' for x in b["buttons"]]))

@@ -139,6 +139,7 @@ def object_kinds(split: str = "train", category: str | set | None = None) -> lis
 
 
 def heldout_names() -> set[str]:
+    """Names of the held-out object kinds (never used by split="train"/"val")."""
     return {o.name for o in objects() if o.heldout}
 
 
@@ -167,7 +168,25 @@ def mention_table() -> dict[str, frozenset[str]]:
     for s, n in SHAPE_SYNONYMS.items():
         add(s, n)
         add(_pluralize(s), n)
+    from .textgen import COUNTED
+    for name, (one, many) in COUNTED.items():
+        if name in table:
+            add(one, name)
+            add(many, name)
+    for name in DRAWN_INGREDIENTS:
+        table[name] = {name}
+    for ph in NON_OBJECT_PHRASES:
+        table[ph] = set()
     return {k: frozenset(v) for k, v in table.items()}
+
+
+# drawn dish ingredients: their own names (so "tomato sauce" is not the object "tomato")
+DRAWN_INGREDIENTS = ("pasta", "tomato sauce", "broth", "olives", "green peas", "pepperoni", "pizza dough",
+                     "melted cheese", "whipped cream", "chocolate sauce")
+# phrases that contain an object word but do not name an object
+NON_OBJECT_PHRASES = ("pencil sketch", "pencil drawing", "pencil wireframe", "pencil sketches",
+                      "black and white pencil drawing", "black pepper", "bay leaf", "olive oil",
+                      "soy sauce", "phone number", "phone numbers", "sesame oil", "vegetable stock", "powdered sugar")
 
 
 def _pluralize(word: str) -> str:
@@ -185,9 +204,12 @@ def _mention_regex() -> re.Pattern:
 
 
 def find_mentions(text: str) -> list[tuple[str, frozenset[str]]]:
-    """Object mentions in ``text`` (longest match first): list of (surface form, names)."""
+    """Object mentions in ``text`` (longest match first): list of (surface form, names).
+
+    Quoted strings (titles, sign text) and non-object phrases ("pencil sketch") are skipped."""
     table = mention_table()
-    return [(m.group(1), table[m.group(1)]) for m in _mention_regex().finditer(text.lower())]
+    text = re.sub(r'"[^"]*"', " ", text.lower())
+    return [(m.group(1), table[m.group(1)]) for m in _mention_regex().finditer(text) if table[m.group(1)]]
 
 
 def atlas_index() -> dict:

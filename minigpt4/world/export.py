@@ -1,0 +1,72 @@
+"""Write a dataset folder: images + JSONL with every text, and a cc_sbu_align-style copy."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+
+from .core import KINDS, mixture
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, then os.replace)."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KINDS, weights=None,
+           size: int = 224, image_format: str = "png", caption_field: str = "description",
+           progress: bool = False) -> dict:
+    """Generate ``n`` samples and write:
+
+    - ``{out_dir}/images/{image_id}.{png|jpg}`` and ``{out_dir}/data.jsonl`` (one JSON object per
+      image: image path, caption, description, qa, alt_text, recipe, html, prompt, truth);
+    - ``{out_dir}/cc_sbu_align/image/{image_id}.jpg`` + ``filter_cap.json`` =
+      {"annotations": [{"image_id", "caption"}]} with ``caption_field`` as the caption
+      (the stage-2 dataset layout of the original MiniGPT-4).
+
+    Every file is written atomically. Returns {"n", "jsonl", "filter_cap"}."""
+    ext = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}[image_format.lower()]
+    img_dir = os.path.join(out_dir, "images")
+    cc_dir = os.path.join(out_dir, "cc_sbu_align", "image")
+    os.makedirs(img_dir, exist_ok=True)
+    os.makedirs(cc_dir, exist_ok=True)
+    it = mixture(seed, n, split, kinds, weights, size)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, total=n, desc=f"world export ({split})", unit="img")
+    lines, anns = [], []
+    for s in it:
+        buf = io.BytesIO()
+        rel = f"images/{s.image_id}.{ext}"
+        if ext == "png":
+            s.image.save(buf, format="PNG")
+        else:
+            s.image.save(buf, format="JPEG", quality=92)
+        atomic_write_bytes(os.path.join(out_dir, rel), buf.getvalue())
+        jb = io.BytesIO()
+        s.image.save(jb, format="JPEG", quality=92)
+        atomic_write_bytes(os.path.join(cc_dir, f"{s.image_id}.jpg"), jb.getvalue())
+        rec = s.texts()
+        rec["image"] = rel
+        lines.append(json.dumps(rec, ensure_ascii=False, sort_keys=True))
+        cap = getattr(s, caption_field) or s.description
+        anns.append({"image_id": s.image_id, "caption": cap})
+    jsonl = os.path.join(out_dir, "data.jsonl")
+    atomic_write_bytes(jsonl, ("\n".join(lines) + "\n").encode("utf-8"))
+    fc = os.path.join(out_dir, "cc_sbu_align", "filter_cap.json")
+    atomic_write_bytes(fc, json.dumps({"annotations": anns}, ensure_ascii=False, indent=1).encode("utf-8"))
+    return {"n": len(lines), "jsonl": jsonl, "filter_cap": fc}

@@ -1,0 +1,210 @@
+"""Tests for minigpt4.world: the procedural image world with ground truth."""
+
+import json
+import os
+
+import pytest
+
+from minigpt4 import world
+from minigpt4.world import (KINDS, chair_i, export, generate, heldout_names, ingredient_recall, mixture,
+                            object_kinds, prompt_similarity, qa_accuracy, render_prompt, structure_match)
+from minigpt4.world.export import atomic_write_bytes
+from minigpt4.world.metrics import answer_correct
+from minigpt4.world.sketch import html_is_valid, html_structure
+from minigpt4.world.vocab import find_mentions, objects
+
+SEEDS = range(12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_deterministic_same_seed(kind):
+    a, b = generate(kind, 7), generate(kind, 7)
+    assert a.image.tobytes() == b.image.tobytes()
+    assert a.texts() == b.texts()
+    assert a.image.size == (224, 224) and a.image.mode == "RGB"
+    json.dumps(a.truth)  # JSON-serialisable
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_different_seeds_and_splits_differ(kind):
+    imgs = {generate(kind, s).image.tobytes() for s in range(6)}
+    assert len(imgs) >= 5
+    assert generate(kind, 3, "train").texts()["description"] != generate(kind, 3, "val").texts()["description"] \
+        or generate(kind, 3, "train").image.tobytes() != generate(kind, 3, "val").image.tobytes()
+
+
+def test_size_parameter():
+    assert generate("scene", 1, size=128).image.size == (128, 128)
+
+
+def test_heldout_split_of_kinds():
+    held = heldout_names()
+    assert 0.05 * len(objects()) < len(held) < 0.2 * len(objects())
+    train_names = {k.name for k in object_kinds("train")}
+    assert not (held & train_names)
+    seen = set()
+    for kind in ("scene", "dish", "prompt"):
+        for s in range(40):
+            t = generate(kind, s, "train").truth
+            names = {o["name"] for o in t.get("objects", [])} | {i["name"] for i in t.get("ingredients", [])} \
+                | {x["noun"] for x in t.get("subjects", [])}
+            seen |= names
+            assert not (names & held), (kind, s, names & held)
+    assert len(seen) > 60
+    # the test split shows held-out kinds
+    n_test_held = sum(any(o["heldout"] for o in generate("scene", s, "test").truth["objects"]) for s in range(10))
+    assert n_test_held >= 8
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ground_truth_texts_do_not_hallucinate(kind):
+    for s in SEEDS:
+        smp = generate(kind, s)
+        for text in (smp.description, smp.caption, smp.alt_text):
+            assert chair_i(text, smp.truth) == 0.0, (kind, s, text)
+        assert len(smp.alt_text) <= 125
+        assert len(smp.caption.split()) <= 50
+        assert qa_accuracy([q["answer"] for q in smp.qa], smp.qa) == 1.0
+        assert all(set(q) >= {"question", "answer", "type"} for q in smp.qa)
+
+
+def test_scene_description_mentions_every_object_with_count_and_position():
+    for s in SEEDS:
+        smp = generate("scene", s)
+        said = set().union(*[n for _, n in find_mentions(smp.description)] or [set()])
+        for o in smp.truth["objects"]:
+            if o["type"] == "text":
+                assert o["text"] in smp.description
+                continue
+            assert o["name"] in said, (o["name"], smp.description)
+        types = {q["type"] for q in smp.qa}
+        assert {"presence", "count", "position"} <= types
+
+
+def test_chair_detects_hallucination():
+    smp = generate("scene", 0)
+    present = {o["name"] for o in smp.truth["objects"]}
+    absent = next(k.name for k in object_kinds("train") if k.name not in present and " " not in k.name)
+    assert chair_i(f"There is a {absent} here.", smp.truth) == 1.0
+    name = next(iter(present))
+    assert chair_i(f"I see a {name} and a {absent}.", smp.truth) == 0.5
+
+
+def test_counts_match_rendered_instances():
+    import numpy as np
+    for s in SEEDS:
+        smp = generate("scene", s)
+        arr = np.asarray(smp.image)
+        for o in smp.truth["objects"]:
+            assert len(o["instances"]) == o["count"] >= 1
+            for inst in o["instances"]:
+                x0, y0, x1, y1 = inst["bbox"]
+                assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
+                assert inst["occlusion"] < 1.0
+                assert arr[y0:y1, x0:x1].std() > 5  # something is drawn there
+            ans = {q["answer"] for q in smp.qa if q["type"] == "count" and q["target"] == o["name"]}
+            if o["type"] != "text":
+                assert ans == {["zero", "one", "two", "three", "four"][o["count"]]}
+
+
+def test_qa_scoring_is_lenient_but_strict():
+    assert answer_correct("Yes, there is.", "yes") and not answer_correct("No.", "yes")
+    assert answer_correct("There are 3 of them", "three", "count")
+    assert not answer_correct("two", "three", "count")
+    assert answer_correct("It is in the upper left corner.", "top left", "position")
+    assert not answer_correct("bottom right", "top left", "position")
+    assert answer_correct("It's grey.", "gray", "color")
+    qa = [{"question": "q", "answer": "yes", "type": "presence"}, {"question": "q", "answer": "red", "type": "color"}]
+    assert qa_accuracy(["yes", "blue"], qa, by_type=True) == {"all": 0.5, "presence": 1.0, "color": 0.0}
+
+
+def test_dish_recipe_and_ingredient_recall():
+    for s in SEEDS:
+        smp = generate("dish", s)
+        assert smp.recipe and "Ingredients:" in smp.recipe and "Steps:" in smp.recipe
+        assert ingredient_recall(smp.recipe, smp.truth) == 1.0
+        assert ingredient_recall("Boil water.", smp.truth) < 0.5
+        assert smp.truth["dish"] and smp.truth["ingredients"]
+
+
+def test_sketch_html_and_structure_match():
+    a, b = generate("sketch", 0), generate("sketch", 1)
+    assert html_is_valid(a.html) and html_is_valid(b.html)
+    assert structure_match(a.html, a.html) == 1.0
+    assert structure_match(a.html, b.html) < 1.0
+    assert structure_match("", a.html) == 0.0
+    assert a.truth["structure"] == html_structure(a.html)
+    # text content does not matter, structure does
+    renamed = a.html.replace("<h1>", "<h1>X ")
+    assert structure_match(renamed, a.html) == 1.0
+    assert "header>h1" in html_structure(a.html)
+
+
+def test_prompt_render_and_similarity():
+    p = "a red cat and two blue cars on a sunset beach, flat illustration"
+    assert render_prompt(p, 3).tobytes() == render_prompt(p, 3).tobytes()
+    assert prompt_similarity(p, p) == 1.0
+    near = prompt_similarity("a red cat on a sunset beach, flat illustration", p)
+    far = prompt_similarity("three green stars in outer space, pixel art", p)
+    assert 0.0 <= far < near < 1.0
+    smp = generate("prompt", 2)
+    assert smp.prompt and prompt_similarity(smp.prompt, smp.prompt) == 1.0
+    assert render_prompt(smp.prompt, 2).tobytes() == smp.image.tobytes()
+
+
+def test_mixture_deterministic_and_mixed():
+    a = [s.image_id for s in mixture(5, 12)]
+    b = [s.image_id for s in mixture(5, 12)]
+    assert a == b and len({x.split("_")[0] for x in a}) >= 3
+    assert [s.kind for s in mixture(1, 5, kinds=["dish"])] == ["dish"] * 5
+
+
+def test_export_roundtrip(tmp_path):
+    out = tmp_path / "ds"
+    r = export(str(out), 6, "train", seed=0)
+    assert r["n"] == 6
+    recs = [json.loads(l) for l in open(out / "data.jsonl")]
+    assert len(recs) == 6
+    fc = json.load(open(out / "cc_sbu_align" / "filter_cap.json"))
+    anns = fc["annotations"]
+    assert [a["image_id"] for a in anns] == [r["image_id"] for r in recs]
+    for rec, ann in zip(recs, anns):
+        assert (out / rec["image"]).is_file()
+        assert (out / "cc_sbu_align" / "image" / f"{ann['image_id']}.jpg").is_file()
+        assert ann["caption"] == rec["description"]
+        kind, split, seed = rec["kind"], rec["split"], rec["seed"]
+        again = generate(kind, seed, split).texts()
+        assert json.loads(json.dumps(again, sort_keys=True)) == {k: rec[k] for k in again}
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(str(target), b"old")
+    real = os.fdopen
+
+    def failing_fdopen(fd, mode):
+        f = real(fd, mode)
+        f.write(b"partial")
+        f.close()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fdopen", failing_fdopen)
+    with pytest.raises(OSError):
+        atomic_write_bytes(str(target), b"new content")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["f.bin"]
+
+
+def test_cli_export(tmp_path):
+    from minigpt4.world.__main__ import main
+    assert main(["export", "--out", str(tmp_path / "c"), "--n", "3", "--split", "val", "--seed", "1"]) == 0
+    assert len(open(tmp_path / "c" / "data.jsonl").read().splitlines()) == 3
+
+
+def test_public_api_is_documented():
+    for name in world.__all__:
+        obj = getattr(world, name)
+        if callable(obj):
+            assert obj.__doc__, name
