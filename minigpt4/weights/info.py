@@ -1,0 +1,104 @@
+"""`minigpt4 info`: what a model is, without loading its weights (meta-device parameter counts,
+safetensors headers, file sizes), so it is instant even for a 13B folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from minigpt4.config import PRESETS, MiniGPT4Config
+from minigpt4.weights.common import CheckpointError, part_of, skeleton
+from minigpt4.weights.pretrained import WEIGHTS_FILE, folder_size, preset_config, read_folder_config
+
+
+def _llm_params(cfg: MiniGPT4Config) -> int | None:
+    from minigpt4.weights.hf import count_params_from_arch, count_params_from_config
+    src, path = cfg.llm.source, cfg.llm.path
+    if src == "random":
+        return count_params_from_arch(cfg.llm.arch)
+    if src in ("hf", "folder") and path:
+        return count_params_from_config(Path(path))
+    if src == "gguf":
+        from minigpt4.model.llm import default_gguf_path, gguf_cache_path
+        try:
+            cached = gguf_cache_path(Path(path or default_gguf_path()))
+        except (FileNotFoundError, OSError):
+            return None
+        return count_params_from_config(cached)  # known once the GGUF was dequantised and cached
+    return None
+
+
+def _stored_dtype(folder: Path) -> str | None:
+    f = folder / WEIGHTS_FILE
+    if not f.is_file():
+        return None
+    from safetensors import safe_open
+    with safe_open(str(f), "pt") as sf:
+        dtypes = sorted({str(sf.get_slice(k).get_dtype()) for k in sf.keys()})
+    return "/".join(dtypes)
+
+
+def model_info(spec: str) -> dict[str, Any]:
+    folder = None
+    if spec in PRESETS:
+        cfg = preset_config(spec)
+    else:
+        folder = Path(spec)
+        if not folder.is_dir():
+            raise CheckpointError(f"unknown model '{spec}': not a preset ({', '.join(PRESETS)}) and no such folder")
+        cfg, _ = read_folder_config(folder)
+    counts: dict[str, int] = {}
+    for k, v in skeleton(cfg).state_dict().items():
+        part = {"ln_vision": "vision"}.get(part_of(k), part_of(k))
+        counts[part] = counts.get(part, 0) + v.numel()
+    llm = _llm_params(cfg)
+    trainable = set(cfg.trainable)
+    parts = {name: {"params": n, "trainable": n if name in trainable else 0} for name, n in counts.items()}
+    parts["llm"] = {"params": llm, "trainable": 0 if "lora" not in trainable else None}
+    known = [p["params"] for p in parts.values()]
+    info = {
+        "name": cfg.name, "folder": str(folder) if folder else None,
+        "vision": f"EVA ViT {cfg.vision.image_size}px patch {cfg.vision.patch_size}, width {cfg.vision.width}, "
+                  f"depth {cfg.vision.depth}, heads {cfg.vision.heads}",
+        "bridge": (f"Q-Former {cfg.qformer.layers} layers x {cfg.qformer.hidden}, {cfg.qformer.num_query_tokens} "
+                   f"queries" if cfg.qformer else f"concatenate {cfg.concat_tokens} ViT tokens"),
+        "projection": f"{cfg.proj_in_features} -> {cfg.llm.hidden_size}",
+        "llm": {"source": cfg.llm.source, "path": cfg.llm.path, "hidden_size": cfg.llm.hidden_size},
+        "image_tokens": cfg.num_image_tokens, "template": cfg.template, "trainable": cfg.trainable,
+        "dtype": (_stored_dtype(folder) if folder else None) or "float32 (built at load time)",
+        "parameters": parts,
+        "total_params": sum(known) if all(k is not None for k in known) else None,
+        "trainable_params": sum(p["trainable"] or 0 for p in parts.values()),
+        "folder_bytes": folder_size(folder) if folder else None,
+    }
+    return info
+
+
+def _fmt(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def format_info(info: dict[str, Any]) -> str:
+    lines = [f"model        {info['name']}" + (f"  ({info['folder']})" if info["folder"] else "  (preset)"),
+             f"vision       {info['vision']}", f"bridge       {info['bridge']}",
+             f"projection   {info['projection']}",
+             f"llm          {info['llm']['source']} {info['llm']['path'] or ''} (hidden {info['llm']['hidden_size']})",
+             f"image tokens {info['image_tokens']}", f"template     {info['template']}",
+             f"dtype        {info['dtype']}", f"trainable    {', '.join(info['trainable'])}",
+             "parameters   part      total      trainable"]
+    for name, p in info["parameters"].items():
+        lines.append(f"             {name:<9} {_fmt(p['params']):>9}  {_fmt(p['trainable']):>9}")
+    lines.append(f"             {'all':<9} {_fmt(info['total_params']):>9}  {_fmt(info['trainable_params']):>9}")
+    if info["folder_bytes"] is not None:
+        lines.append(f"folder size  {info['folder_bytes'] / 1e6:.1f} MB")
+    return "\n".join(lines)
+
+
+def print_info(spec: str, as_json: bool = False) -> None:
+    info = model_info(spec)
+    print(json.dumps(info, indent=2) if as_json else format_info(info))
