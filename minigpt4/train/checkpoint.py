@@ -1,0 +1,113 @@
+"""Checkpoints that survive being killed at any moment.
+
+`output_dir/checkpoints/step_N/` holds
+  trainable.safetensors  the trainable parameters only, by name (a few MB, not the 7B LLM)
+  state.pt               optimizer, scheduler, RNG (torch/numpy/python), data position, counters
+  meta.json              step and recipe, for people
+It is written into a hidden temp folder and renamed into place (atomic on POSIX), then the
+`latest` pointer file is replaced atomically. A run killed mid-write leaves only a temp folder,
+which resume ignores, so the previous checkpoint is always whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minigpt4.utils import atomic_save_safetensors, atomic_write_json, atomic_write_text
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(root: Path, step: int, trainable: dict[str, torch.Tensor], state: dict, meta: dict,
+                    keep: int = 3) -> Path:
+    ckpts = root / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    final = ckpts / f"step_{step}"
+    tmp = ckpts / f".step_{step}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    atomic_save_safetensors(trainable, tmp / "trainable.safetensors", metadata={"step": str(step)})
+    torch.save(state, tmp / "state.pt")
+    atomic_write_json(tmp / "meta.json", meta)
+    _fsync_dir(tmp)
+    if final.exists():  # re-running the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(ckpts / "latest", final.name)
+    _fsync_dir(ckpts)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Whole checkpoints (temp folders of interrupted writes excluded), oldest first."""
+    ckpts = root / "checkpoints"
+    if not ckpts.exists():
+        return []
+    found = [p for p in ckpts.iterdir() if p.is_dir() and p.name.startswith("step_")
+             and (p / "state.pt").exists() and (p / "trainable.safetensors").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    pointer = root / "checkpoints" / "latest"
+    if pointer.exists():
+        p = root / "checkpoints" / pointer.read_text().strip()
+        if (p / "state.pt").exists():
+            return p
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load_trainable(path: str | Path) -> dict[str, torch.Tensor]:
+    """Trainable weights from a checkpoint folder, an output dir (its latest checkpoint) or a file."""
+    from safetensors.torch import load_file
+    p = Path(path)
+    if p.is_dir():
+        if (p / "trainable.safetensors").exists():
+            p = p / "trainable.safetensors"
+        else:
+            ck = latest_checkpoint(p)
+            if ck is None:
+                raise FileNotFoundError(f"'{path}' holds no checkpoint; give a checkpoints/step_N folder or a "
+                                        f".safetensors file")
+            p = ck / "trainable.safetensors"
+    return load_file(str(p))
+
+
+def load_state(ckpt: Path) -> dict:
+    # Our own file, written by save_checkpoint; it holds numpy/python RNG tuples, hence weights_only=False.
+    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+
+
+def read_meta(ckpt: Path) -> dict:
+    return json.loads((ckpt / "meta.json").read_text())
