@@ -50,9 +50,22 @@ def save_llm(llm, tokenizer, out: Path) -> None:
 
 
 def count_params_from_config(config_dir: Path) -> int | None:
-    """Parameter count of the causal LM described by `config_dir/config.json`, built on meta."""
+    """Parameter count of the causal LM in `config_dir`: from the safetensors headers when present
+    (no tensor is read), else by building the model from config.json on the meta device."""
     if not (config_dir / "config.json").is_file():
         return None
+    shards = sorted(config_dir.glob("*.safetensors"))
+    if shards:
+        from safetensors import safe_open
+        total = 0
+        for f in shards:
+            with safe_open(str(f), "pt") as sf:
+                for k in sf.keys():
+                    n = 1
+                    for d in sf.get_slice(k).get_shape():
+                        n *= d
+                    total += n
+        return total
     from transformers import AutoConfig, AutoModelForCausalLM
     cfg = AutoConfig.from_pretrained(config_dir, local_files_only=True)
     with torch.device("meta"):

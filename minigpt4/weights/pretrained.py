@@ -68,6 +68,16 @@ FLAG_FOR_PART = {"vision": "--eva (eva_vit_g.pth)", "ln_vision": "--blip2 (blip2
                  "qformer": "--blip2 (blip2_pretrained_flant5xxl.pth)", "proj": "--ckpt (MiniGPT-4 stage checkpoint)"}
 
 
+def unprovided_parts(cfg: MiniGPT4Config, eva=None, blip2=None, ckpt=None) -> list[str]:
+    """Parts no given checkpoint can fill, known before reading any file (fail fast)."""
+    given = ({"vision"} if eva else set()) | ({"ln_vision", "qformer"} if blip2 else set()) | \
+            ({"proj"} if ckpt else set())
+    if cfg.qformer is None and (eva or ckpt):
+        given.add("ln_vision")  # default init, see convert_state
+    needed = {"vision", "ln_vision", "proj"} | ({"qformer"} if cfg.qformer is not None else set())
+    return sorted(needed - given)
+
+
 def missing_parts(cfg: MiniGPT4Config, state: dict[str, torch.Tensor]) -> list[str]:
     layout = expected_layout(cfg)
     return sorted({part_of(k) for k in layout if k not in state})
@@ -287,6 +297,11 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
         raise CheckpointError(f"unknown model '{spec_s}': not a preset ({', '.join(PRESETS)}) and no such "
                               f"folder; check the name or path")
     cfg = preset_config(spec_s, llm)
+    if needs_weights(cfg) and (missing := unprovided_parts(cfg, eva, blip2, ckpt)):
+        flags = sorted({FLAG_FOR_PART[p] for p in missing})
+        raise CheckpointError(f"preset '{spec_s}' is a released model and needs its weights for {missing}: "
+                              f"pass {', '.join(flags)}, or convert once with `minigpt4 convert` and load "
+                              f"the folder")
     state = convert_state(cfg, eva, blip2, ckpt)  # fail on bad checkpoints before reading the LLM
     missing = missing_parts(cfg, state)
     if missing and needs_weights(cfg):
@@ -314,6 +329,12 @@ def convert(preset: str, out: str | Path, eva: str | None = None, blip2: str | N
     from minigpt4.weights.hf import copy_hf_dir, save_llm
     cfg = preset_config(preset, llm)
     out = Path(out)
+    if out.exists() and not overwrite:  # fail before the slow reads
+        raise FileExistsError(f"'{out}' already exists; pass overwrite=True (--overwrite) or pick another --out")
+    # Everything must be in the folder (or linked): check before the slow reads.
+    if not (blip2 and cfg.qformer is not None and not eva) and (missing := unprovided_parts(cfg, eva, blip2, ckpt)):
+        flags = sorted({FLAG_FOR_PART[p] for p in missing})
+        raise CheckpointError(f"convert --preset {preset}: no weights for {missing}; pass {', '.join(flags)}")
     bar = tqdm(total=3 + sum(bool(x) for x in (eva, blip2, ckpt)), desc="convert", unit="step",
                disable=not progress)
 
