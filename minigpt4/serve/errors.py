@@ -38,13 +38,20 @@ def error_body(status: int, message: str, code: str | None = None, param: str | 
                       "param": param, "code": code}}
 
 
-def _loc(loc) -> str:
-    return ".".join(str(p) for p in loc if p != "body") or None
+_BRANCHES = {"str", "int", "float", "bool", "none"}
+
+
+def _loc(loc) -> str | None:
+    """'messages.0.content.0' from pydantic's loc, without union branch labels like 'str'."""
+    keep = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and (p in _BRANCHES or "[" in p))]
+    return ".".join(keep) or None
 
 
 def validation_error(e: ValidationError | RequestValidationError) -> APIError:
     """The first problem pydantic found, as '<field>: <what is wrong>' (OpenAI answers 400)."""
-    err = e.errors()[0]
+    # A value that matches no branch of a union fails once per branch; the deepest error is the
+    # one that says what is wrong (e.g. the bad part inside a content list, not "not a string").
+    err = max(e.errors(), key=lambda x: len(x.get("loc", ())))
     param = _loc(err.get("loc", ()))
     if err.get("type") == "extra_forbidden":
         return APIError(400, f"unknown field '{param}'; remove it (see the OpenAI chat completions "
