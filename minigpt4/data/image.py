@@ -66,8 +66,8 @@ def load_image(src: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
             Image.MAX_IMAGE_PIXELS = old_limit
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageError(f"image {name} is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the limit of "
-                         f"{max_pixels / 1e6:.0f} Mpx (a possible decompression bomb); downscale it first "
+        raise ImageError(f"image {name} is {w}x{h} = {w * h / 1e6:.3g} Mpx, over the limit of "
+                         f"{max_pixels / 1e6:.3g} Mpx (a possible decompression bomb); downscale it first "
                          f"or raise the limit (max_pixels / --max-pixels)")
     if min(w, h) < MIN_SIDE:
         raise ImageError(f"image {name} is {w}x{h} pixels; the model needs at least "
@@ -87,8 +87,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+        # 16-bit modes span 0..65535 whatever the content (a dark 16-bit image stays dark); plain
+        # 32-bit "I" has no declared range, so values up to 255 are read as 8-bit.
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
