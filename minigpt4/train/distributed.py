@@ -79,14 +79,12 @@ def sync_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
 
 
 def wrap_fsdp(model, device) -> None:
-    """Shard each frozen LLM decoder layer over the ranks (FSDP, use_orig_params for mixed
-    requires_grad). Layers are wrapped one by one, not the whole LLM, because MiniGPT4.forward
-    calls the embedding, decoder and LM head separately; those small parts stay replicated.
-    The trainable projection stays outside FSDP and is synced by `sync_grads`."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    layers = model.llm.get_decoder().layers
-    kwargs = dict(use_orig_params=True)
-    if device.type == "cuda":
-        kwargs["device_id"] = device
-    for i in range(len(layers)):
-        layers[i] = FSDP(layers[i], **kwargs)
+    """Shard each frozen LLM decoder layer over the ranks with FSDP2 (`fully_shard`, which also
+    runs on CPU with gloo). Layers are sharded one by one, not the whole LLM, because
+    MiniGPT4.forward calls the embedding, decoder and LM head separately; those small parts stay
+    replicated. The trainable projection stays outside FSDP and is synced by `sync_grads`."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for layer in model.llm.get_decoder().layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)

@@ -79,7 +79,9 @@ class Trainer:
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         for _, p in self.params:
             p.data = p.data.float()
-        self.sync_params = [p for n, p in self.params if "_fsdp_wrapped_module" not in n]
+        from torch.distributed.tensor import DTensor
+        # FSDP-sharded parameters (DTensors) reduce their own gradients; the rest are synced here.
+        self.sync_params = [p for _, p in self.params if not isinstance(p, DTensor)]
         D.broadcast_params(self.sync_params, self.dist)
         self.model.train()
         self.optimizer = build_optimizer(self.params, cfg.optim)
