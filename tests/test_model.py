@@ -1,0 +1,148 @@
+"""The composed model: the image splice, frozen/trainable parts, presets and config validation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minigpt4.config import MiniGPT4Config, get_config
+from minigpt4.model.minigpt4 import IMAGE_TOKEN_ID, build_model
+from minigpt4.weights.common import expected_layout
+
+N_IMG = get_config("tiny").num_image_tokens  # 8
+
+
+def ids_with_images(rows):
+    """rows: lists of ints where None stands for one image (N_IMG placeholder slots)."""
+    out = []
+    for row in rows:
+        ids = []
+        for t in row:
+            ids += [IMAGE_TOKEN_ID] * N_IMG if t is None else [t]
+        out.append(ids)
+    return torch.tensor(out)
+
+
+# --- splice ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_splice_puts_images_exactly_at_placeholders(tiny_model):
+    ids = ids_with_images([[1, 5, None, 6, 7, None, 9], [2, None, 3, 4, 5, None, 8]])
+    images = torch.randn(4, N_IMG, tiny_model.cfg.llm.hidden_size)
+    emb = tiny_model.embed(ids, images)
+    tok = tiny_model.llm.get_input_embeddings()
+    slots = ids == IMAGE_TOKEN_ID
+    # images fill placeholder runs in reading order: row 0 gets images 0, 1; row 1 gets 2, 3
+    torch.testing.assert_close(emb[slots].reshape(4, N_IMG, -1), images, atol=0, rtol=0)
+    torch.testing.assert_close(emb[~slots], tok(ids[~slots]), atol=0, rtol=0)
+    start = 2  # row 0: [1, 5, <8 slots>, ...]
+    torch.testing.assert_close(emb[0, start:start + N_IMG], images[0], atol=0, rtol=0)
+
+
+def test_splice_count_mismatch_is_explained(tiny_model):
+    ids = ids_with_images([[1, None, 2, None]])
+    with pytest.raises(ValueError, match=r"tokens 16 \(2 image placeholders x 8\), features 8 \(1 images\); "
+                                         r"give one image per <ImageHere> placeholder"):
+        tiny_model.embed(ids, torch.zeros(1, N_IMG, tiny_model.cfg.llm.hidden_size))
+    with pytest.raises(ValueError, match=r"tokens 8 .* features 0 \(0 images\)"):
+        tiny_model.embed(ids_with_images([[1, None]]), None)
+
+
+# --- frozen and trainable parts --------------------------------------------------------------------
+
+
+def trainable_names(model) -> set[str]:
+    groups = {"visual_encoder": "vision", "ln_vision": "vision", "qformer": "qformer", "proj": "proj", "llm": "llm"}
+    return {groups[n.split(".")[0]] for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_frozen_parts_stay_frozen_and_in_eval_mode(tiny_model):
+    assert trainable_names(tiny_model) == {"proj"}
+    try:
+        tiny_model.train()
+        assert tiny_model.proj.training
+        for frozen in (tiny_model.visual_encoder, tiny_model.ln_vision, tiny_model.qformer, tiny_model.llm):
+            assert not frozen.training and not any(m.training for m in frozen.modules())
+    finally:
+        tiny_model.eval()
+
+
+def test_trainable_set_comes_from_config():
+    cfg = get_config("tiny")
+    cfg.trainable = ["qformer", "vision"]
+    model = build_model(cfg)
+    assert trainable_names(model) == {"qformer", "vision"}
+    model.train()
+    assert model.qformer.training and model.visual_encoder.training and not model.proj.training
+    model.set_trainable(["proj", "lora"])
+    lora = [n for n, p in model.llm.named_parameters() if p.requires_grad]
+    assert lora and all("lora_" in n for n in lora)
+    assert not any(p.requires_grad for n, p in model.llm.named_parameters() if "lora_" not in n)
+    assert trainable_names(model) == {"proj", "llm"}
+    model.train()
+    assert model.llm.training and not model.qformer.training  # LoRA dropout active, frozen Q-Former not
+
+
+def test_bad_trainable_groups():
+    cfg = get_config("tiny")
+    cfg.trainable = ["proj", "everything"]
+    with pytest.raises(ValueError, match=r"unknown trainable group\(s\) \['everything'\]; choose from"):
+        build_model(cfg)
+    cfg = get_config("tiny-llama2")
+    cfg.trainable = ["qformer"]
+    with pytest.raises(ValueError, match="no Q-Former"):
+        build_model(cfg)
+
+
+# --- presets -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,tokens", [("tiny", 8), ("tiny-llama2", 4)])
+@torch.no_grad()
+def test_tiny_presets_build_and_encode(name, tokens):
+    model = build_model(get_config(name))
+    assert model.cfg.num_image_tokens == tokens
+    out = model.encode_pixels(torch.randn(2, 3, 56, 56))
+    assert out.shape == (2, tokens, 64) and torch.isfinite(out).all()
+
+
+def test_released_preset_numbers_without_allocating():
+    v7, v13, l2 = get_config("vicuna-7b"), get_config("vicuna-13b"), get_config("llama2-7b")
+    for cfg in (v7, v13, l2):
+        v = cfg.vision
+        assert (v.image_size, v.patch_size, v.width, v.depth, v.heads, v.mlp_dim) == (224, 14, 1408, 39, 16, 6144)
+    assert v7.num_image_tokens == 32 and (v7.proj_in_features, v7.llm.hidden_size) == (768, 4096)
+    assert (v13.proj_in_features, v13.llm.hidden_size) == (768, 5120)
+    q = v7.qformer
+    assert (q.layers, q.hidden, q.heads, q.intermediate, q.cross_attention_freq) == (12, 768, 12, 3072, 2)
+    assert l2.qformer is None and l2.num_image_tokens == 64 and l2.proj_in_features == 5632
+    assert (v7.template, l2.template) == ("vicuna_v0", "llama2")
+    layout = expected_layout(v7)  # meta device: shapes without memory
+    assert layout["visual_encoder.blocks.38.attn.qkv.weight"] == (4224, 1408)
+    assert "visual_encoder.blocks.39.norm1.weight" not in layout
+    assert layout["qformer.layers.10.cross_attn.key.weight"] == (768, 1408)
+    assert "qformer.layers.11.cross_attn.key.weight" not in layout
+    assert layout["proj.weight"] == (4096, 768) and expected_layout(l2)["proj.weight"] == (4096, 5632)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match=r"unknown preset 'vicuna-70b'; choose one of: tiny, tiny-llama2, vicuna-7b"):
+        get_config("vicuna-70b")
+
+
+def test_config_round_trip_and_unknown_fields():
+    cfg = get_config("small")
+    assert MiniGPT4Config.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['image_sise'\]"):
+        MiniGPT4Config.from_dict(dict(cfg.to_dict(), image_sise=448))
+    d = cfg.to_dict()
+    d["qformer"]["layres"] = 2
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['layres'\] in config section 'qformer'"):
+        MiniGPT4Config.from_dict(d)
+
+
+def test_llm_hidden_size_mismatch_is_explained():
+    cfg = get_config("tiny")
+    cfg.llm.hidden_size = 128
+    with pytest.raises(ValueError, match=r"llm.hidden_size=128 but the loaded LLM has hidden size 64"):
+        build_model(cfg)
