@@ -207,7 +207,7 @@ def test_unknown_preset_or_folder(tmp_path):
 def run_cli(*args, check=True):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "minigpt4.weights.cli", *args], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "minigpt4", *args], capture_output=True, text=True,
                        env=env, timeout=300)
     if check:
         assert r.returncode == 0, r.stderr
@@ -216,7 +216,7 @@ def run_cli(*args, check=True):
 
 @pytest.fixture(scope="module")
 def converted(originals, tmp_path_factory):
-    """`minigpt4 convert` run as a real process on the original-layout files."""
+    """`python -m minigpt4 convert` run as a real process on the original-layout files."""
     out = tmp_path_factory.mktemp("conv") / "tiny-minigpt4"
     p = originals.paths
     r = run_cli("convert", "--preset", "tiny", "--eva", str(p.eva), "--blip2", str(p.blip2), "--ckpt", str(p.ckpt),
@@ -250,7 +250,7 @@ def test_info_subprocess_json(converted):
 
 
 def test_convert_refuses_to_overwrite_and_cleans_up(converted, originals, tmp_path, capsys):
-    from minigpt4.weights.cli import main
+    from minigpt4.cli import main
     assert main(["convert", "--preset", "tiny", "--ckpt", str(originals.paths.ckpt), "--out", str(converted)]) == 2
     assert "already exists" in capsys.readouterr().err
     bad = tmp_path / "bad"
@@ -310,3 +310,19 @@ def test_save_pretrained_round_trip_after_training_step(loaded_tiny, tmp_path):
     assert again.cfg.to_dict()["llm"]["source"] == "folder" and again.qformer is None
     with pytest.raises(FileExistsError, match="overwrite"):
         save_pretrained(model, out)
+
+
+@torch.no_grad()
+def test_lora_adapters_round_trip(tmp_path):
+    model = load_model("tiny", seed=2)
+    model.set_trainable(["proj", "lora"])
+    for n, p in model.llm.named_parameters():
+        if "lora_B" in n:
+            p.normal_()  # LoRA B starts at zero; make the adapters matter
+    out = save_pretrained(model, tmp_path / "lora")
+    assert any("lora_" in k for k in load_file(out / "model.safetensors"))
+    assert not any("lora_" in k or "base_layer" in k for k in load_file(out / "llm" / "model.safetensors"))
+    again = from_pretrained(out)
+    assert again.trainable == ["proj", "lora"]
+    ids = torch.tensor([[1, 5, 9, 200]])
+    torch.testing.assert_close(again.llm(ids).logits, model.llm(ids).logits, atol=1e-5, rtol=1e-5)

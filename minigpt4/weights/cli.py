@@ -25,7 +25,7 @@ def run_convert(args) -> int:
 
 def run_info(args) -> int:
     from minigpt4.weights.info import print_info
-    print_info(args.model, as_json=args.json)
+    print_info(args.model_flag or args.model, as_json=args.json)
     return 0
 
 
@@ -50,6 +50,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("info", help="summary of a model: config, parameter counts, size",
                               description="Describe a preset or converted folder without loading weights.")
     p.add_argument("model", nargs="?", default="tiny", help="preset name or converted folder (default: tiny)")
+    p.add_argument("--model", dest="model_flag", default=None, help="same as the positional MODEL")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_info)
 

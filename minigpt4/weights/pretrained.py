@@ -177,6 +177,7 @@ def save_pretrained(model, folder: str | Path, link_llm: bool = False, overwrite
     tmp = _tmp_dir(out)
     try:
         cfg = MiniGPT4Config.from_dict(model.cfg.to_dict())
+        cfg.trainable = list(model.trainable)  # set_trainable may have changed it after building
         atomic_save_safetensors(_non_llm_state(model), tmp / WEIGHTS_FILE, metadata={"format": FORMAT})
         src = cfg.llm.source
         if (src == "gguf" and cfg.llm.path is None) or (link_llm and src in ("hf", "gguf")):
