@@ -53,6 +53,8 @@ class FakeOpenAI:
         self.log: list[tuple[str, str]] = []      # (behaviour, paragraph) per request, in arrival order
         self.ok_counts: Counter[str] = Counter()  # paragraph -> successful answers sent
         self.auth: list[str | None] = []
+        self.in_flight = 0
+        self.max_in_flight = 0                    # most requests handled at the same time
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -129,6 +131,16 @@ class FakeOpenAI:
             return self.script.pop(0) if self.script else "ok"
 
     def _handle(self, h, req: dict, content: str) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._answer(h, req, content)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _answer(self, h, req: dict, content: str) -> None:
         behaviour = self._next_behaviour(content)
         paragraph = paragraph_of(content)
         with self.lock:

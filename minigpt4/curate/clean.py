@@ -67,15 +67,17 @@ def remove_non_english(text: str) -> str:
 def collapse_repeated_words(text: str, max_ngram: int = 8) -> str:
     """'a cat and a cat and a cat and' -> 'a cat and': an n-gram repeated back to back is kept once."""
     words = text.split()
+    # Compare without case and edge punctuation: "a bench, a bench, a bench in" is one loop.
+    keys = [w.lower().strip(".,;:!?\"'") for w in words]
     out: list[str] = []
     i = 0
     while i < len(words):
         for n in range(max_ngram, 0, -1):
-            gram = [w.lower() for w in words[i:i + n]]
+            gram = keys[i:i + n]
             if len(gram) < n:
                 continue
             reps = 1
-            while [w.lower() for w in words[i + reps * n:i + (reps + 1) * n]] == gram:
+            while keys[i + reps * n:i + (reps + 1) * n] == gram:
                 reps += 1
             # One-word repeats must be immediate doubles ("the the"); longer loops at least twice.
             if reps >= 2:
@@ -121,8 +123,8 @@ def capitalize_sentences(text: str) -> str:
 
 STEPS = (
     ("meaningless_characters", remove_meaningless_characters),
-    ("repeated_words", collapse_repeated_words),
     ("non_english", remove_non_english),
+    ("repeated_words", lambda t: " ".join(collapse_repeated_words(s) for s in split_sentences(t))),
     ("repeated_sentences", remove_repeated_sentences),
     ("unfinished_sentence", fix_unfinished_last_sentence),
     ("capitalization", capitalize_sentences),

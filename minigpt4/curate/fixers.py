@@ -81,6 +81,7 @@ class OpenAIFixerConfig:
     max_attempts: int = 6
     backoff_base: float = 1.0      # first retry waits ~base seconds, then doubles (plus jitter)
     backoff_max: float = 60.0
+    retry_after_max: float = 600.0 # a server's Retry-After is honoured up to this many seconds
     temperature: float | None = None
     max_tokens: int | None = None
     price_in: float = 0.0          # price per 1M prompt tokens, for the cost count
@@ -200,7 +201,7 @@ class OpenAIFixer(Fixer):
         # Exponential with full jitter; the server's Retry-After is a floor.
         delay = random.uniform(0.5, 1.0) * min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (attempt - 1))
         if after is not None:
-            delay = max(delay, min(after, self.cfg.backoff_max))
+            delay = max(delay, min(after, self.cfg.retry_after_max))
         return delay
 
     def fix(self, text: str) -> FixOutcome:
