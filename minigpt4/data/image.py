@@ -62,6 +62,8 @@ def load_image(src: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
                 img = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise ImageError(f"{name} is not an image Pillow can read; pass a PNG, JPEG, WebP, GIF or BMP file") from None
+        except (OSError, SyntaxError) as e:  # a header cut short fails already in open()
+            raise ImageError(f"image {name} is truncated or corrupt ({e}); re-export or re-download the file") from None
         finally:
             Image.MAX_IMAGE_PIXELS = old_limit
     w, h = img.size
