@@ -189,8 +189,10 @@ def _small() -> MiniGPT4Config:
     """The project's default model: a small ViT + Q-Former trained here, frozen SmolLM2-135M."""
     return MiniGPT4Config(
         name="small",
-        vision=VisionConfig(image_size=224, patch_size=16, width=384, depth=6, heads=6, mlp_dim=1536),
-        qformer=QFormerConfig(num_query_tokens=16, hidden=384, layers=4, heads=6, intermediate=1536),
+        # Sized to pretrain on 2 CPU cores in hours (stage 0, minigpt4/pretrain): 128 px / 16 px
+        # patches = 64 tokens; the world's images are drawn at this size.
+        vision=VisionConfig(image_size=128, patch_size=16, width=256, depth=6, heads=4, mlp_dim=1024),
+        qformer=QFormerConfig(num_query_tokens=16, hidden=256, layers=4, heads=4, intermediate=1024),
         llm=LLMConfig(source="gguf", path=None, hidden_size=576),
         template="chatml",
         system="You are a helpful assistant that can see images. Answer questions about the image.",

@@ -1,0 +1,128 @@
+"""Stage-0 recipe: a dataclass read from YAML (`recipes/default/stage0.yaml`).
+
+The vision side's sizes come from a model preset (`model: small`), so what stage 0 trains is
+exactly what `build_model(get_config("small"))` later loads. Everything else here (the small
+text tower, losses, schedule) exists only during stage 0 and is dropped by the export.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class Stage0ConfigError(ValueError):
+    """A problem with a stage-0 recipe, named with its fix."""
+
+
+@dataclass
+class TextTowerConfig:
+    """The stage-0-only text side: a shared token embedding, a bidirectional encoder (ITC) and a
+    causal decoder that reads the Q-Former queries as a prefix (ITG)."""
+    width: int = 256
+    heads: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    max_len: int = 64          # tokens of the ITG sequence (QA pairs + caption) and the ITC caption
+    embed_dim: int = 128       # ITC projection size (BLIP-2: 256)
+    qa_pairs: int = 2          # QA pairs put before the caption in each ITG sequence
+
+
+@dataclass
+class LossWeights:
+    itc: float = 1.0
+    itg: float = 1.0
+    aux: float = 1.0           # ground-truth attribute heads (see data.labels_of)
+
+
+@dataclass
+class Stage0Config:
+    model: str = "small"                  # preset giving the vision + Q-Former sizes
+    kinds: list[str] = field(default_factory=lambda: ["scene", "dish", "sketch", "prompt"])
+    weights: list[float] | None = None    # mixture weights per kind (None: uniform)
+    batch_size: int = 32
+    total_steps: int = 20000              # schedule length; a run stops there
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    warmup_steps: int = 500
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    vocab_scan: int = 2000                # train samples scanned for the compact text vocabulary
+    probe_n: int = 64                     # val images in the chunk-end probe
+    probe_qa: int = 4                     # QA pairs per probe image
+    log_every: int = 10
+    seed: int = 0
+    threads: int | None = None            # torch intra-op threads (None: torch default)
+    output_dir: str = "runs/stage0"       # full resumable state (model + optimizer + RNG)
+    export_dir: str | None = None         # small committed copy: frozen vision side + plot + log
+    init_from: str | None = None          # warm start from an export_dir when output_dir is empty
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> "Stage0Config":
+        d = dict(d)
+        _check_fields(cls, d, "recipe")
+        if isinstance(d.get("text"), dict):
+            _check_fields(TextTowerConfig, d["text"], "text")
+            d["text"] = TextTowerConfig(**d["text"])
+        if isinstance(d.get("loss_weights"), dict):
+            _check_fields(LossWeights, d["loss_weights"], "loss_weights")
+            d["loss_weights"] = LossWeights(**d["loss_weights"])
+        cfg = cls(**d)
+        if base is not None:  # paths in a recipe are relative to the recipe file
+            for key in ("output_dir", "export_dir", "init_from"):
+                value = getattr(cfg, key)
+                if value is not None and not Path(value).is_absolute():
+                    setattr(cfg, key, str((base / value).resolve()))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        from minigpt4.config import PRESETS
+        from minigpt4.world import KINDS
+        if self.model not in PRESETS:
+            raise Stage0ConfigError(f"model '{self.model}' is not a preset; use one of {sorted(PRESETS)}")
+        bad = sorted(set(self.kinds) - set(KINDS))
+        if bad or not self.kinds:
+            raise Stage0ConfigError(f"kinds {bad or '[]'} unknown or empty; choose from {list(KINDS)}")
+        if self.weights is not None and len(self.weights) != len(self.kinds):
+            raise Stage0ConfigError(f"weights has {len(self.weights)} entries but kinds has "
+                                    f"{len(self.kinds)}; give one weight per kind")
+        if self.batch_size < 2:
+            raise Stage0ConfigError("batch_size must be >= 2 (contrastive loss needs in-batch negatives)")
+        if self.total_steps < 1 or self.warmup_steps < 0:
+            raise Stage0ConfigError("total_steps must be >= 1 and warmup_steps >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_fields(klass, d: dict, where: str) -> None:
+    known = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise Stage0ConfigError(f"unknown field(s) {unknown} in {where}; known fields: {sorted(known)}")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Stage0Config:
+    """Read a YAML recipe; `overrides` are `key=value` strings (dotted for nested: text.width=128)."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise Stage0ConfigError(f"recipe '{path}' does not exist; pass a YAML file such as "
+                                f"recipes/default/stage0.yaml")
+    d = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(d, dict):
+        raise Stage0ConfigError(f"recipe '{path}' must be a YAML mapping of field: value")
+    for item in overrides or []:
+        if "=" not in item:
+            raise Stage0ConfigError(f"override '{item}' is not key=value (e.g. batch_size=16)")
+        key, value = item.split("=", 1)
+        target = d
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = yaml.safe_load(value)
+    return Stage0Config.from_dict(d, base=path.parent)

@@ -1,0 +1,236 @@
+"""The stage-0 loop: train for a time budget, then write one atomic checkpoint and exit.
+
+`train(cfg, minutes=20)` resumes from `output_dir/state.pt` when it exists (model, optimizer,
+scheduler, RNG states, step; data is addressed by step, see data.train_batch), so a chain of
+chunks gives the same weights as one uninterrupted run. Each chunk end also runs the val probe,
+appends to `log.jsonl`, redraws `loss.png`, and refreshes the small export in `export_dir`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from minigpt4.config import get_config
+from minigpt4.pretrain.config import Stage0Config
+from minigpt4.pretrain.data import Vocab, train_batch
+from minigpt4.pretrain.export import export
+from minigpt4.pretrain.model import Stage0Model
+from minigpt4.utils import atomic_write_bytes, atomic_write_text
+
+STATE = "state.pt"
+LOG = "log.jsonl"
+
+
+class Run:
+    """Everything a chunk needs: model, optimizer, schedule, vocab, step counter."""
+
+    def __init__(self, cfg: Stage0Config, vocab: Vocab):
+        self.cfg = cfg
+        self.preset = get_config(cfg.model)
+        if self.preset.qformer is None:
+            raise ValueError(f"preset '{cfg.model}' has no Q-Former; stage 0 trains ViT + Q-Former")
+        self.vocab = vocab
+        torch.manual_seed(cfg.seed)
+        self.model = Stage0Model(self.preset.vision, self.preset.qformer, cfg.text, vocab.size, len(vocab.labels))
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos" not in n and "token" not in n]
+        rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "pos" not in n and "token" not in n)]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                            {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.step = 0
+        self.images = 0
+
+    @property
+    def size(self) -> int:
+        return self.preset.vision.image_size
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warmup, then cosine from lr to min_lr over total_steps (BLIP-2's schedule)."""
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+        return (cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))) / cfg.lr
+
+    def batch(self, step: int):
+        return train_batch(self.vocab, step, self.cfg, self.size)
+
+    def train_step(self, batch) -> dict[str, float]:
+        self.model.train()
+        losses = self.model.losses(batch)
+        w = self.cfg.loss_weights
+        total = w.itc * losses["itc"] + w.itg * losses["itg"] + w.aux * losses["aux"]
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.images += batch.pixels.shape[0]
+        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step, "images": self.images,
+                "vocab": self.vocab.state(), "config": self.cfg.to_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+
+    def save(self, path: Path) -> None:
+        buf = io.BytesIO()
+        torch.save(self.state(), buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def resume(cls, cfg: Stage0Config, path: Path) -> "Run":
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        run = cls(cfg, Vocab.from_state(state["vocab"]))
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.step, run.images = state["step"], state["images"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        return run
+
+    @classmethod
+    def warm_start(cls, cfg: Stage0Config, export_dir: Path) -> "Run":
+        """Weights and step from a committed export (no optimizer state: Adam restarts cold,
+        the schedule continues from the saved step)."""
+        from safetensors.torch import load_file
+        meta = json.loads((export_dir / "stage0.json").read_text())
+        run = cls(cfg, Vocab.from_state(meta["vocab"]))
+        weights = {**load_file(export_dir / "vision.safetensors"), **load_file(export_dir / "heads.safetensors")}
+        run.model.load_state_dict(weights)
+        run.step, run.images = meta["step"], meta["images"]
+        run.scheduler.last_epoch = run.step
+        for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
+            group["lr"] = base * run.lr_factor(run.step)
+        return run
+
+
+# --- logs and plot -------------------------------------------------------------------------
+def read_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop entries past the checkpoint we resume from (a crash can leave some behind)."""
+    rows = [r for r in read_log(path) if r.get("step", 0) <= step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_log(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def plot(log_path: Path, png_path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = read_log(log_path)
+    train = [r for r in rows if "loss" in r]
+    probes = [r for r in rows if "probe" in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "itc", "itg", "aux"):
+        ax1.plot([r["step"] for r in train], [r[key] for r in train], label=key)
+    ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.set_yscale("log"), ax1.legend(), ax1.set_title("stage-0 training loss")
+    for key in ("itc_r1", "qa", "aux_f1_obj", "aux_f1_color", "aux_f1_count", "aux_f1_pos"):
+        pts = [(r["step"], r["probe"][key]) for r in probes if key in r["probe"]]
+        if pts:
+            ax2.plot(*zip(*pts), marker="o", label=key)
+    ax2.set_xlabel("step"), ax2.set_ylim(0, 1), ax2.legend(fontsize=8), ax2.set_title("val probe")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    atomic_write_bytes(png_path, buf.getvalue())
+
+
+# --- the chunk -----------------------------------------------------------------------------
+def open_run(cfg: Stage0Config, fresh: bool = False) -> Run:
+    out = Path(cfg.output_dir)
+    if (out / STATE).exists() and not fresh:
+        return Run.resume(cfg, out / STATE)
+    if cfg.init_from and (Path(cfg.init_from) / "stage0.json").exists() and not fresh:
+        return Run.warm_start(cfg, Path(cfg.init_from))
+    preset = get_config(cfg.model)
+    return Run(cfg, Vocab.scan(cfg.vocab_scan, cfg.kinds, cfg.weights, preset.vision.image_size, cfg.seed))
+
+
+def train(cfg: Stage0Config, minutes: float | None = None, max_steps: int | None = None,
+          fresh: bool = False, progress: bool = True, run_probe: bool = True) -> dict:
+    """One chunk: train until `minutes` pass, `max_steps` more steps are done, or the schedule
+    ends; then checkpoint (+ probe, log, plot, export). Returns a summary dict."""
+    from tqdm import tqdm
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = open_run(cfg, fresh)
+    log_path = out / LOG
+    trim_log(log_path, run.step)
+    start_step, t0 = run.step, time.time()
+    deadline = t0 + minutes * 60 if minutes is not None else None
+    stop_at = cfg.total_steps if max_steps is None else min(cfg.total_steps, run.step + max_steps)
+    bar = tqdm(total=stop_at - run.step, desc=f"stage0 from step {run.step}", disable=not progress,
+               unit="step", dynamic_ncols=True)
+    window: list[dict] = []
+    # Make the next batch on a helper thread while this one trains (world rendering is PIL work).
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending = pool.submit(run.batch, run.step) if run.step < stop_at else None
+    interrupted = False
+    try:
+        while pending is not None:
+            batch = pending.result()
+            nxt = run.step + 1
+            more = nxt < stop_at and (deadline is None or time.time() < deadline)
+            pending = pool.submit(run.batch, nxt) if more else None
+            row = run.train_step(batch)
+            window.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", itc=f"{row['itc']:.2f}", itg=f"{row['itg']:.2f}")
+            if run.step % cfg.log_every == 0 or pending is None:
+                mean = {k: round(sum(r[k] for r in window) / len(window), 5) for k in window[0]}
+                elapsed = time.time() - t0
+                append_log(log_path, {"step": run.step, "images": run.images, **mean,
+                                      "lr": run.scheduler.get_last_lr()[0],
+                                      "img_per_s": round((run.step - start_step) * cfg.batch_size / elapsed, 3)})
+                window = []
+    except KeyboardInterrupt:
+        interrupted = True  # still checkpoint what was done, then exit cleanly
+    finally:
+        bar.close()
+        if pending is not None:
+            pending.cancel()
+        pool.shutdown(wait=True)
+    elapsed = time.time() - t0
+    run.save(out / STATE)
+    summary = {"step": run.step, "images": run.images, "steps_this_chunk": run.step - start_step,
+               "seconds": round(elapsed, 1),
+               "img_per_s": round((run.step - start_step) * cfg.batch_size / max(elapsed, 1e-9), 3),
+               "done": run.step >= cfg.total_steps, "interrupted": interrupted}
+    metrics = None
+    if run_probe and not interrupted:
+        from minigpt4.pretrain.probe import probe
+        metrics = probe(run.model, run.vocab, cfg, run.size, run.preset.image_mean, run.preset.image_std)
+        append_log(log_path, {"step": run.step, "images": run.images, "probe": metrics})
+        summary["probe"] = metrics
+    plot(log_path, out / "loss.png")
+    if cfg.export_dir:
+        export(run, Path(cfg.export_dir), metrics)
+        exp = Path(cfg.export_dir)
+        atomic_write_bytes(exp / "loss.png", (out / "loss.png").read_bytes())
+        atomic_write_bytes(exp / LOG, log_path.read_bytes())
+    summary["model"] = run.model
+    return summary

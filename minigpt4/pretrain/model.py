@@ -1,0 +1,121 @@
+"""Stage-0 model: our ViT + ln_vision + Q-Former, and a small text tower used only here.
+
+BLIP-2's first stage trains the Q-Former with three objectives; we keep two and add a third
+signal the world gives for free:
+  * ITC  - image-text contrastive: each Q-Former query output vs the caption's [first-token]
+           encoding, similarity = max over queries (as BLIP-2), in-batch negatives.
+  * ITG  - image-grounded text generation: a small causal decoder reads the projected query
+           outputs as a prefix (like MiniGPT-4 later feeds them to the LLM) and predicts QA
+           answers and the caption.
+  * aux  - multi-label heads on the mean query output for the world's ground truth (object
+           names, colours, counts, positions, ...): a legitimate supervised pretraining signal
+           on a procedural world, and a cheap probe.
+ITM (hard-negative matching) is left out: on 2 CPU cores its extra forward passes cost more than
+they teach here. Parameter names of the vision side equal `MiniGPT4`'s (`visual_encoder.*`,
+`ln_vision.*`, `qformer.*`) so the export is a plain key filter.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minigpt4.config import QFormerConfig, VisionConfig
+from minigpt4.model.qformer import QFormer
+from minigpt4.model.vision import VisionTransformer
+from minigpt4.pretrain.config import TextTowerConfig
+from minigpt4.pretrain.data import IGNORE, PAD, Batch
+
+VISION_PREFIXES = ("visual_encoder.", "ln_vision.", "qformer.")
+
+
+def _layers(cfg: TextTowerConfig, n: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0,
+                                       activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, n, enable_nested_tensor=False)
+
+
+class TextTower(nn.Module):
+    def __init__(self, cfg: TextTowerConfig, vocab_size: int, query_width: int, num_queries: int):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(vocab_size, cfg.width)
+        self.pos = nn.Parameter(torch.zeros(1, num_queries + cfg.max_len, cfg.width))
+        self.encoder = _layers(cfg, cfg.encoder_layers)
+        self.enc_norm = nn.LayerNorm(cfg.width)
+        self.query_in = nn.Linear(query_width, cfg.width)  # like MiniGPT-4's projection into the LLM
+        self.decoder = _layers(cfg, cfg.decoder_layers)
+        self.dec_norm = nn.LayerNorm(cfg.width)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos, std=0.01)
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) caption ids -> (B, width) mean over real tokens of a bidirectional encoder."""
+        keep = ids != PAD
+        x = self.tok(ids) + self.pos[:, : ids.shape[1]]
+        x = self.enc_norm(self.encoder(x, src_key_padding_mask=~keep))
+        keep = keep.unsqueeze(-1).to(x.dtype)
+        return (x * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+    def decode(self, queries: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Logits for every text position of [queries; ids] under a causal mask: (B, T, vocab).
+        Position t's logits predict token t+1; trailing PADs are never attended by real tokens."""
+        q = self.query_in(queries)
+        x = torch.cat([q, self.tok(ids)], dim=1)
+        x = x + self.pos[:, : x.shape[1]]
+        n = x.shape[1]
+        mask = torch.triu(torch.full((n, n), float("-inf"), device=x.device), diagonal=1)
+        h = self.dec_norm(self.decoder(x, mask=mask, is_causal=True))
+        return h[:, q.shape[1]:] @ self.tok.weight.T  # tied output head
+
+
+class Stage0Model(nn.Module):
+    def __init__(self, vision: VisionConfig, qformer: QFormerConfig, text: TextTowerConfig,
+                 vocab_size: int, num_labels: int):
+        super().__init__()
+        self.visual_encoder = VisionTransformer(vision)
+        self.ln_vision = nn.LayerNorm(vision.width)
+        self.qformer = QFormer(qformer, vision.width)
+        self.text = TextTower(text, vocab_size, qformer.hidden, qformer.num_query_tokens)
+        self.itc_image = nn.Linear(qformer.hidden, text.embed_dim)
+        self.itc_text = nn.Linear(text.width, text.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # BLIP-2's temp 0.07
+        self.aux = nn.Linear(qformer.hidden, max(1, num_labels))
+        self._init_vision()
+
+    def _init_vision(self) -> None:
+        # The shared modules use PyTorch's default Linear init (made for loading weights);
+        # ViT-style truncated normal trains noticeably better from scratch.
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and name.startswith(("visual_encoder", "qformer")):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def queries(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What MiniGPT-4 will see: pixels -> ViT -> ln_vision -> Q-Former outputs."""
+        return self.qformer(self.ln_vision(self.visual_encoder(pixels)))
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        q = self.queries(batch.pixels)
+        # ITC: max over queries of the query-text similarity (BLIP-2), symmetric cross-entropy.
+        img = F.normalize(self.itc_image(q), dim=-1)                       # (B, Q, D)
+        txt = F.normalize(self.itc_text(self.text.encode(batch.caption_ids)), dim=-1)  # (B, D)
+        sim = torch.einsum("iqd,jd->ijq", img, txt).amax(-1) * self.logit_scale.exp().clamp(max=100)
+        # Identical captions in a batch are both right answers: use soft targets over them.
+        same = (batch.caption_ids.unsqueeze(1) == batch.caption_ids.unsqueeze(0)).all(-1).float()
+        target = same / same.sum(1, keepdim=True)
+        itc = (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
+        # ITG: the decoder's logits at position t predict token t+1.
+        logits = self.text.decode(q, batch.itg_ids)[:, :-1]
+        targets = batch.itg_labels[:, 1:]
+        keep = targets != IGNORE
+        itg = F.cross_entropy(logits[keep], targets[keep]) if keep.any() else logits.sum() * 0
+        aux = F.binary_cross_entropy_with_logits(self.aux(q.mean(1)), batch.labels)
+        return {"itc": itc, "itg": itg, "aux": aux}
+
+    def vision_state_dict(self) -> dict[str, torch.Tensor]:
+        """The frozen vision side in `MiniGPT4` key names."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(VISION_PREFIXES)}

@@ -1,0 +1,108 @@
+"""Chunk-end probe on held-out val images (split="val": train object kinds, unseen seeds).
+
+  * itc_r1   - image -> caption retrieval top-1 among the probe images (chance 1/n)
+  * qa_<type> - greedy answers of the stage-0 decoder to the world's questions, exact match,
+                per question type (presence, count, color, position, ...) and overall `qa`
+  * aux_f1_<group> - F1 of the aux heads (threshold 0.5) per label group (obj, color, count, pos)
+These say whether the query outputs carry identity, colour, count and position before any LLM
+sees them; the stage-0 decoder is far weaker than the LLM, so they are lower bounds.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from minigpt4.pretrain.data import PAD, SEP, Vocab, labels_of, make_batch
+
+
+@lru_cache(maxsize=4)
+def _val_samples(n: int, kinds: tuple, size: int):
+    from minigpt4.world import mixture
+    return list(mixture(0, n, "val", kinds, None, size))
+
+
+@torch.no_grad()
+def greedy_answers(model, queries: torch.Tensor, prompts: list[list[int]], max_new: int = 6) -> list[list[int]]:
+    """Greedy continuation of each prompt until SEP, one question per query row. Prompts are
+    left-aligned and decoded in lockstep; each row reads its own last real position."""
+    B = len(prompts)
+    lengths = torch.tensor([len(p) for p in prompts])
+    width = int(lengths.max()) + max_new
+    ids = torch.full((B, width), PAD, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = torch.tensor(p)
+    done = torch.zeros(B, dtype=torch.bool)
+    out: list[list[int]] = [[] for _ in range(B)]
+    cur = lengths.clone()
+    for _ in range(max_new):
+        logits = model.text.decode(queries, ids[:, : int(cur.max())])
+        nxt = logits[torch.arange(B), cur - 1].argmax(-1)
+        for i in range(B):
+            if not done[i]:
+                if int(nxt[i]) == SEP:
+                    done[i] = True
+                else:
+                    out[i].append(int(nxt[i]))
+                    ids[i, cur[i]] = nxt[i]
+        cur = torch.where(done, cur, cur + 1)
+        if done.all():
+            break
+    return out
+
+
+def _f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
+    tp = float((pred * gold).sum())
+    denom = float(pred.sum() + gold.sum())
+    return 2 * tp / denom if denom else 1.0
+
+
+@torch.no_grad()
+def probe(model, vocab: Vocab, cfg, size: int, mean, std) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    samples = _val_samples(cfg.probe_n, tuple(cfg.kinds), size)
+    batch = make_batch(vocab, samples, size, cfg.text.qa_pairs, cfg.text.max_len, seed=0, mean=mean, std=std)
+    q = model.queries(batch.pixels)
+    metrics: dict[str, float] = {}
+    # Retrieval: max-over-queries similarity, as in training.
+    img = F.normalize(model.itc_image(q), dim=-1)
+    txt = F.normalize(model.itc_text(model.text.encode(batch.caption_ids)), dim=-1)
+    sim = torch.einsum("iqd,jd->ijq", img, txt).amax(-1)
+    metrics["itc_r1"] = float((sim.argmax(1) == torch.arange(len(samples))).float().mean())
+    # QA: up to probe_qa questions per image, each asked on its own ("question" -> " answer").
+    rng = random.Random("stage0-probe")
+    rows, prompts, golds, types = [], [], [], []
+    for i, s in enumerate(samples):
+        for qa in rng.sample(s.qa, min(cfg.probe_qa, len(s.qa))):
+            rows.append(i)
+            prompts.append(vocab.encode([qa["question"]])[0][: cfg.text.max_len - 8])
+            golds.append(qa["answer"].strip().lower())
+            types.append(qa["type"])
+    correct: dict[str, list[bool]] = defaultdict(list)
+    for start in range(0, len(rows), 128):
+        sl = slice(start, start + 128)
+        answers = greedy_answers(model, q[rows[sl]], prompts[sl])
+        for ans, gold, typ in zip(answers, golds[sl], types[sl]):
+            ok = vocab.decode(ans).strip().lower() == gold
+            correct[typ].append(ok)
+            correct["all"].append(ok)
+    for typ, oks in sorted(correct.items()):
+        metrics["qa" if typ == "all" else f"qa_{typ}"] = sum(oks) / len(oks)
+    # Aux heads, F1 per label group.
+    pred = (model.aux(q.mean(1)).sigmoid() > 0.5).float()
+    groups = defaultdict(list)
+    for j, name in enumerate(vocab.labels):
+        groups[name.split(":", 1)[0]].append(j)
+    for g in ("obj", "color", "count", "pos"):
+        if groups.get(g):
+            idx = torch.tensor(groups[g])
+            metrics[f"aux_f1_{g}"] = _f1(pred[:, idx], batch.labels[:, idx])
+    model.train(was_training)
+    return {k: round(v, 4) for k, v in metrics.items()}
+
+
+__all__ = ["probe", "greedy_answers", "labels_of"]

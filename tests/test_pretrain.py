@@ -1,0 +1,103 @@
+"""Stage 0 (minigpt4/pretrain): tiny runs of the real loop on real world images."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minigpt4.config import LLMConfig, TINY_LLAMA, get_config
+from minigpt4.model.minigpt4 import build_model
+from minigpt4.pretrain import Stage0Config, Stage0ConfigError, load_recipe, load_vision, train
+from minigpt4.pretrain.loop import Run
+
+
+def tiny_cfg(tmp_path, name: str, **kw) -> Stage0Config:
+    d = dict(model="tiny", batch_size=8, total_steps=200, warmup_steps=2, lr=3e-3, min_lr=1e-4,
+             text=dict(width=32, heads=2, encoder_layers=1, decoder_layers=1, max_len=48, embed_dim=16),
+             vocab_scan=40, probe_n=8, probe_qa=2, log_every=2,
+             output_dir=str(tmp_path / name), export_dir=str(tmp_path / f"{name}-export"))
+    d.update(kw)
+    return Stage0Config.from_dict(d)
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_loss_drops_and_chunk_writes_everything(tmp_path):
+    cfg = tiny_cfg(tmp_path, "run")
+    summary = train(cfg, max_steps=16, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 8
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3, losses
+    # The chunk end wrote the state, the probe, the plot and the export.
+    assert summary["step"] == 16 and summary["images"] == 128
+    probe = summary["probe"]
+    assert 0.0 <= probe["itc_r1"] <= 1.0 and "qa" in probe and "aux_f1_obj" in probe
+    assert rows[-1]["probe"] == probe
+    exp = tmp_path / "run-export"
+    for name in ("vision.safetensors", "heads.safetensors", "stage0.json", "loss.png", "log.jsonl"):
+        assert (exp / name).stat().st_size > 0, name
+    assert (exp / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((exp / "stage0.json").read_text())["step"] == 16
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    whole = train(tiny_cfg(tmp_path, "whole"), max_steps=4, progress=False, run_probe=False)
+    train(tiny_cfg(tmp_path, "parts"), max_steps=2, progress=False, run_probe=False)
+    parts = train(tiny_cfg(tmp_path, "parts"), max_steps=2, progress=False, run_probe=False)
+    assert parts["step"] == whole["step"] == 4 and parts["steps_this_chunk"] == 2
+    a, b = params(whole["model"]), params(parts["model"])
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    # The log of the resumed run has each step once.
+    steps = [json.loads(l)["step"] for l in (tmp_path / "parts" / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+
+
+def test_export_loads_into_minigpt4_and_gives_the_same_features(tmp_path):
+    summary = train(tiny_cfg(tmp_path, "exp"), max_steps=1, progress=False, run_probe=False)
+    stage0 = summary["model"].eval()
+    model = build_model(get_config("tiny"), seed=1)
+    meta = load_vision(model, tmp_path / "exp-export")
+    assert meta["step"] == 1 and meta["preset"] == "tiny"
+    pixels = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(model.vision_features(pixels), stage0.queries(pixels))
+    # A model with other vision sizes is refused by the strict key/shape check.
+    small = get_config("small")
+    small.llm = LLMConfig(source="random", arch=dict(TINY_LLAMA), hidden_size=64)
+    with pytest.raises(ValueError, match="does not match"):
+        load_vision(build_model(small), tmp_path / "exp-export")
+
+
+def test_small_preset_export_loads_strictly(tmp_path):
+    """The default recipe's export (small preset sizes) loads into build_model(small)."""
+    cfg = load_recipe("recipes/default/stage0.yaml", [f"output_dir={tmp_path}/r", f"export_dir={tmp_path}/e",
+                                                      "init_from=null"])
+    from minigpt4.pretrain.data import Vocab
+    from minigpt4.pretrain.export import export
+    run = Run(cfg, Vocab([5, 6, 7], ["obj:cat"]))
+    export(run, tmp_path / "e")
+    small = get_config("small")
+    # Same vision + Q-Former as the shipped model; a random LLM of SmolLM2's width stands in for the GGUF.
+    small.llm = LLMConfig(source="random", arch=dict(TINY_LLAMA, hidden_size=576, num_attention_heads=4),
+                          hidden_size=576)
+    model = build_model(small)
+    load_vision(model, tmp_path / "e")
+    for k, v in run.model.vision_state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_bad_recipes_get_clear_errors(tmp_path):
+    with pytest.raises(Stage0ConfigError, match="unknown field"):
+        Stage0Config.from_dict({"batch_sise": 8})
+    with pytest.raises(Stage0ConfigError, match="choose from"):
+        Stage0Config.from_dict({"kinds": ["cats"]})
+    with pytest.raises(Stage0ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(FileNotFoundError, match="pretrain-vision"):
+        load_vision(build_model(get_config("tiny")), tmp_path)
