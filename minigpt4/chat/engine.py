@@ -120,9 +120,13 @@ def validate_generation(gen: GenerationConfig) -> None:
 # --- sampling ---------------------------------------------------------------------------------
 def sample_next(logits: torch.Tensor, gen: GenerationConfig, previous: Sequence[int],
                 generator: torch.Generator | None = None) -> int:
-    """One token from a (vocab,) row of logits. The repetition penalty (CTRL style, as HF) covers
-    the tokens generated so far - with `inputs_embeds` prompts that is what the original's
-    `generate` call penalised too. Greedy when do_sample is False or temperature is 0."""
+    """One token from a (vocab,) row of logits, in HF's order: repetition penalty, temperature,
+    top-k, top-p. The repetition penalty (CTRL style, as HF) covers the tokens generated so far -
+    with `inputs_embeds` prompts that is what the original's `generate` call penalised too.
+    Greedy when do_sample is False or temperature is 0.
+
+    Top-p works on the 256 most likely tokens when they already hold top_p of the mass (exact,
+    and much cheaper than sorting a 50k vocabulary every step); otherwise on the full sort."""
     logits = logits.float()
     if gen.repetition_penalty != 1.0 and previous:
         idx = torch.tensor(sorted(set(previous)), device=logits.device)
@@ -131,19 +135,28 @@ def sample_next(logits: torch.Tensor, gen: GenerationConfig, previous: Sequence[
         logits[idx] = torch.where(seen < 0, seen * gen.repetition_penalty, seen / gen.repetition_penalty)
     if not gen.do_sample or gen.temperature == 0:
         return int(logits.argmax())
-    logits = logits / gen.temperature
-    if gen.top_k > 0:
-        kth = torch.topk(logits, min(gen.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if gen.temperature != 1.0:
+        logits = logits / gen.temperature
+    vocab = logits.numel()
+    if gen.top_k == 0 and gen.top_p >= 1.0:
+        return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+    vals, idx = torch.topk(logits, min(gen.top_k or NUCLEUS_CANDIDATES, vocab))
     if gen.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = sorted_logits.softmax(-1)
+        if gen.top_k:
+            probs = vals.softmax(-1)  # top-p over the renormalised top-k distribution (as HF)
+        else:
+            probs = (vals - torch.logsumexp(logits, -1)).exp()
+            if float(probs.sum()) < gen.top_p and len(vals) < vocab:
+                vals, idx = torch.sort(logits, descending=True)
+                probs = vals.softmax(-1)
         # keep the smallest set whose mass reaches top_p (the top token always stays)
-        drop = probs.cumsum(-1) - probs > gen.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        keep = probs.cumsum(-1) - probs <= gen.top_p
+        vals, idx = vals[keep], idx[keep]
+    choice = torch.multinomial(vals.softmax(-1), 1, generator=generator)
+    return int(idx[choice])
+
+
+NUCLEUS_CANDIDATES = 256
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -447,7 +460,12 @@ class Conversation:
         if cache is not None:
             _crop(cache, reuse)
         with eng._lock:
-            results, (cache, held) = yield from eng._run([prompt], [gen], cache=cache, reuse=reuse)
+            runner = eng._run([prompt], [gen], cache=cache, reuse=reuse)
+            try:
+                while True:
+                    yield next(runner)[1]
+            except StopIteration as done:
+                results, (cache, held) = done.value
         res = results[0]
         self._pending = []
         self.messages = prompt.messages + [Message("assistant", res.text)]

@@ -1,0 +1,94 @@
+"""Flags every CLI verb shares: which model to load, on what device and dtype, and how to sample.
+
+Kept free of heavy imports (torch, transformers) so `minigpt4 --help` stays fast; loading happens
+in `load_model_from_args`, which goes through `minigpt4.weights.load_model`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+
+DEFAULT_MODEL = "tiny"  # the lead switches this to the trained default model once it exists
+
+
+class CLIError(Exception):
+    """A user-facing problem with the command line: printed as one `error: ...` line, exit code 2."""
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"preset name (tiny, small, vicuna-7b, ...) or a converted model folder (default: {DEFAULT_MODEL})")
+    g.add_argument("--llm", default=None, help="LLM folder / .gguf for presets that need one (e.g. vicuna-7b)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="compute dtype (default: fp32 on CPU, fp16 on CUDA)")
+    g.add_argument("--quantize", default=None, choices=["8bit", "4bit"],
+                   help="load the LLM in 8/4 bit with bitsandbytes (CUDA only)")
+
+
+def add_generation_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("generation (defaults: the model's, e.g. top_p 0.9, repetition penalty 1.05)")
+    g.add_argument("--max-new-tokens", type=int, default=None)
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible answers)")
+    g.add_argument("--greedy", action="store_true", help="no sampling: always the most likely token")
+    g.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
+
+
+def generation_from_args(args: argparse.Namespace, base):
+    """`base` (a GenerationConfig) with every flag the user actually gave applied on top."""
+    over = {k: getattr(args, k, None) for k in ("max_new_tokens", "temperature", "top_p", "top_k",
+                                                 "repetition_penalty", "seed")}
+    over = {k: v for k, v in over.items() if v is not None}
+    if getattr(args, "greedy", False):
+        over["do_sample"] = False
+    if getattr(args, "stop", None):
+        over["stop"] = tuple(base.stop) + tuple(args.stop)
+    return dataclasses.replace(base, **over)
+
+
+def check_device_args(args: argparse.Namespace) -> tuple[str, str]:
+    """(device, dtype) from the flags, with clear errors for combinations that cannot work."""
+    import torch
+    device = args.device or "auto"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu "
+                       "(or install a CUDA build of torch on a GPU machine)")
+    dtype = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
+    if args.quantize:
+        if not device.startswith("cuda"):
+            raise CLIError(f"--quantize {args.quantize} uses bitsandbytes and needs a CUDA GPU; on CPU drop "
+                           f"--quantize (use --dtype fp32)")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise CLIError(f"--quantize {args.quantize} needs the bitsandbytes package: "
+                           f"pip install bitsandbytes")
+    return device, dtype
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """The model the flags name, in eval mode."""
+    device, dtype = check_device_args(args)
+    try:
+        from minigpt4.weights import load_model
+    except ImportError:  # weights package not installed yet: presets only
+        load_model = None
+    if load_model is not None:
+        kwargs = {"llm": args.llm} if getattr(args, "llm", None) else {}
+        model = load_model(args.model, device=device, dtype=dtype, quantize=args.quantize, **kwargs)
+    else:
+        from minigpt4.config import get_config
+        from minigpt4.model.minigpt4 import build_model
+        from minigpt4.utils import parse_dtype
+        cfg = get_config(args.model)
+        if getattr(args, "llm", None):
+            cfg.llm.path = args.llm
+        model = build_model(cfg, dtype=parse_dtype(dtype), device=device, quantize=args.quantize)
+    model.eval()
+    return model
