@@ -101,6 +101,8 @@ def test_pipeline_describes_fixes_filters_exports(tiny_model, tmp_path):
     assert sum(stats["errors"].values()) == 5 and stats["ok"] == 4
     assert report["fix"]["prompt_tokens"] == stats["prompt_tokens"] > 0
     assert report["fix"]["cost"] == pytest.approx(stats["cost"], abs=1e-6)
+    assert report["fix"]["endpoint"]["errors"] == {"http_429": 1, "http_500": 1, "malformed": 2, "timeout": 1}
+    assert "endpoint errors" in (out / "report.md").read_text()
 
     cap = json.loads((out / "filter_cap.json").read_text())
     assert len(cap["annotations"]) == 3
@@ -230,10 +232,14 @@ def test_describe_continues_short_answers_in_the_same_conversation(tiny_model):
 
 
 def test_local_fixer_runs_the_fix_prompt_through_the_chat_engine(tiny_model):
-    fixer = LocalFixer(ChatEngine(tiny_model), max_new_tokens=5)
+    engine = ChatEngine(tiny_model)
+    fixer = LocalFixer(engine, max_new_tokens=5)
     outs = fixer.fix_batch(["A dog dog sits.", "A cat."])
     assert [o.ok for o in outs] == [True, True]
     assert all(0 < o.completion_tokens <= 5 and o.prompt_tokens > 40 for o in outs)
+    # The answer budget follows the input length, not the 400-token ceiling.
+    assert LocalFixer(engine)._budget(["one two three"]) < 50
+    assert LocalFixer(engine)._budget(["word " * 400]) == 400
 
 
 def test_cli_without_a_fixer_says_how_to_choose_one(tmp_path, capsys, monkeypatch):

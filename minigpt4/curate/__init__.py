@@ -4,18 +4,27 @@
     run(RunConfig(out="cur", images="imgs/"), lambda: Describer(ChatEngine(model)), RuleFixer())
 
 Every item's state lives in `OUT/state.sqlite` (see `store.py`), so runs resume after any kill.
+Names are imported lazily: the review server and `curate report` never pay for torch.
 """
-from minigpt4.curate.clean import clean
-from minigpt4.curate.describe import Describer, Description
-from minigpt4.curate.export import build_report, export
-from minigpt4.curate.filters import RULES, FilterConfig, FilterResult, apply_filters
-from minigpt4.curate.fixers import (FixOutcome, Fixer, FixerConfigError, LocalFixer, OpenAIFixer,
-                                    OpenAIFixerConfig, RuleFixer)
-from minigpt4.curate.pipeline import RunConfig, run
-from minigpt4.curate.prompts import CONTINUE_PROMPT, DESCRIBE_PROMPT, FIX_PROMPT
-from minigpt4.curate.store import Item, Store
+from __future__ import annotations
 
-__all__ = ["clean", "Describer", "Description", "build_report", "export", "RULES", "FilterConfig",
-           "FilterResult", "apply_filters", "FixOutcome", "Fixer", "FixerConfigError", "LocalFixer",
-           "OpenAIFixer", "OpenAIFixerConfig", "RuleFixer", "RunConfig", "run", "CONTINUE_PROMPT",
-           "DESCRIBE_PROMPT", "FIX_PROMPT", "Item", "Store"]
+import importlib
+
+_EXPORTS = {
+    "clean": "clean",
+    "Describer": "describe", "Description": "describe",
+    "build_report": "export", "export": "export",
+    "RULES": "filters", "FilterConfig": "filters", "FilterResult": "filters", "apply_filters": "filters",
+    "FixOutcome": "fixers", "Fixer": "fixers", "FixerConfigError": "fixers", "LocalFixer": "fixers",
+    "OpenAIFixer": "fixers", "OpenAIFixerConfig": "fixers", "RuleFixer": "fixers",
+    "RunConfig": "pipeline", "run": "pipeline",
+    "CONTINUE_PROMPT": "prompts", "DESCRIBE_PROMPT": "prompts", "FIX_PROMPT": "prompts",
+    "Item": "store", "Store": "store",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'minigpt4.curate' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"minigpt4.curate.{_EXPORTS[name]}"), name)

@@ -182,6 +182,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from minigpt4.curate.export import build_report, report_markdown
     from minigpt4.curate.store import Store
     with Store(args.out, create=False) as store:
-        report = build_report(store.items(), store.get_meta("require_review", True))
+        report = build_report(store.items(), store.get_meta("require_review", True), store.get_meta("fixer_stats"))
     print(json.dumps(report, indent=2) if args.json else report_markdown(report), end="")
     return 0

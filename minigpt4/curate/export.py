@@ -26,7 +26,7 @@ def selected(item: Item, require_review: bool) -> bool:
     return item.review != "rejected"
 
 
-def build_report(items: list[Item], require_review: bool) -> dict[str, Any]:
+def build_report(items: list[Item], require_review: bool, fixer_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     def n(pred) -> int:
         return sum(1 for i in items if pred(i))
 
@@ -48,7 +48,8 @@ def build_report(items: list[Item], require_review: bool) -> dict[str, Any]:
                 "attempts": sum(i.fix_attempts for i in items),
                 "prompt_tokens": sum(i.fix_prompt_tokens for i in items),
                 "completion_tokens": sum(i.fix_completion_tokens for i in items),
-                "cost": round(sum(i.fix_cost for i in items), 6)},
+                "cost": round(sum(i.fix_cost for i in items), 6),
+                "endpoint": fixer_stats or {}},
         "filter": {"kept": n(lambda i: i.filter_status == "kept"),
                    "dropped": n(lambda i: i.filter_status == "dropped"), "rules": rules},
         "review": {"approved": n(lambda i: i.review == "approved"), "edited": n(lambda i: i.review == "edited"),
@@ -85,6 +86,9 @@ def report_markdown(r: dict[str, Any]) -> str:
     f = r["fix"]
     lines += ["", "## Fixer", "", f"fixers: {', '.join(f['fixers']) or '-'}; requests (incl. retries): {f['attempts']}; "
               f"prompt tokens: {f['prompt_tokens']}; completion tokens: {f['completion_tokens']}; cost: {f['cost']:.4f}"]
+    if f["endpoint"].get("errors"):
+        lines += ["", "endpoint errors (all retried or counted as failures): " +
+                  ", ".join(f"{k} {v}" for k, v in sorted(f["endpoint"]["errors"].items()))]
     if r["bad"]:
         lines += ["", "## Bad images (skipped)", ""]
         lines += [f"- `{b['image_id']}` ({b['source'].get('path')}): {b['error']}" for b in r["bad"]]
@@ -107,7 +111,7 @@ def export(store: Store, require_review: bool = True) -> dict[str, Any]:
         rec["caption"] = i.caption if rec["exported"] else None
         lines.append(json.dumps(rec, ensure_ascii=False))
     atomic_write_text(out / "provenance.jsonl", "\n".join(lines) + ("\n" if lines else ""))
-    report = build_report(items, require_review)
+    report = build_report(items, require_review, store.get_meta("fixer_stats"))
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", report_markdown(report))
     return report

@@ -235,10 +235,18 @@ class LocalFixer(Fixer):
     """A local causal LM as the fixer, through the chat engine, with text-only conversations."""
     name = "local"
 
-    def __init__(self, engine, prompt: str = FIX_PROMPT, max_new_tokens: int = 400):
+    def __init__(self, engine, prompt: str = FIX_PROMPT, max_new_tokens: int = 400, system: str | None = ""):
         self.engine = engine
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
+        # No system message by default: the model's own one talks about an image, and there is none here.
+        self.system = system
+
+    def _budget(self, texts: list[str]) -> int:
+        """A fixed paragraph is about as long as the input: cap the answer at 1.5x the longest input
+        (+32), so a model that never stops does not run to max_new_tokens on every item."""
+        longest = max(len(self.engine.tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
+        return max(1, min(self.max_new_tokens, int(1.5 * longest) + 32))
 
     def fix(self, text: str) -> FixOutcome:
         return self.fix_batch([text])[0]
@@ -247,8 +255,9 @@ class LocalFixer(Fixer):
         from minigpt4.chat.engine import Request
         from minigpt4.chat.templates import Message
         from minigpt4.config import GenerationConfig
-        gen = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, repetition_penalty=1.0)
-        reqs = [Request(messages=[Message("user", fix_message(t, self.prompt))], gen=gen) for t in texts]
+        gen = GenerationConfig(max_new_tokens=self._budget(texts), do_sample=False, repetition_penalty=1.0)
+        reqs = [Request(messages=[Message("user", fix_message(t, self.prompt))], gen=gen, system=self.system)
+                for t in texts]
         try:
             results = self.engine.generate(reqs)
         except Exception as e:  # one failing batch must not lose the descriptions

@@ -129,16 +129,22 @@ class FixStage:
             raise self.fatal
 
     def close(self) -> None:
+        """Finish every submitted fix, then stop (raises a FixerConfigError met on the way)."""
         try:
             if self.fatal is None:
                 self.flush()
             for f in self.futures:
                 f.result()
         finally:
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
-            self.bar.close()
+            self.abort()
         self._raise_fatal()
+
+    def abort(self) -> None:
+        """Stop now (Ctrl+C, an error): queued fixes are dropped - their items stay pending for the
+        next run - while the requests in flight finish and are stored."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.bar.close()
 
 
 def run(cfg: RunConfig, make_describer: Callable[[], Describer], fixer: Fixer) -> dict[str, Any]:
@@ -151,6 +157,7 @@ def run(cfg: RunConfig, make_describer: Callable[[], Describer], fixer: Fixer) -
             log.info("registered %d new image(s)", added)
         elif store.count() == 0:
             raise ValueError(f"'{cfg.out}' holds no items yet; pass --images to say what to curate")
+        store.set_meta("require_review", cfg.require_review)
         stage = FixStage(store, fixer, cfg.filters, cfg.batch_size, cfg.progress)
         try:
             # Resume first: descriptions already made but not (successfully) fixed.
@@ -162,11 +169,31 @@ def run(cfg: RunConfig, make_describer: Callable[[], Describer], fixer: Fixer) -
             if todo:
                 describer = make_describer()
                 _describe_all(store, describer, todo, stage, cfg)
-        finally:
+        except BaseException:
+            stage.abort()
+            raise
+        else:
             stage.close()
+        finally:
+            _add_fixer_stats(store, fixer.stats())
         return export(store, cfg.require_review)
     finally:
         store.close()
+
+
+def _add_fixer_stats(store: Store, stats: dict[str, Any]) -> None:
+    """Request/error counts of the HTTP fixer, summed over all runs into the store's meta table."""
+    if not stats:
+        return
+    total = store.get_meta("fixer_stats", {})
+    for k, v in stats.items():
+        if k == "errors":
+            errors = total.setdefault("errors", {})
+            for kind, n in v.items():
+                errors[kind] = errors.get(kind, 0) + n
+        elif isinstance(v, (int, float)):
+            total[k] = total.get(k, 0) + v
+    store.set_meta("fixer_stats", total)
 
 
 def _describe_all(store: Store, describer: Describer, todo: list, stage: FixStage, cfg: RunConfig) -> None:
