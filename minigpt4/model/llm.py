@@ -80,19 +80,18 @@ def save_llm_folder(llm, tokenizer, out: Path) -> None:
 
 
 def load_llm_folder(path: Path, dtype=torch.float32):
-    """Fast load of a folder written by `save_llm_folder`: build from config, strict load weights."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    llm = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    state = load_file(path / "model.safetensors")
-    missing, unexpected = llm.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(cfg, "tie_word_embeddings", False) else set()
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
+    """Fast load of a folder written by `save_llm_folder`, strict about the weights.
+    `from_pretrained` builds on the meta device and reads the safetensors in place: ~20x faster
+    than `from_config` (random init of every weight) + `load_state_dict` for SmolLM2-135M."""
+    from transformers import AutoModelForCausalLM
+    llm, info = AutoModelForCausalLM.from_pretrained(Path(path), dtype=dtype, local_files_only=True,
+                                                     output_loading_info=True)
+    missing, unexpected = list(info.get("missing_keys", [])), list(info.get("unexpected_keys", []))
+    mismatched = list(info.get("mismatched_keys", []))
+    if missing or unexpected or mismatched:
         raise ValueError(f"LLM weights in {path} do not match its config.json: missing {missing[:10]}"
-                         f"{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}")
-    llm.tie_weights()
+                         f"{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}, "
+                         f"wrong shapes {mismatched[:10]}")
     return llm.to(dtype)
 
 
