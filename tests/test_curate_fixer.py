@@ -13,7 +13,8 @@ PARAGRAPH = "A dog dog sits on on the grass. A dog sits on the grass."
 
 
 def make_fixer(fake: FakeOpenAI, **over) -> OpenAIFixer:
-    cfg = dict(base_url=fake.base_url, model="fake-gpt", api_key="sk-test", timeout=0.5, max_attempts=4,
+    # timeout 1 s: far above a localhost round trip even on a loaded machine, below the "slow" answers.
+    cfg = dict(base_url=fake.base_url, model="fake-gpt", api_key="sk-test", timeout=1.0, max_attempts=4,
                backoff_base=0.01, backoff_max=0.2, concurrency=4, price_in=1.0, price_out=2.0)
     cfg.update(over)
     return OpenAIFixer(OpenAIFixerConfig(**cfg))
@@ -38,7 +39,7 @@ def test_fixer_sends_the_papers_prompt_and_counts_tokens_and_cost():
 @pytest.mark.parametrize("failure", ["429", "500", "503", "slow", "malformed_json", "missing_choices",
                                      "empty_choices", "no_content", "drop"])
 def test_fixer_retries_each_transient_failure(failure):
-    with FakeOpenAI(script=[failure], slow_seconds=1.5) as fake:
+    with FakeOpenAI(script=[failure], slow_seconds=2.0) as fake:
         fixer = make_fixer(fake)
         out = fixer.fix(PARAGRAPH)
         fixer.close()
@@ -96,3 +97,26 @@ def test_fixer_env_and_flags():
 def test_rule_fixer_is_a_fixer():
     out = RuleFixer().fix_batch([PARAGRAPH])[0]
     assert out.ok and out.text == "A dog sits on the grass." and "repeated_sentences" in out.edits
+
+
+def test_fix_stage_keeps_the_concurrency_limit_and_commits_each_result(tmp_path):
+    from minigpt4.curate.filters import FilterConfig
+    from minigpt4.curate.pipeline import FixStage
+    from minigpt4.curate.store import Store
+
+    texts = [f"Paragraph number {i} about a picture." for i in range(8)]
+    with Store(tmp_path) as st, FakeOpenAI(delay=0.3) as fake:
+        st.add_items([(f"i{i}", {"kind": "file", "path": "x"}) for i in range(8)])
+        for i, t in enumerate(texts):
+            st.set_described(f"i{i}", t, t, 9, False, f"image/i{i}.jpg")
+        stage = FixStage(st, make_fixer(fake, concurrency=3), FilterConfig(), batch_size=8, progress=False)
+        t0 = time.perf_counter()
+        for i, t in enumerate(texts):
+            stage.submit(f"i{i}", t)
+        stage.close()
+        took = time.perf_counter() - t0
+        assert fake.max_in_flight == 3
+        assert took < 8 * 0.3  # requests overlapped
+        items = st.items()
+    assert all(i.fix_status == "done" and i.filter_status == "kept" for i in items)
+    assert sorted(fake.ok_counts.values()) == [1] * 8 and set(fake.ok_counts) == set(texts)

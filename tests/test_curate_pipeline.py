@@ -60,7 +60,7 @@ class FirstSeenAnswers:
 
 
 def fixer_for(fake: FakeOpenAI, **over) -> OpenAIFixer:
-    cfg = dict(base_url=fake.base_url, api_key="sk-test", timeout=0.5, max_attempts=4, backoff_base=0.01,
+    cfg = dict(base_url=fake.base_url, api_key="sk-test", timeout=2.0, max_attempts=4, backoff_base=0.01,
                backoff_max=0.1, concurrency=3, price_in=0.5, price_out=1.5)
     cfg.update(over)
     return OpenAIFixer(OpenAIFixerConfig(**cfg))
@@ -75,7 +75,7 @@ def test_pipeline_describes_fixes_filters_exports(tiny_model, tmp_path):
     out = tmp_path / "out"
     answers = FirstSeenAnswers([f"I apologize, I made a mistake. {LONG}", f"Here is the corrected paragraph: {LONG}"])
     script = ["429", "500", "malformed_json", "slow", "missing_choices"]
-    with FakeOpenAI(script=script, responder=answers, slow_seconds=1.0, retry_after=0.01) as fake:
+    with FakeOpenAI(script=script, responder=answers, slow_seconds=3.0, retry_after=0.01) as fake:
         fixer = fixer_for(fake)
         describer = Describer(ChatEngine(tiny_model), gen=SAMPLED)
         report = run(RunConfig(out=out, images=str(images), batch_size=3, require_review=False, progress=False),

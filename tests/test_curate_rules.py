@@ -162,6 +162,7 @@ def test_store_steps_review_and_export(tmp_path):
         st.set_review("a", "edited", "A better caption.")
 
         report = export(st, require_review=True)
+        assert st.reset_bad() == 1 and st.get("c").describe_status == "pending" and st.get("c").error is None
     cap = json.loads((tmp_path / "filter_cap.json").read_text())
     assert cap == {"annotations": [{"image_id": "a", "caption": "A better caption."}]}
     prov = [json.loads(line) for line in (tmp_path / "provenance.jsonl").read_text().splitlines()]

@@ -55,6 +55,8 @@ def register(subparsers) -> None:
     g.add_argument("--min-chars", type=int, default=None, help="drop fixed texts with fewer characters (default 80)")
     g.add_argument("--no-review", action="store_true",
                    help="export every item the rules kept, without the human check")
+    r.add_argument("--retry-bad", action="store_true", help="read again the images an earlier run could not "
+                                                          "read (after you replaced the files)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
@@ -139,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     filters = FilterConfig(min_words=defaults.min_words if args.min_words is None else args.min_words,
                            min_chars=defaults.min_chars if args.min_chars is None else args.min_chars)
     cfg = RunConfig(out=args.out, images=args.images, limit=args.limit, batch_size=args.batch_size,
-                    retry_failed=not args.no_retry_failed, require_review=not args.no_review, filters=filters,
+                    retry_failed=not args.no_retry_failed, retry_bad=args.retry_bad, require_review=not args.no_review, filters=filters,
                     progress=not args.no_progress)
     fixer = _make_fixer(args, kind, prompt, get_model)
     try:

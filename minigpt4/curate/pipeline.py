@@ -36,6 +36,7 @@ class RunConfig:
     limit: int | None = None       # only the first N images of the source
     batch_size: int = 8
     retry_failed: bool = True      # fix again the items whose fix failed in an earlier run
+    retry_bad: bool = False        # read again the images that could not be read in an earlier run
     require_review: bool = True    # export only reviewed items (False: every item the rules kept)
     filters: FilterConfig = field(default_factory=FilterConfig)
     progress: bool = True
@@ -158,6 +159,8 @@ def run(cfg: RunConfig, make_describer: Callable[[], Describer], fixer: Fixer) -
         elif store.count() == 0:
             raise ValueError(f"'{cfg.out}' holds no items yet; pass --images to say what to curate")
         store.set_meta("require_review", cfg.require_review)
+        if cfg.retry_bad:
+            store.reset_bad()
         stage = FixStage(store, fixer, cfg.filters, cfg.batch_size, cfg.progress)
         try:
             # Resume first: descriptions already made but not (successfully) fixed.

@@ -228,6 +228,12 @@ class Store:
                 raise KeyError(f"no item '{item_id}' in {self.path}")
 
     # --- step results (each one commit) ----------------------------------------------------
+    def reset_bad(self) -> int:
+        """Put the items whose image could not be read back in the queue (after the files were fixed)."""
+        with self._tx() as c:
+            return c.execute("UPDATE items SET describe_status='pending', error=NULL, updated_at=? "
+                             "WHERE describe_status='bad'", (time.time(),)).rowcount
+
     def mark_bad(self, item_id: str, error: str) -> None:
         self._update(item_id, describe_status="bad", error=error)
 
@@ -243,6 +249,12 @@ class Store:
                   final_text: str | None = None) -> None:
         """Store a fix outcome - and, for a successful fix, its filter result in the same commit, so
         a kill can never leave an item fixed but unfiltered. Token counts and cost add up over runs."""
+        with self._lock:  # read-modify-write of the running totals: one thread at a time
+            self._set_fixed(item_id, fixer, fix_text, error, attempts, prompt_tokens, completion_tokens, cost,
+                            edits, filter_status, filter_rules, final_text)
+
+    def _set_fixed(self, item_id, fixer, fix_text, error, attempts, prompt_tokens, completion_tokens, cost, edits,
+                   filter_status, filter_rules, final_text) -> None:
         now = time.time()
         item = self.get(item_id)
         values: dict[str, Any] = dict(
