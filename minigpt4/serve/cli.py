@@ -48,6 +48,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=d.max_images, help="images per request")
     p.add_argument("--allow-remote-images", action="store_true",
                    help="let image_url be http(s) (public addresses only; size and time limited)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for the model (default: torch's choice); 1 is often fastest on a "
+                        "small or busy machine, where threads waiting on each other cost more than they give")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -93,6 +96,9 @@ def run(args) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(args)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     model = load_model(args)
     model.eval()
     app = create_app(ChatEngine(model), cfg)
