@@ -326,3 +326,24 @@ def test_lora_adapters_round_trip(tmp_path):
     assert again.trainable == ["proj", "lora"]
     ids = torch.tensor([[1, 5, 9, 200]])
     torch.testing.assert_close(again.llm(ids).logits, model.llm(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("link", [False, True])
+def test_convert_with_a_hugging_face_llm_folder(originals, loaded_tiny, tmp_path, link):
+    """The Vicuna path: --llm points at a Hugging Face folder, copied into llm/ or linked."""
+    hf = tmp_path / "vicuna-like"
+    loaded_tiny.llm.save_pretrained(hf)
+    loaded_tiny.tokenizer.save_pretrained(hf)
+    p = originals.paths
+    out = convert("tiny", tmp_path / "out", eva=str(p.eva), blip2=str(p.blip2), ckpt=str(p.ckpt), llm=str(hf),
+                  link_llm=link, progress=False)
+    doc = json.loads((out / "config.json").read_text())
+    assert doc["config"]["llm"]["source"] == "hf"
+    assert doc["config"]["llm"]["path"] == (str(hf.resolve()) if link else "llm")
+    assert (out / "llm").exists() != link
+    model = load_model(str(out))
+    ids = torch.tensor([[1, 5, 9, 200]])
+    assert torch.equal(model.llm(ids).logits, loaded_tiny.llm(ids).logits)
+    x = pixels(seed=6)
+    assert torch.equal(model.encode_pixels(x), loaded_tiny.encode_pixels(x))

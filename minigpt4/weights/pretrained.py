@@ -245,12 +245,15 @@ def folder_state(folder: Path, cfg: MiniGPT4Config, doc: dict) -> dict[str, torc
 
 
 def from_pretrained(folder: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32",
-                    quantize: str | None = None):
-    """Load a folder written by `convert` / `save_pretrained`."""
+                    quantize: str | None = None, llm: str | None = None):
+    """Load a folder written by `convert` / `save_pretrained`; `llm` swaps in another LLM (HF folder
+    or .gguf) of the same hidden size, e.g. when a linked LLM has moved."""
     from minigpt4.utils import parse_dtype, resolve_device
     folder = Path(folder)
     t0 = time.perf_counter()
     cfg, doc = read_folder_config(folder)
+    if llm:
+        cfg.llm.source, cfg.llm.path, cfg.llm.tokenizer = _llm_source_for(llm), str(llm), None
     state = folder_state(folder, cfg, doc)  # fail on bad weights before reading the LLM
     model = assemble(cfg, state, parse_dtype(dtype), resolve_device(device), quantize, seed=None)
     log.info("loaded %s in %.2f s", folder, time.perf_counter() - t0)
@@ -291,7 +294,7 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
     if spec_s not in PRESETS:
         p = Path(spec_s)
         if p.is_dir():
-            return from_pretrained(p, device, dtype, quantize)
+            return from_pretrained(p, device, dtype, quantize, llm=llm)
         if p.exists() or os.sep in spec_s or spec_s.startswith("."):
             raise CheckpointError(f"model '{spec_s}' is not a converted model folder; pass a folder made by "
                                   f"`minigpt4 convert`, or a preset: {', '.join(PRESETS)}")
@@ -310,8 +313,9 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
         raise CheckpointError(f"preset '{spec_s}' is a released model and needs its weights for {missing}: "
                               f"pass {', '.join(flags)}, or convert once with `minigpt4 convert` and load "
                               f"the folder")
-    if missing and state:
-        log.warning("no weights given for %s of preset %s: randomly initialised", missing, spec_s)
+    if missing and (state or cfg.llm.source != "random"):
+        log.warning("no weights given for %s of preset %s: randomly initialised (train it, or load a "
+                    "converted/trained model folder)", missing, spec_s)
     return assemble(cfg, state, parse_dtype(dtype), resolve_device(device), quantize, seed)
 
 
