@@ -68,7 +68,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     distributed: str = "ddp"                 # ddp | fsdp (FSDP shards the frozen LLM over GPUs)
-    feature_cache: str = "auto"              # auto: on when the vision side is frozen | on | off
+    feature_cache: str | bool = "auto"              # auto: on when the vision side is frozen | on | off
     cache_dir: str | None = None             # default: <output_dir>/feature_cache
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
@@ -85,7 +85,7 @@ class TrainConfig:
 
 
 CHOICES = {"stage": (1, 2), "amp": ("bf16", "fp16", None), "distributed": ("ddp", "fsdp"),
-           "feature_cache": ("auto", "on", "off"), "data.type": ("webdataset", "folder", "cc_sbu_align", "llava")}
+           "feature_cache": ("auto", "on", "off", True, False), "data.type": ("webdataset", "folder", "cc_sbu_align", "llava")}
 PATH_FIELDS = ("path", "image_folder")  # inside data entries; plus top-level init / instructions
 
 
@@ -126,7 +126,12 @@ def _coerce(value, tp, where: str, ctx: _Ctx):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where, ctx)
+        for a in inner[:-1]:
+            try:
+                return _coerce(value, a, where, ctx)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], where, ctx)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where, ctx)
     if origin is list:
@@ -296,6 +301,8 @@ def _check(cfg: TrainConfig, ctx: _Ctx) -> None:
         raise ctx.error("optim.lr", "learning rates must be >= 0 (lr > 0)")
     if o.warmup_steps < 0:
         raise ctx.error("optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    if isinstance(cfg.feature_cache, bool):  # YAML reads on/off as booleans
+        cfg.feature_cache = "on" if cfg.feature_cache else "off"
     frozen_vision = not ({"vision", "qformer"} & set(cfg.trainable))
     if cfg.feature_cache == "on" and not frozen_vision:
         raise ctx.error("feature_cache", f"'on' needs a frozen vision side, but trainable={cfg.trainable}; "

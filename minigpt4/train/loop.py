@@ -74,7 +74,8 @@ class Trainer:
         self.model.set_trainable(cfg.trainable)
         if cfg.init:
             self._load_trainable(ckpt.load_trainable(cfg.init), f"init '{cfg.init}'")
-        if cfg.distributed == "fsdp" and self.dist.world > 1:
+        self.fsdp = cfg.distributed == "fsdp" and self.dist.world > 1
+        if self.fsdp:
             D.wrap_fsdp(self.model, device)
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         for _, p in self.params:
@@ -250,6 +251,8 @@ class Trainer:
         fault = int(os.environ.get(FAULT_ENV, "0"))
         for m, n in zip(micro, tokens):
             if m is None or n == 0:
+                if self.fsdp and total_tokens > 0:
+                    self._idle_forward()  # FSDP ranks must run the same collectives
                 continue
             with self._autocast():
                 loss = self.model(m.batch.input_ids, m.batch.attention_mask, m.batch.labels, **m.vision)
@@ -278,6 +281,19 @@ class Trainer:
         self.step += 1
         self.samples += int(total_samples)
         return global_loss
+
+    def _idle_forward(self) -> None:
+        """A zero-weighted forward/backward for a rank whose micro-batch was all skipped samples:
+        FSDP gathers parameters inside forward/backward, so every rank has to take part."""
+        from minigpt4.model.minigpt4 import IGNORE_INDEX, IMAGE_TOKEN_ID
+        bos, n = self.model.tokenizer.bos_token_id or 0, self.model.cfg.num_image_tokens
+        # One (zero) image, so the backward passes through the sharded layers as on the other ranks.
+        ids = torch.tensor([[bos] + [IMAGE_TOKEN_ID] * n + [bos, bos]])
+        labels = torch.tensor([[IGNORE_INDEX] * (n + 1) + [bos, bos]])
+        feats = torch.zeros(1, n, self.model.cfg.proj_in_features)
+        with self._autocast():
+            loss = self.model(ids, torch.ones_like(ids), labels, features=feats)
+        (loss * 0.0).backward()
 
     def _record_skips(self, total: int) -> None:
         self.skipped += total
