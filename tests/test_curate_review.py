@@ -128,6 +128,12 @@ def test_review_page_keyboard_decisions_are_saved_at_once(browser, tmp_path, art
         # r = reject; then k goes back, and a reload shows the stored decisions.
         page.keyboard.press("r")
         page.wait_for_selector("#status.rejected")
+        page.keyboard.press("u")  # undo: pending again, then reject for good
+        page.wait_for_selector("#progress-text:has-text('2 / 3 reviewed')")
+        with Store(out, create=False) as st:
+            assert st.get("item2").review is None
+        page.keyboard.press("r")
+        page.wait_for_selector("#status.rejected")
         page.wait_for_selector("#progress-text:has-text('3 / 3 reviewed')")
         page.keyboard.press("k")
         page.wait_for_selector("#item-id:has-text('item1')")

@@ -93,7 +93,7 @@ def serve(out_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, requir
 
     from minigpt4.curate.export import export
     app = create_app(out_dir)
-    print(f"review page: http://{host}:{port}/  (a approve, e edit, r reject, j/k next/prev; Ctrl+C to stop)")
+    print(f"review page: http://{host}:{port}/  (a approve, e edit, r reject, u undo, j/k next/prev; Ctrl+C to stop)")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
