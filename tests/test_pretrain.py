@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from minigpt4.config import LLMConfig, TINY_LLAMA, get_config
-from minigpt4.model.minigpt4 import build_model
+from minigpt4.model.llm import build_random_llm
+from minigpt4.model.minigpt4 import MiniGPT4, build_model
 from minigpt4.pretrain import Stage0Config, Stage0ConfigError, load_recipe, load_vision, train
 from minigpt4.pretrain.loop import Run
 
@@ -21,13 +22,28 @@ def tiny_cfg(tmp_path, name: str, **kw) -> Stage0Config:
     return Stage0Config.from_dict(d)
 
 
+def small_model() -> MiniGPT4:
+    """The `small` preset's vision + Q-Former; a small random LLM of SmolLM2's width stands in
+    for the GGUF (only the vision side matters here)."""
+    cfg = get_config("small")
+    cfg.llm = LLMConfig(source="random", hidden_size=576,
+                        arch=dict(TINY_LLAMA, hidden_size=576, num_attention_heads=4, vocab_size=512))
+    return MiniGPT4(cfg, build_random_llm(cfg.llm.arch), tokenizer=None)
+
+
 def params(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_loss_drops_and_chunk_writes_everything(tmp_path):
-    cfg = tiny_cfg(tmp_path, "run")
-    summary = train(cfg, max_steps=16, progress=False)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 16-step chunk with probe, plot and export (shared: it is the slow part)."""
+    tmp_path = tmp_path_factory.mktemp("stage0")
+    return tmp_path, train(tiny_cfg(tmp_path, "run"), max_steps=16, progress=False)
+
+
+def test_loss_drops_and_chunk_writes_everything(trained):
+    tmp_path, summary = trained
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 8
@@ -58,20 +74,18 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert steps == [2, 4]
 
 
-def test_export_loads_into_minigpt4_and_gives_the_same_features(tmp_path):
-    summary = train(tiny_cfg(tmp_path, "exp"), max_steps=1, progress=False, run_probe=False)
+def test_export_loads_into_minigpt4_and_gives_the_same_features(trained):
+    tmp_path, summary = trained
     stage0 = summary["model"].eval()
     model = build_model(get_config("tiny"), seed=1)
-    meta = load_vision(model, tmp_path / "exp-export")
-    assert meta["step"] == 1 and meta["preset"] == "tiny"
+    meta = load_vision(model, tmp_path / "run-export")
+    assert meta["step"] == 16 and meta["preset"] == "tiny"
     pixels = torch.randn(2, 3, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(model.vision_features(pixels), stage0.queries(pixels))
     # A model with other vision sizes is refused by the strict key/shape check.
-    small = get_config("small")
-    small.llm = LLMConfig(source="random", arch=dict(TINY_LLAMA), hidden_size=64)
     with pytest.raises(ValueError, match="does not match"):
-        load_vision(build_model(small), tmp_path / "exp-export")
+        load_vision(small_model(), tmp_path / "run-export")
 
 
 def test_small_preset_export_loads_strictly(tmp_path):
@@ -82,11 +96,7 @@ def test_small_preset_export_loads_strictly(tmp_path):
     from minigpt4.pretrain.export import export
     run = Run(cfg, Vocab([5, 6, 7], ["obj:cat"]))
     export(run, tmp_path / "e")
-    small = get_config("small")
-    # Same vision + Q-Former as the shipped model; a random LLM of SmolLM2's width stands in for the GGUF.
-    small.llm = LLMConfig(source="random", arch=dict(TINY_LLAMA, hidden_size=576, num_attention_heads=4),
-                          hidden_size=576)
-    model = build_model(small)
+    model = small_model()
     load_vision(model, tmp_path / "e")
     for k, v in run.model.vision_state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -60,6 +61,26 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER)
 
 
+@lru_cache(maxsize=1)
+def _tokenizer():
+    return load_tokenizer()
+
+
+@lru_cache(maxsize=8)
+def _scan(n: int, kinds: tuple, weights: tuple | None, size: int, seed: int) -> tuple[tuple, tuple]:
+    """Token ids and labels used by `n` train samples (deterministic, so cached per process)."""
+    from minigpt4.world import mixture
+    tok = _tokenizer()
+    ids: set[int] = set()
+    labels: set[str] = set()
+    # A seed stream of its own (negative), so the scan never overlaps training batches.
+    for s in mixture(-1 - seed, n, "train", kinds, weights, size):
+        for enc in tok(world_texts(s), add_special_tokens=False)["input_ids"]:
+            ids.update(enc)
+        labels |= labels_of(s)
+    return tuple(sorted(ids)), tuple(sorted(labels))
+
+
 class Vocab:
     """Compact token ids (PAD, UNK, SEP, then the SmolLM2 ids seen in world texts) and the label
     set of the aux heads. Built once from a deterministic scan and saved with the checkpoint."""
@@ -69,7 +90,7 @@ class Vocab:
         self.labels = list(labels)
         self.to_compact = {t: i + SPECIALS for i, t in enumerate(self.token_ids)}
         self.label_index = {name: i for i, name in enumerate(self.labels)}
-        self.tokenizer = tokenizer or load_tokenizer()
+        self.tokenizer = tokenizer or _tokenizer()
 
     @property
     def size(self) -> int:
@@ -77,16 +98,8 @@ class Vocab:
 
     @classmethod
     def scan(cls, n: int, kinds, weights, size: int, seed: int = 0) -> "Vocab":
-        from minigpt4.world import mixture
-        tok = load_tokenizer()
-        ids: set[int] = set()
-        labels: set[str] = set()
-        # A seed stream of its own (negative), so the scan never overlaps training batches.
-        for s in mixture(-1 - seed, n, "train", kinds, weights, size):
-            for enc in tok(world_texts(s), add_special_tokens=False)["input_ids"]:
-                ids.update(enc)
-            labels |= labels_of(s)
-        return cls(sorted(ids), sorted(labels), tok)
+        ids, labels = _scan(n, tuple(kinds), None if weights is None else tuple(weights), size, seed)
+        return cls(list(ids), list(labels), _tokenizer())
 
     def state(self) -> dict:
         return {"token_ids": self.token_ids, "labels": self.labels}

@@ -149,7 +149,9 @@ def plot(log_path: Path, png_path: Path) -> None:
         pts = [(r["step"], r["probe"][key]) for r in probes if key in r["probe"]]
         if pts:
             ax2.plot(*zip(*pts), marker="o", label=key)
-    ax2.set_xlabel("step"), ax2.set_ylim(0, 1), ax2.legend(fontsize=8), ax2.set_title("val probe")
+    ax2.set_xlabel("step"), ax2.set_ylim(0, 1), ax2.set_title("val probe")
+    if probes:
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
