@@ -99,6 +99,18 @@ def test_llama2_layout_matches_reference(originals):
 
 
 @torch.no_grad()
+def test_fp16_checkpoint_is_upcast(originals, tmp_path):
+    """The released eva_vit_g.pth is fp16: it loads into an fp32 model as the rounded values."""
+    eva16 = {k: v.half() for k, v in originals.eva.items()}
+    path = save_variant(tmp_path, "eva16.pth", eva16)
+    model = load_model("tiny", eva=path, blip2=str(originals.paths.blip2), ckpt=str(originals.paths.ckpt))
+    assert model.visual_encoder.pos_embed.dtype == torch.float32
+    o = Namespace(eva={k: v.float() for k, v in eva16.items()}, blip2=originals.blip2, stage=originals.stage)
+    x = pixels(seed=7)
+    torch.testing.assert_close(model.encode_pixels(x), expected_vicuna(o, x), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
 def test_pos_embed_interpolated_for_a_larger_image(originals, tmp_path):
     cfg = get_config("tiny")
     cfg.vision.image_size = 84  # 6x6 patches; the checkpoint has 4x4
