@@ -96,6 +96,7 @@ def test_pipeline_describes_fixes_filters_exports(tiny_model, tmp_path):
     assert report["filter"]["rules"]["fixer_preamble"]["repaired"] == 1
     assert report["filter"]["kept"] == 3 and report["exported"] == 3
     assert again["exported"] == 3
+    assert again["fix"]["endpoint"] == report["fix"]["endpoint"]  # the idle re-run added no requests
     # Every injected failure was met and retried; tokens and cost add up from the server's usage.
     assert [b for b, _ in fake.log if b != "ok"] == script
     assert sum(stats["errors"].values()) == 5 and stats["ok"] == 4

@@ -161,6 +161,7 @@ def run(cfg: RunConfig, make_describer: Callable[[], Describer], fixer: Fixer) -
         store.set_meta("require_review", cfg.require_review)
         if cfg.retry_bad:
             store.reset_bad()
+        stats_before = fixer.stats()
         stage = FixStage(store, fixer, cfg.filters, cfg.batch_size, cfg.progress)
         try:
             # Resume first: descriptions already made but not (successfully) fixed.
@@ -178,24 +179,25 @@ def run(cfg: RunConfig, make_describer: Callable[[], Describer], fixer: Fixer) -
         else:
             stage.close()
         finally:
-            _add_fixer_stats(store, fixer.stats())
+            _add_fixer_stats(store, fixer.stats(), stats_before)
         return export(store, cfg.require_review)
     finally:
         store.close()
 
 
-def _add_fixer_stats(store: Store, stats: dict[str, Any]) -> None:
-    """Request/error counts of the HTTP fixer, summed over all runs into the store's meta table."""
-    if not stats:
+def _add_fixer_stats(store: Store, after: dict[str, Any], before: dict[str, Any]) -> None:
+    """Request/error counts of the HTTP fixer during this run (a fixer object may serve several
+    runs), added to the totals over all runs in the store's meta table."""
+    if not after:
         return
     total = store.get_meta("fixer_stats", {})
-    for k, v in stats.items():
+    for k, v in after.items():
         if k == "errors":
             errors = total.setdefault("errors", {})
             for kind, n in v.items():
-                errors[kind] = errors.get(kind, 0) + n
+                errors[kind] = errors.get(kind, 0) + n - before.get("errors", {}).get(kind, 0)
         elif isinstance(v, (int, float)):
-            total[k] = total.get(k, 0) + v
+            total[k] = total.get(k, 0) + v - before.get(k, 0)
     store.set_meta("fixer_stats", total)
 
 
