@@ -340,6 +340,9 @@ def convert(preset: str, out: str | Path, eva: str | None = None, blip2: str | N
     if not (blip2 and cfg.qformer is not None and not eva) and (missing := unprovided_parts(cfg, eva, blip2, ckpt)):
         flags = sorted({FLAG_FOR_PART[p] for p in missing})
         raise CheckpointError(f"convert --preset {preset}: no weights for {missing}; pass {', '.join(flags)}")
+    if cfg.llm.source == "hf" and not cfg.llm.path:
+        raise CheckpointError(f"preset '{preset}' needs the LLM's Hugging Face folder: pass --llm PATH "
+                              f"(add --link-llm to reference it instead of copying it)")
     bar = tqdm(total=3 + sum(bool(x) for x in (eva, blip2, ckpt)), desc="convert", unit="step",
                disable=not progress)
 
@@ -347,22 +350,15 @@ def convert(preset: str, out: str | Path, eva: str | None = None, blip2: str | N
         bar.set_postfix_str(msg)
         bar.update(1)
 
-    external = {}
-    if link_checkpoints:
-        external = {k: str(Path(v).resolve()) for k, v in (("eva", eva), ("blip2", blip2)) if v}
-        state = convert_state(cfg, eva, blip2, ckpt, step)  # validate them now, store only proj + ln
-        state = {k: v for k, v in state.items() if part_of(k) == "proj" or
-                 (part_of(k) == "ln_vision" and not blip2)}
-    else:
-        state = convert_state(cfg, eva, blip2, ckpt, step)
-    have = set(state)
-    if link_checkpoints:
-        have |= set(expected_layout(cfg, ["vision"] if eva else [])) | set(
-            expected_layout(cfg, ["ln_vision", "qformer"] if blip2 else []))
-    missing = sorted({part_of(k) for k in expected_layout(cfg) if k not in have})
-    if missing:
+    state = convert_state(cfg, eva, blip2, ckpt, step)
+    missing = missing_parts(cfg, state)
+    if missing:  # e.g. a BLIP-2 file without the visual_encoder.* that stood in for --eva
         flags = sorted({FLAG_FOR_PART[p] for p in missing})
         raise CheckpointError(f"convert --preset {preset}: no weights for {missing}; pass {', '.join(flags)}")
+    external = {}
+    if link_checkpoints:  # the originals are re-read at load time; only the trained projection is stored
+        external = {k: str(Path(v).resolve()) for k, v in (("eva", eva), ("blip2", blip2)) if v}
+        state = {k: v for k, v in state.items() if part_of(k) == "proj"}
     tmp = _tmp_dir(out)
     try:
         step("writing model.safetensors")
@@ -374,8 +370,6 @@ def convert(preset: str, out: str | Path, eva: str | None = None, blip2: str | N
             torch.manual_seed(seed)  # the same LLM that load_model(preset, seed=seed) builds
             save_llm(build_random_llm(cfg.llm.arch), load_tokenizer(cfg.llm.tokenizer), tmp / LLM_DIR)
             cfg.llm.source, cfg.llm.path, cfg.llm.tokenizer = "folder", LLM_DIR, None
-        elif src == "hf" and not cfg.llm.path:
-            raise CheckpointError(f"preset '{preset}' needs the LLM's Hugging Face folder: pass --llm PATH")
         elif link_llm or (src == "gguf" and cfg.llm.path is None):
             if cfg.llm.path:
                 cfg.llm.path = str(Path(cfg.llm.path).resolve())
