@@ -47,6 +47,9 @@ def test_cleaner_leaves_a_good_paragraph_alone():
 def test_cleaner_parts():
     assert is_english("The dog is on the sofa.")
     assert not is_english("Der Hund liegt auf dem Sofa.")
+    assert not is_english("Un perro grande está en el parque con los niños.")
+    assert is_english("Bright red flowers everywhere.")  # no function word, still English
+    assert is_english("A café in Paris called Le Petit Bistro.")
     assert not is_english("这是一只狗")
     assert not is_english("1234 !!")
     assert collapse_repeated_words("very very big") == "very big"

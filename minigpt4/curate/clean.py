@@ -20,11 +20,18 @@ _REPEATED_PUNCT = re.compile(r"([.,;:!?])(\s*\1)+")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'”)\]])\s+|(?<=[。！？])\s*")
 _ENDS_SENTENCE = re.compile(r"[.!?][\"')\]]*$")
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
-# Words nearly every English sentence of a description has; French, German, Spanish... have none of them.
+# Function words: English ones, and common ones of the languages a model drifts into (French,
+# German, Spanish, Italian, Portuguese, Dutch) that are not English words too.
 ENGLISH_FUNCTION_WORDS = frozenset(
     "a an the is are was were be been it its this that these those there of in on at to with and or but by "
     "for from as his her their they he she we you i has have had can could will would not no some many "
     "which who while near over under behind next into".split())
+FOREIGN_FUNCTION_WORDS = frozenset(
+    "le la les un une des du est et dans avec pour sur sont ce cette qui que au aux ou très "
+    "der das und ist ein eine einen dem den mit auf sind nicht zu im vom von "
+    "el los las y es en una unos con por para del al lo muy está "
+    "il di che della nel sono gli dei "
+    "os um uma com não são het een van zijn".split())
 
 
 def split_sentences(text: str) -> list[str]:
@@ -49,15 +56,19 @@ def remove_meaningless_characters(text: str) -> str:
 
 
 def is_english(sentence: str, min_latin: float = 0.9) -> bool:
-    """Heuristic without a dictionary: most letters are ASCII Latin letters, and a sentence of three or
-    more words holds at least one English function word ("the", "is", "of", ...)."""
+    """Heuristic without a dictionary: most letters are ASCII Latin letters, and the sentence does not
+    hold more foreign function words ("le", "der", "y", ...) than English ones - at least two, so an
+    English fragment without any function word ("Bright red flowers.") is kept."""
     words = _WORD.findall(sentence)
     letters = [ch for w in words for ch in w]
     if not letters:
         return False  # digits/punctuation only: not a sentence worth keeping
     if sum(ch.isascii() for ch in letters) / len(letters) < min_latin:
         return False
-    return len(words) < 3 or any(w.lower() in ENGLISH_FUNCTION_WORDS for w in words)
+    lower = [w.lower() for w in words]
+    foreign = sum(w in FOREIGN_FUNCTION_WORDS for w in lower)
+    english = sum(w in ENGLISH_FUNCTION_WORDS for w in lower)
+    return not (foreign >= 2 and foreign > english)
 
 
 def remove_non_english(text: str) -> str:
