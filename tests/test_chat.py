@@ -333,3 +333,17 @@ def test_website_preset_writes_a_complete_html_file(engine, tmp_path):
     text = path.read_text()
     assert {"html", "head", "body"} <= set(_tags(text)) and text.rstrip().endswith("</html>")
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
+
+
+def test_interrupted_stream_leaves_a_usable_conversation(engine):
+    conv = Conversation(engine)
+    conv.add_image(img((40, 160, 160)))
+    conv.ask("First?", GREEDY)
+    stream = conv.stream("Second, long answer please?", GenerationConfig(max_new_tokens=30, do_sample=False,
+                                                                        repetition_penalty=1.0))
+    next(stream)
+    stream.close()  # the user hit stop mid-answer: the turn is not recorded
+    assert len(conv.messages) == 2
+    r = conv.ask("Third?", GREEDY)
+    assert r.cached_tokens > 0
+    assert ask(engine, conv.messages[:-1]).text == r.text

@@ -288,8 +288,8 @@ class ChatEngine:
         if not requests:
             return []
         gens = [self._gen(r.gen) for r in requests]
-        prompts = [self.build_prompt(r.messages, g, r.system) for r, g in zip(requests, gens)]
-        with self._lock:
+        with self._lock:  # prompts too: image encoding uses the model and its cache
+            prompts = [self.build_prompt(r.messages, g, r.system) for r, g in zip(requests, gens)]
             runner = self._run(prompts, gens)
             try:
                 while True:
@@ -303,8 +303,8 @@ class ChatEngine:
     def stream(self, request: Request) -> Iterator[str]:
         """Yield the answer to one request as text deltas; the generator returns the Result."""
         gen = self._gen(request.gen)
-        prompt = self.build_prompt(request.messages, gen, request.system)
         with self._lock:
+            prompt = self.build_prompt(request.messages, gen, request.system)
             runner = self._run([prompt], [gen])
             try:
                 while True:
@@ -381,9 +381,9 @@ class ChatEngine:
             results.append(Result(text=st.text, finish_reason=st.finish, prompt_tokens=len(p.ids),
                                   completion_tokens=len(st.tokens), cached_tokens=reuse,
                                   dropped_turns=p.dropped_turns))
-        # What the cache holds (single row): the prompt and every generated token but the last,
-        # which was sampled and never fed back.
-        held = prompts[0].ids + rows[0].tokens[:-1] if B == 1 else []
+        # What the cache holds (single row): the prompt and the generated tokens fed back (all
+        # but a final sampled one that ended the answer; an EOS is never in `tokens`).
+        held = (prompts[0].ids + rows[0].tokens)[: cache.get_seq_length()] if B == 1 else []
         return results, (cache, held)
 
     def _advance(self, st: _RowState, tok: int) -> str:
@@ -454,12 +454,15 @@ class Conversation:
         eng = self.engine
         gen = eng._gen(gen)
         question = Message("user", text, images=list(self._pending))
-        prompt = eng.build_prompt(self.messages + [question], gen, self.system)
-        reuse = self._reusable(prompt)
-        cache = self._cache if reuse else None
-        if cache is not None:
-            _crop(cache, reuse)
         with eng._lock:
+            prompt = eng.build_prompt(self.messages + [question], gen, self.system)
+            reuse = self._reusable(prompt)
+            cache = self._cache if reuse else None
+            if cache is not None:
+                _crop(cache, reuse)
+            # If this turn is interrupted, the cache is only known to hold the reused prefix.
+            self._cached_ids = prompt.ids[:reuse]
+            self._cached_images = list(prompt.images[: eng._images_in_cache(prompt, reuse)])
             runner = eng._run([prompt], [gen], cache=cache, reuse=reuse)
             try:
                 while True:
