@@ -170,6 +170,11 @@ def test_projection_for_another_llm_names_the_preset(tmp_path):
     with pytest.raises(CheckpointError, match=r"llama_proj is 768->5120 but the model's projection \(preset "
                                               r"'vicuna-7b'\) is 768->4096: .*use --preset vicuna-13b"):
         convert_state(get_config("vicuna-7b"), ckpt=save_variant(tmp_path, "c.pth", ckpt))
+    from minigpt4.weights.minigpt4_ckpt import map_stage_ckpt
+    llama2 = {"llama_proj.weight": torch.zeros(4096, 5632), "llama_proj.bias": torch.zeros(4096)}
+    with pytest.raises(CheckpointError, match=r"llama_proj is 5632->4096 .* is 768->4096: .*use --preset llama2-7b"):
+        map_stage_ckpt(llama2, get_config("vicuna-7b"))
+    assert set(map_stage_ckpt(llama2, get_config("llama2-7b"))) == {"proj.weight", "proj.bias"}
 
 
 def test_stage_checkpoint_with_other_keys(tmp_path):
