@@ -45,15 +45,15 @@ def build_parser(verb: str) -> argparse.ArgumentParser:
         if e.name and module_name.startswith(e.name):
             raise SystemExit(f"error: the '{verb}' verb is not available in this install ({module_name} is missing)")
         raise
-    parser = argparse.ArgumentParser(prog="minigpt4")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser = argparse.ArgumentParser(prog="minigpt4", epilog="--debug (anywhere): show tracebacks")
     module.register(parser.add_subparsers(dest="verb", required=True, metavar="<verb>"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    debug = "--debug" in argv  # accepted anywhere on the line
+    argv = [a for a in argv if a != "--debug"]
     verb = next((a for a in argv if not a.startswith("-")), None)
     if verb is None:
         print(_usage(), file=sys.stdout if ("-h" in argv or "--help" in argv) else sys.stderr)
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _message(e: Exception) -> str:
     text = str(e) or type(e).__name__
-    if isinstance(e, (FileNotFoundError, PermissionError)) and e.filename and str(e.filename) not in text:
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text = f"{text}: {e.filename}"
-    return text.splitlines()[0] if isinstance(e, KeyError) else text
+    return text
 
 
 if __name__ == "__main__":
