@@ -106,7 +106,8 @@ def test_config_errors_name_the_field_and_line(tmp_path, data, capsys):
     assert cfg.data[0].name == "folder0"
     # The CLI fails before any work: exit code 2, message names the field, nothing written.
     (tmp_path / "bad.yaml").write_text(base.replace("out\n", f"{tmp_path}/never\n") + "seed: one\n")
-    assert train_main([str(tmp_path / "bad.yaml")]) == 2
+    from minigpt4.cli import main as minigpt4_main
+    assert minigpt4_main(["train", str(tmp_path / "bad.yaml")]) == 2
     assert "config field 'seed'" in capsys.readouterr().err and not (tmp_path / "never").exists()
 
 
@@ -185,7 +186,7 @@ def test_stage2_with_lora_starts_from_stage1_and_saves_only_adapters(data, tmp_p
     train(load_config(recipe(data, s1, max_steps=2)))
     cfg = load_config(str(RECIPES / "tiny_stage2.yaml"),
                       [f"output_dir={tmp_path / 's2'}", f"init={s1}", "max_steps=2", "trainable=[proj, lora]",
-                       "lora={r: 4, alpha: 8}", f"data.0.path={data['cc_sbu_align']}", f"data.1.path={data['llava']}",
+                       "lora={r: 4, alpha: 8}", "amp=bf16", f"data.0.path={data['cc_sbu_align']}", f"data.1.path={data['llava']}",
                        "progress=false", "tensorboard=false"])
     t = Trainer(cfg, resume="no")
     torch.testing.assert_close(dict(t.model.named_parameters())["proj.weight"], params(s1)["proj.weight"])

@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default="auto",
                    help="auto (default: latest checkpoint in output_dir if any), a checkpoint folder, or 'no'")
     p.add_argument("--model", help="shortcut for the override model=... (preset or model folder)")
+    p.add_argument("--llm", help="shortcut for the override weights.llm=... (LLM folder for vicuna/llama2 presets)")
     p.add_argument("--device", help="shortcut for the override device=... (auto, cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary printout")
 
@@ -32,6 +33,8 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.model:
         overrides.append(f"model={args.model}")
+    if args.llm:
+        overrides.append(f"weights.llm={args.llm}")
     if args.device:
         overrides.append(f"device={args.device}")
     if args.quiet:

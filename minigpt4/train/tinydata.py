@@ -62,7 +62,7 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-def write_shards(out: Path, n: int, per_shard: int = 8, bad: int = 0, start: int = 0) -> list[Path]:
+def write_shards(out: Path, n: int, per_shard: int = 8, bad: int = 0, start: int = 0, size: int = 56) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     bad_at = set(range(3, n, max(1, n // bad))[:bad]) if bad else set()
     paths = []
@@ -70,7 +70,7 @@ def write_shards(out: Path, n: int, per_shard: int = 8, bad: int = 0, start: int
         path = out / f"tiny-{s // per_shard:06d}.tar"
         with tarfile.open(path, "w") as tf:
             for i in range(s, min(n, s + per_shard)):
-                img, cap = tiny_image(start + i)
+                img, cap = tiny_image(start + i, size)
                 _add(tf, f"{i:06d}.jpg", _bad_bytes(i) if i in bad_at else jpeg(img))
                 _add(tf, f"{i:06d}.txt", cap.encode())
         paths.append(path)
