@@ -113,7 +113,11 @@ class Stage0Model(nn.Module):
         targets = batch.itg_labels[:, 1:]
         keep = targets != IGNORE
         itg = F.cross_entropy(logits[keep], targets[keep]) if keep.any() else logits.sum() * 0
-        aux = F.binary_cross_entropy_with_logits(self.aux(q.mean(1)), batch.labels)
+        # Labels are sparse (~10 of hundreds per image): a plain mean is won by predicting "absent"
+        # everywhere, so positives are up-weighted to count as much as all negatives together.
+        pos = batch.labels.sum().clamp(min=1)
+        aux = F.binary_cross_entropy_with_logits(self.aux(q.mean(1)), batch.labels,
+                                                 pos_weight=(batch.labels.numel() - pos) / pos)
         return {"itc": itc, "itg": itg, "aux": aux}
 
     def vision_state_dict(self) -> dict[str, torch.Tensor]:
