@@ -185,6 +185,17 @@ def test_repetition_penalty_and_greedy():
     assert sample_next(logits, g, []) == 1   # only tokens already generated are penalised
 
 
+def test_batched_penalty_equals_per_row():
+    from minigpt4.chat.engine import _RowState, sample_batch
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 300, generator=g)
+    hist = [[int(logits[0].argmax()), 5, 5], [], [int(logits[2].argmax())], list(range(0, 300, 7))]
+    gens = [GenerationConfig(do_sample=False, repetition_penalty=p) for p in (5.0, 1.3, 5.0, 1.05)]
+    rows = [_RowState(gen, None, [], tokens=list(h)) for gen, h in zip(gens, hist)]
+    assert sample_batch(logits, rows) == [sample_next(logits[i], gens[i], hist[i]) for i in range(4)]
+    assert sample_batch(logits, rows)[0] != int(logits[0].argmax())  # the penalty did act
+
+
 def test_top_k_top_p_and_seed(engine):
     logits = torch.tensor([5.0, 4.0, -10.0, -10.0])
     g = GenerationConfig(do_sample=True, top_p=0.5, temperature=1.0, repetition_penalty=1.0)

@@ -159,6 +159,31 @@ def sample_next(logits: torch.Tensor, gen: GenerationConfig, previous: Sequence[
 NUCLEUS_CANDIDATES = 256
 
 
+def sample_batch(logits: torch.Tensor, rows: Sequence[_RowState]) -> list[int]:
+    """Next token of every row of a (batch, vocab) logits tensor. The repetition penalty and greedy
+    picks are done for all rows at once (one gather/scatter, one argmax); only sampling rows go
+    through `sample_next` one by one."""
+    logits = logits.float()
+    pen = [st.gen.repetition_penalty if st.tokens else 1.0 for st in rows]
+    if any(p != 1.0 for p in pen):
+        width = max(len(st.tokens) for st in rows)
+        # pad each row's history with its own first id (or 0): a repeated index gets the same value
+        idx = torch.tensor([st.tokens + [st.tokens[0] if st.tokens else 0] * (width - len(st.tokens))
+                            for st in rows], device=logits.device)
+        p = torch.tensor(pen, device=logits.device, dtype=logits.dtype)[:, None]
+        seen = logits.gather(1, idx)
+        logits = logits.scatter(1, idx, torch.where(seen < 0, seen * p, seen / p))
+    greedy = logits.argmax(-1).tolist()
+    out = []
+    for b, st in enumerate(rows):
+        g = st.gen
+        if not g.do_sample or g.temperature == 0:
+            out.append(greedy[b])
+        else:
+            out.append(sample_next(logits[b], dataclasses.replace(g, repetition_penalty=1.0), (), st.generator))
+    return out
+
+
 # --- the engine -------------------------------------------------------------------------------
 class ChatEngine:
     """Chat with a `MiniGPT4` model. `template`: a name from TEMPLATES, "hf" (the tokenizer's own
@@ -352,11 +377,9 @@ class ChatEngine:
         active = list(range(B))  # batch position -> row index
 
         while True:
-            tokens = []
+            tokens = sample_batch(logits, [rows[r] for r in active])
             for b, r in enumerate(active):
-                st = rows[r]
-                tok = sample_next(logits[b], st.gen, st.tokens, st.generator)
-                tokens.append(tok)
+                st, tok = rows[r], tokens[b]
                 delta = self._advance(st, tok)
                 if delta:
                     yield r, delta
