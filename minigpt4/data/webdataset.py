@@ -73,6 +73,14 @@ def _caption(raw: bytes, ext: str) -> str | None:
     return text
 
 
+def _read_member(tf: tarfile.TarFile, info: tarfile.TarInfo, path: Path) -> bytes:
+    try:
+        return tf.extractfile(info).read()
+    except (OSError, tarfile.TarError, EOFError) as e:
+        from minigpt4.data.image import ImageError  # a bad sample, skipped and counted by the trainer
+        raise ImageError(f"'{info.name}' in shard '{path}' cannot be read ({e}); the shard is damaged") from None
+
+
 def iter_shard(path: Path) -> Iterator[ShardSample]:
     """Samples of one shard in tar order. A truncated shard ends early instead of crashing."""
     tf = tarfile.open(path, "r")  # seekable: extractfile() works after the walk moved on
@@ -81,7 +89,7 @@ def iter_shard(path: Path) -> Iterator[ShardSample]:
         image = next((members[e] for e in IMAGE_EXTS if e in members), None)
         text = next(((members[e], e) for e in TEXT_EXTS if e in members), None)
         caption = _caption(tf.extractfile(text[0]).read(), text[1]) if text else None
-        reader = (lambda info=image: tf.extractfile(info).read()) if image is not None else None
+        reader = (lambda info=image: _read_member(tf, info, path)) if image is not None else None
         return ShardSample(key=key, shard=str(path), read_image=reader, caption=caption)
 
     key, members = None, {}
