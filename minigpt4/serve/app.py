@@ -324,7 +324,7 @@ def create_app(engine, cfg: ServeConfig | None = None, presets: dict[str, Any] |
         s = svc.batcher.stats
         return {"status": "ok", "model": cfg.model_name, "queued": svc.batcher.queued(),
                 "busy": svc.batcher.busy, "batches": s.batches, "requests": s.requests,
-                "max_batch": s.max_batch, "rejected": s.rejected}
+                "max_batch": s.max_batch, "rejected": s.rejected, "busy_s": round(s.busy_s, 3)}
 
     @app.get("/v1/models")
     async def models():

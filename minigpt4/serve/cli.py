@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from minigpt4.serve.config import ServeConfig
@@ -76,11 +77,11 @@ def config_from_args(args) -> ServeConfig:
 
 def load_model(args):
     try:
-        from minigpt4.weights import load_model as load
+        from minigpt4.cli_common import load_model_from_args
     except ImportError:
-        load = None
-    if load is not None:
-        return load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
+        load_model_from_args = None
+    if load_model_from_args is not None:  # the shared loader: presets, converted folders, --llm
+        return load_model_from_args(args)
     from minigpt4.config import get_config
     from minigpt4.model.minigpt4 import build_model
     from minigpt4.utils import parse_dtype, resolve_device
@@ -99,6 +100,9 @@ def run(args) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    # The model thread releases the GIL around every torch op; a short switch interval keeps it
+    # from waiting up to 5 ms (the default) each time the event loop thread holds it.
+    sys.setswitchinterval(0.0005)
     model = load_model(args)
     model.eval()
     app = create_app(ChatEngine(model), cfg)

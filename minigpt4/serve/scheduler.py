@@ -41,10 +41,9 @@ class Job:
         except RuntimeError:  # the event loop is closed (server shutting down)
             pass
 
-    def push_delta(self, text: str) -> None:
-        if self.deltas is not None and text:
-            self.sent_text = True
-            self._call(self.deltas.put_nowait, (self.index, text))
+    def deliver(self, text: str) -> None:
+        """On the event loop: hand one delta to the SSE writer."""
+        self.deltas.put_nowait((self.index, text))
 
     def finish(self, result=None, error: BaseException | None = None) -> None:
         def settle():
@@ -65,11 +64,15 @@ class BatchStats:
     requests: int = 0
     max_batch: int = 0
     rejected: int = 0
+    busy_s: float = 0.0  # time spent inside engine.generate
 
 
 class Batcher:
-    def __init__(self, engine, max_batch_size: int = 16, batch_wait_ms: float = 10.0, max_queue: int = 64):
+    def __init__(self, engine, max_batch_size: int = 16, batch_wait_ms: float = 100.0, max_queue: int = 64,
+                 flush_ms: float = 25.0, arrival_gap_ms: float = 15.0):
         self.engine = engine
+        self.arrival_gap = arrival_gap_ms / 1000.0
+        self.flush_interval = flush_ms / 1000.0
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -78,6 +81,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._stop = False
         self._busy = False
+        self._recent = 1
         self._thread = threading.Thread(target=self._run, name="minigpt4-batcher", daemon=True)
 
     # --- event-loop side -----------------------------------------------------------------
@@ -108,15 +112,24 @@ class Batcher:
 
     # --- scheduler thread ----------------------------------------------------------------
     def _take_batch(self) -> list[Job]:
+        """The next batch. How long to wait for company depends on recent load: clients whose
+        answers just came back send their next question a few ms later, so when the last round had
+        k requests in flight we keep waiting - while requests are still arriving (gaps under
+        `arrival_gap`), at most `batch_wait` - until k are queued again. Otherwise two half-full
+        batches would alternate forever. A lone client waits at most `arrival_gap`."""
         with self._cond:
             while not self._waiting and not self._stop:
                 self._cond.wait()
             if self._stop:
                 return []
-            # Give requests that arrive together a moment to join this batch.
-            deadline = time.monotonic() + self.batch_wait
-            while len(self._waiting) < self.max_batch_size and not self._stop:
-                left = deadline - time.monotonic()
+            target = max(2, min(self.max_batch_size, self._recent))
+            start = last_arrival = time.monotonic()
+            seen = len(self._waiting)
+            while len(self._waiting) < target and not self._stop:
+                now = time.monotonic()
+                if len(self._waiting) != seen:
+                    seen, last_arrival = len(self._waiting), now
+                left = min(start + self.batch_wait, last_arrival + self.arrival_gap) - now
                 if left <= 0:
                     break
                 self._cond.wait(left)
@@ -145,14 +158,21 @@ class Batcher:
             self._generate(batch)
         finally:
             self._busy = False
+            self.stats.busy_s += time.monotonic() - now
+            log.debug("batch of %d took %.3f s", len(batch), time.monotonic() - now)
+            with self._cond:  # requests in flight this round: the size worth waiting for next time
+                self._recent = len(batch) + len(self._waiting)
 
     def _generate(self, batch: list[Job]) -> None:
+        outbox = _Outbox(self.flush_interval)
         try:
             results = self.engine.generate([j.request for j in batch],
-                                           on_text=lambda i, delta: batch[i].push_delta(delta))
+                                           on_text=lambda i, delta: outbox.add(batch[i], delta))
+            outbox.flush()
             for job, res in zip(batch, results):
                 job.finish(res)
         except Exception as e:  # one bad request must not fail its batch-mates or kill the thread
+            outbox.flush()
             log.warning("batch of %d failed (%s: %s)", len(batch), type(e).__name__, e)
             if len(batch) == 1:
                 batch[0].finish(error=e)
@@ -162,3 +182,42 @@ class Batcher:
                     job.finish(error=e)
                 else:
                     self._generate([job])
+
+
+class _Outbox:
+    """Streamed deltas of a batch, handed to the event loop in bundles (one wake-up per
+    `interval`, not one per token per row): every wake-up makes the loop thread take the GIL,
+    and the model thread then waits for it once per small torch op - with 16 streams that
+    convoy used to cost more than the model itself."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.items: list[tuple[Job, str]] = []
+        self.last = time.monotonic()
+
+    def add(self, job: Job, delta: str) -> None:
+        if job.deltas is None or not delta:
+            return
+        job.sent_text = True
+        self.items.append((job, delta))
+        if time.monotonic() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        if not self.items:
+            return
+        items, self.items = self.items, []
+        by_loop: dict[Any, list[tuple[Job, str]]] = {}
+        for job, delta in items:
+            by_loop.setdefault(job.loop, []).append((job, delta))
+        for loop, group in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_all, group)
+            except RuntimeError:  # loop closed: the server is shutting down
+                pass
+
+
+def _deliver_all(group: list[tuple[Job, str]]) -> None:
+    for job, delta in group:
+        job.deliver(delta)
