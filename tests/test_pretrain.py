@@ -10,7 +10,7 @@ from minigpt4.config import LLMConfig, TINY_LLAMA, get_config
 from minigpt4.model.llm import build_random_llm
 from minigpt4.model.minigpt4 import MiniGPT4, build_model
 from minigpt4.pretrain import Stage0Config, Stage0ConfigError, load_recipe, load_vision, train
-from minigpt4.pretrain.loop import Run
+from minigpt4.pretrain.loop import Run, open_run
 
 
 def tiny_cfg(tmp_path, name: str, **kw) -> Stage0Config:
@@ -111,3 +111,17 @@ def test_bad_recipes_get_clear_errors(tmp_path):
         load_recipe(tmp_path / "nope.yaml")
     with pytest.raises(FileNotFoundError, match="pretrain-vision"):
         load_vision(build_model(get_config("tiny")), tmp_path)
+
+
+def test_warm_restart_from_the_committed_export(trained, tmp_path):
+    """No runs/ state: init_from loads weights, vocab and step from an export and continues."""
+    src, summary = trained
+    cfg = tiny_cfg(tmp_path, "warm", init_from=str(src / "run-export"))
+    run = open_run(cfg)
+    assert run.step == 16
+    before = params(summary["model"])
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert run.scheduler.get_last_lr()[0] == pytest.approx(cfg.lr * run.lr_factor(16))
+    out = train(cfg, max_steps=1, progress=False, run_probe=False)
+    assert out["step"] == 17

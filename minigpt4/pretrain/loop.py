@@ -113,6 +113,7 @@ class Run:
         run.scheduler.last_epoch = run.step
         for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
             group["lr"] = base * run.lr_factor(run.step)
+        run.scheduler._last_lr = [g["lr"] for g in run.optimizer.param_groups]  # what get_last_lr reads
         return run
 
 
