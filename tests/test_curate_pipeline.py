@@ -224,7 +224,7 @@ def test_describe_continues_short_answers_in_the_same_conversation(tiny_model):
     assert len(engine.calls) == 2  # one batched first round, one batched "Continue" round
     cont = engine.calls[1][0]
     prompt = engine.template.render(cont.messages, system="")
-    assert prompt.endswith(f"###Assistant: {d[0].first}######Human: Continue ###Assistant: ")
+    assert prompt.endswith(f"###Assistant: {d[0].first}###Human: Continue ###Assistant: ")
     assert d[0].continued and d[0].text.startswith(d[0].first)
 
     engine.calls = []

@@ -40,11 +40,15 @@ class Template:
     assistant: str      # the generation prompt; the answer follows it directly
     end: str
     bos: bool = True    # prepend the tokenizer's BOS (if it has one)
+    empty_system: str = ""  # what starts the prompt when there is no system message
+
+    def prefix(self, system: str | None) -> str:
+        return self.system_format.format(system) if system else self.empty_system
 
     def render(self, messages: list[Message], system: str | None = None,
                add_generation_prompt: bool = True) -> str:
         system = self.system if system is None else system
-        out = self.system_format.format(system) if system else ""
+        out = self.prefix(system)
         for m in messages:
             if m.role == "user":
                 out += self.user.format(m.content()) + self.assistant
@@ -60,8 +64,10 @@ class Template:
 
 
 TEMPLATES: dict[str, Template] = {
-    # Original MiniGPT-4 (Vicuna v0): "{system}###Human: <Img><ImageHere></Img> q###Assistant: "
-    "vicuna_v0": Template("vicuna_v0", ORIGINAL_SYSTEM, "{}", "###Human: {} ", "###Assistant: ", "###"),
+    # Original MiniGPT-4 (Vicuna v0), "###" separates every turn exactly once:
+    # "{system}###Human: <Img><ImageHere></Img> q ###Assistant: answer###Human: q2 ###Assistant: "
+    "vicuna_v0": Template("vicuna_v0", ORIGINAL_SYSTEM, "{}###", "Human: {} ", "###Assistant: ", "###",
+                          empty_system="###"),
     # Original MiniGPT-4 LLaMA-2 chat variant.
     "llama2": Template("llama2", ORIGINAL_SYSTEM, "[INST] <<SYS>>\n{}\n<</SYS>>\n\n[/INST] ",
                        "[INST] {} ", "[/INST] ", "</s>", bos=True),
@@ -163,7 +169,7 @@ def encode_conversation(tokenizer, template: Template, messages: list[Message], 
     symbol. Tokenized turn by turn, so the ids of a conversation are a prefix of the ids of its
     continuation (what lets chat reuse its KV cache across turns)."""
     system = template.system if system is None else system
-    ids = tokenize(tokenizer, template.system_format.format(system) if system else "",
+    ids = tokenize(tokenizer, template.prefix(system),
                    num_image_tokens, bos=template.bos)
     labels = [IGNORE_INDEX] * len(ids)
     for m in messages:
