@@ -126,6 +126,16 @@ def pct(xs: list[float], p: float) -> float:
     return statistics.quantiles(xs, n=100, method="inclusive")[int(p) - 1] if len(xs) > 1 else xs[0]
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -186,7 +196,7 @@ def main() -> None:
     rows = [("requests/s", "rps", "{:.2f}"), ("tokens/s", "tok_s", "{:.1f}"), ("wall time (s)", "wall", "{:.1f}"),
             ("latency p50 (s)", "p50", "{:.2f}"), ("latency p95 (s)", "p95", "{:.2f}"),
             ("TTFT p50 (s)", "ttft50", "{:.2f}"), ("TTFT p95 (s)", "ttft95", "{:.2f}")]
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs)"
+    machine = f"{cpu_name()}, {os.cpu_count()} CPU cores (shared with other jobs)"
     lines = [f"### Serving: `{args.model}`, {args.requests} requests (1 image + question, max_tokens "
              f"{args.max_tokens}, top_p 0.9 + top_k 50 sampling with a seed per request, streamed)", "",
              f"Machine: {machine}; server in its own process, torch threads {args.threads}, "
