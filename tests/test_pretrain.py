@@ -125,3 +125,11 @@ def test_warm_restart_from_the_committed_export(trained, tmp_path):
     assert run.scheduler.get_last_lr()[0] == pytest.approx(cfg.lr * run.lr_factor(16))
     out = train(cfg, max_steps=1, progress=False, run_probe=False)
     assert out["step"] == 17
+
+
+def test_second_chunk_on_the_same_run_is_refused(tmp_path):
+    cfg = tiny_cfg(tmp_path, "locked")
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / ".lock").write_text("1")  # pid 1 is always alive
+    with pytest.raises(RuntimeError, match="another stage-0 chunk"):
+        train(cfg, max_steps=1, progress=False)

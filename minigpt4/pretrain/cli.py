@@ -38,8 +38,12 @@ def run(args) -> int:
         print("error: --minutes must be > 0", file=sys.stderr)
         return 2
     from minigpt4.pretrain.loop import train
-    summary = train(cfg, minutes=args.minutes, max_steps=args.steps, fresh=args.fresh,
-                    progress=not args.quiet, run_probe=not args.no_probe)
+    try:
+        summary = train(cfg, minutes=args.minutes, max_steps=args.steps, fresh=args.fresh,
+                        progress=not args.quiet, run_probe=not args.no_probe)
+    except RuntimeError as e:  # e.g. another chunk is already training into output_dir
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     summary.pop("model", None)
     print(json.dumps(summary, indent=2))
     if summary.get("interrupted"):
@@ -50,7 +54,7 @@ def run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="minigpt4 pretrain-vision")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(parser.parse_intermixed_args(argv))  # overrides may come after the options
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -161,6 +162,32 @@ def plot(log_path: Path, png_path: Path) -> None:
 
 
 # --- the chunk -----------------------------------------------------------------------------
+class RunLock:
+    """`output_dir/.lock` holding our pid: two chunks writing one run would corrupt its log and
+    race on state.pt, so a second one is refused (a lock left by a dead process is taken over)."""
+
+    def __init__(self, out: Path):
+        self.path = out / ".lock"
+
+    def __enter__(self):
+        if self.path.exists():
+            try:
+                pid = int(self.path.read_text().strip() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError):
+                pid = None  # stale lock from a crashed chunk
+            except PermissionError:
+                pass
+            if pid and pid != os.getpid():
+                raise RuntimeError(f"another stage-0 chunk (pid {pid}) is training into {self.path.parent}; "
+                                   f"wait for it to finish or stop it, or use another output_dir")
+        self.path.write_text(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
 def open_run(cfg: Stage0Config, fresh: bool = False) -> Run:
     out = Path(cfg.output_dir)
     if (out / STATE).exists() and not fresh:
@@ -175,11 +202,16 @@ def train(cfg: Stage0Config, minutes: float | None = None, max_steps: int | None
           fresh: bool = False, progress: bool = True, run_probe: bool = True) -> dict:
     """One chunk: train until `minutes` pass, `max_steps` more steps are done, or the schedule
     ends; then checkpoint (+ probe, log, plot, export). Returns a summary dict."""
-    from tqdm import tqdm
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        return _train_chunk(cfg, out, minutes, max_steps, fresh, progress, run_probe)
+
+
+def _train_chunk(cfg: Stage0Config, out: Path, minutes, max_steps, fresh, progress, run_probe) -> dict:
+    from tqdm import tqdm
     run = open_run(cfg, fresh)
     log_path = out / LOG
     trim_log(log_path, run.step)
