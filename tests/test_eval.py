@@ -1,0 +1,203 @@
+"""minigpt4 eval: scorers against ground truth, the broken-output detector, the bare-LLM path,
+and whole runs (report, comparison table) with the tiny random model."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from minigpt4.chat.engine import ChatEngine
+from minigpt4.cli import main
+from minigpt4.eval import EvalConfig, broken_reasons, qa_scores, run_eval, write_report
+from minigpt4.eval.broken import BrokenConfig
+from minigpt4.eval.runner import build_items
+from minigpt4.eval.scoring import answer_correct
+from minigpt4.model.minigpt4 import IMAGE_TOKEN_ID
+from minigpt4.world import (KINDS, chair_i, generate, ingredient_recall, object_recall, prompt_similarity,
+                            structure_match)
+
+FAST = dict(n=2, qa_per_image=2, max_new_tokens=6, speed_runs=1, speed_tokens=8, progress=False, batch_size=4)
+
+
+# --- scorers --------------------------------------------------------------------------------------
+def test_scorers_give_full_marks_for_ground_truth_and_low_marks_for_wrong_answers():
+    samples = {k: [generate(k, s, "test", 96) for s in range(6)] for k in KINDS}
+    for k, ss in samples.items():
+        for s in ss:
+            assert qa_scores([q["answer"] for q in s.qa], s.qa)["all"] == 1.0, s.image_id
+    scenes, dishes, sketches = samples["scene"], samples["dish"], samples["sketch"]
+    for s in scenes:
+        assert chair_i(s.description, s.truth) == 0.0 and object_recall(s.description, s.truth) == 1.0
+    for s in dishes:
+        assert ingredient_recall(s.recipe, s.truth) == 1.0
+    for s in sketches:
+        assert structure_match(s.html, s.html) == 1.0
+    for s in samples["prompt"]:
+        assert prompt_similarity(s.prompt, s.prompt) > 0.99
+
+    # wrong answers: another image's answers to these questions, descriptions of other scenes
+    wrong = {"yes": "no", "no": "yes"}
+    qa = [q for s in scenes for q in s.qa]
+    flipped = [wrong.get(q["answer"], "purple" if q["type"] == "color" else "nine" if q["type"] == "count"
+                         else "bottom right" if q["answer"] != "bottom right" else "top left") for q in qa]
+    assert qa_scores(flipped, qa)["all"] < 0.2
+    other = [chair_i(scenes[(i + 1) % 6].description, s.truth) for i, s in enumerate(scenes)]
+    assert sum(other) / len(other) > 0.5
+    assert sum(ingredient_recall("Boil water. Add salt.", d.truth) for d in dishes) / len(dishes) < 0.2
+    assert sum(structure_match("<html><body><p>hi</p></body></html>", s.html) for s in sketches) / 6 < 0.6
+
+
+@pytest.mark.parametrize("pred, answer, qtype, ok", [
+    ("There are 3 circles.", "three", "count", True),
+    ("Three.", "three", "count", True),
+    ("There is a single sun.", "one", "count", True),
+    ("I count 4 of them.", "three", "count", False),
+    ("None.", "zero", "count", True),
+    ("Yes, I can see one.", "yes", "presence", True),
+    ("Yeah", "yes", "presence", True),
+    ("There is a coconut in the picture.", "yes", "presence", True),
+    ("No, there isn't.", "no", "presence", True),
+    ("I can't see a ladder.", "no", "presence", True),
+    ("There is no ladder.", "no", "presence", True),
+    ("Yes.", "no", "presence", False),
+    ("In the upper-left corner.", "top left", "position", True),
+    ("upper left", "top left", "position", True),
+    ("It is on the right side.", "middle right", "position", True),
+    ("bottom right", "top left", "position", False),
+    ("They are grey.", "gray", "color", True),
+    ("The circles are blue.", "red", "color", False),
+    ("Pizzas", "pizza", "dish", True),
+])
+def test_qa_answers_are_normalised_fairly(pred, answer, qtype, ok):
+    assert answer_correct(pred, answer, qtype) is ok
+
+
+# --- broken-output detector -------------------------------------------------------------------------
+BROKEN = {
+    "repetition": [
+        "The image shows a cat sitting on a mat. The image shows a cat sitting on a mat. The image shows a cat.",
+        "There is a red red red red apple on the table.",
+        "The picture shows a dog and a ball and a dog and a ball and a dog and a ball and a dog and a ball",
+        "Century Century Century Century Century Century Century Century",
+    ],
+    "gibberish": [
+        "Thexq vorbl znikt prrmf wubbazoid glorpt snarfle the qwijibo.",
+        "Comm unfblk itzzer ogrvth plmqa xxtrn.",
+    ],
+    "non_ascii": [
+        "The picture shows a cat \ufffd\ufffd on a mat.",
+        "这是一张图片。图片里有一只猫。",
+    ],
+    "cut_off": ["The image shows a bowl of soup with carrots and"],
+    "empty": ["", "   ", " ... "],
+}
+CLEAN = [
+    "The image shows three coconuts and a sun on a green background.",
+    "A small red car is parked in front of a brick wall. It looks old but well kept!",
+    "Easy pasta\n\nIngredients:\n- 200 g pasta\n- 2 tomatoes, diced\n\nSteps:\n1. Boil the pasta.\n2. Add the sauce.",
+    "Yes.",
+    "Three.",
+    "It's a picture of Mount Fuji in Japan, seen from the lake at sunset.",
+]
+
+
+@pytest.mark.parametrize("reason, text", [(r, t) for r, ts in BROKEN.items() for t in ts])
+def test_broken_outputs_are_caught_and_named(reason, text):
+    assert reason in broken_reasons(text, "stop")
+
+
+@pytest.mark.parametrize("text", CLEAN)
+def test_clean_texts_are_not_broken(text):
+    assert broken_reasons(text, "stop") == []
+
+
+def test_hitting_the_token_limit_mid_sentence_is_a_cut_off():
+    assert broken_reasons("A cat sits on the mat next to", "length") == ["cut_off"]
+    assert broken_reasons("A cat sits on the mat.", "length") == []
+    # prompts are comma-separated phrases: no period needed unless the limit was hit
+    assert broken_reasons("a cat on a mat, watercolor", "stop", BrokenConfig(prose=False)) == []
+    assert broken_reasons("a cat on a mat, water", "length", BrokenConfig(prose=False)) == ["cut_off"]
+
+
+def test_no_false_positives_on_200_ground_truth_descriptions():
+    rng = random.Random(0)
+    flagged = []
+    for i in range(200):
+        kind, split = KINDS[i % 4], ("train", "val", "test", "heldout")[rng.randrange(4)]
+        s = generate(kind, 1000 + i, split, 64)
+        for text, cfg in [(s.description, BrokenConfig()), (s.recipe, BrokenConfig()),
+                          (s.prompt, BrokenConfig(prose=False))]:
+            if text and broken_reasons(text, "stop", cfg):
+                flagged.append((s.image_id, broken_reasons(text, "stop", cfg), text[:120]))
+    assert flagged == []
+
+
+# --- the bare-LLM path ------------------------------------------------------------------------------
+def test_no_image_sends_no_image(tiny_model, monkeypatch):
+    engine = ChatEngine(tiny_model)
+    with_img = build_items(tiny_model, EvalConfig(n=1, tasks=("qa", "describe")), "qa")
+    bare = build_items(tiny_model, EvalConfig(n=1, tasks=("qa", "describe"), no_image=True), "qa")
+    assert [i.prompt for i in with_img] == [i.prompt for i in bare]
+    ids_img = engine.build_prompt(with_img[0].request.messages).ids
+    ids_bare = engine.build_prompt(bare[0].request.messages).ids
+    assert ids_img.count(IMAGE_TOKEN_ID) == tiny_model.cfg.num_image_tokens
+    assert IMAGE_TOKEN_ID not in ids_bare
+
+    def no_encoding(*a, **k):
+        raise AssertionError("the bare-LLM run encoded an image")
+    monkeypatch.setattr(tiny_model, "encode_images", no_encoding)
+    report = run_eval(tiny_model, EvalConfig(**{**FAST, "tasks": ("qa", "describe", "speed")}, no_image=True))
+    assert report["no_image"] and report["items"]
+    assert all(r["prompt_tokens"] < len(ids_img) for r in report["items"] if r["task"] == "qa")
+
+
+# --- whole runs -------------------------------------------------------------------------------------
+def test_eval_end_to_end_writes_a_report_with_every_metric(tiny_model, tmp_path):
+    report = run_eval(tiny_model, EvalConfig(**FAST), name="tiny")
+    m = report["metrics"]
+    for path in [("qa", "all"), ("qa", "attribute"), ("describe", "chair_i"), ("describe", "object_recall"),
+                 ("broken", "rate"), ("sketch", "structure_match"), ("recipe", "ingredient_recall"),
+                 ("prompt", "prompt_similarity"), ("speed", "seconds"), ("speed", "tokens_per_s")]:
+        value = m[path[0]][path[1]]
+        assert isinstance(value, float) and value >= 0, path
+    assert m["speed"]["tokens"] == 8  # exactly the asked length: EOS does not end the timed answer
+    assert set(m["broken"]["by_reason"]) == {"empty", "repetition", "gibberish", "non_ascii", "cut_off"}
+    assert m["broken"]["checked"] == 6  # describe, recipe, prompt x 2 images
+    md = write_report(report, tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["metrics"] == json.loads(json.dumps(m)) and "_items" not in saved
+    text = md.read_text()
+    assert "attribute Q&A accuracy" in text and "CHAIR_i" in text and "## Examples" in text
+    thumbs = list((tmp_path / "thumbs").glob("*.png"))
+    assert thumbs and all(f"thumbs/{t.name}" in text for t in thumbs)
+    # deterministic: the same config gives the same answers
+    again = run_eval(tiny_model, EvalConfig(**{**FAST, "tasks": ("qa",), "n": 1}), name="tiny")
+    first = [r for r in report["items"] if r["task"] == "qa"][: len(again["items"])]
+    assert [r["output"] for r in again["items"]] == [r["output"] for r in first]
+
+
+def test_cli_compare_writes_side_by_side_table(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc = main(["eval", "--compare", "tiny", "tiny:no-image", "--n", "1", "--tasks", "qa,describe",
+               "--qa-per-image", "2", "--max-new-tokens", "4", "--out", str(out), "--quiet"])
+    assert rc == 0
+    table = (out / "compare.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| metric"))
+    assert "tiny" in header and "tiny (no image)" in header
+    assert "CHAIR_i" in table and "| Q&A: " in table
+    both = json.loads((out / "compare.json").read_text())
+    assert [r["no_image"] for r in both] == [False, True]
+    assert (out / "1-tiny" / "report.md").exists() and (out / "2-tiny-no-image" / "report.md").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "qa,translate"], "unknown eval task"),
+    (["--model", "no/such/folder"], "no/such/folder"),
+    (["--model", "nosuchpreset"], "unknown model"),
+    (["--n", "0"], "must be >= 1"),
+])
+def test_cli_errors_are_clear(argv, message, tmp_path, capsys):
+    rc = main(["eval", *argv, "--out", str(tmp_path), "--quiet"])
+    assert rc == 2
+    assert message in capsys.readouterr().err
