@@ -16,8 +16,12 @@ import argparse
 import platform
 import statistics
 import time
+import warnings
 
 import torch
+
+# HF applies the penalty to generated tokens only with inputs_embeds - the same as our loop
+warnings.filterwarnings("ignore", message="Passing `repetition_penalty`")
 
 
 def original_style(model, image, prompt: str, tokens: int) -> tuple[float, int]:
