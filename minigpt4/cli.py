@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("minigpt4.train.cli", "stage-1 / stage-2 training"),
     "curate": ("minigpt4.curate.cli", "the stage-2 data curation loop"),
     "eval": ("minigpt4.eval.cli", "evaluation runs and metrics"),
+    "pretrain-vision": ("minigpt4.pretrain.cli", "stage 0: pretrain the small ViT + Q-Former on the image world"),
     "convert": ("minigpt4.weights.cli", "original checkpoints -> one model folder"),
     "info": ("minigpt4.weights.cli", "summary of a model preset or folder"),
 }
