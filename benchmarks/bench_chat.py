@@ -99,7 +99,10 @@ def bench_turns(model, engine, answer_tokens: int, turns: int) -> dict:
     conv = Conversation(engine)
     conv.add_image(image(0))
     questions = ["Describe the picture.", "What colors stand out?", "What could it be used for?",
-                 "Is there any text in it?", "What is in the corner?", "Summarise in one line."]
+                 "Is there any text in it?", "What is in the corner?", "What is the mood?",
+                 "Who would like it?", "What is missing?", "Summarise in one line."]
+    if turns > len(questions) - 3:
+        raise SystemExit(f"--turns must be at most {len(questions) - 3}")
     for q in questions[:turns]:
         conv.ask(q, genp)
     ours, orig, prompt_len, prefilled = [], [], [], []
@@ -150,7 +153,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--random", action="store_true", help="random SmolLM2-sized LLM instead of the real one")
     ap.add_argument("--tokens", type=int, default=64, help="tokens per answer in the decode/batch runs")
-    ap.add_argument("--turns", type=int, default=3, help="answered turns before the timed ones")
+    ap.add_argument("--turns", type=int, default=5, help="answered turns before the timed ones")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads for both sides (default: torch's; 1 is steadier on a busy box)")
