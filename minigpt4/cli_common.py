@@ -9,7 +9,10 @@ import argparse
 import dataclasses
 import importlib.util
 
-DEFAULT_MODEL = "tiny"  # the lead switches this to the trained default model once it exists
+import os
+
+# The project's own trained model (weights/default.py); MINIGPT4_MODEL overrides it (tests use "tiny").
+DEFAULT_MODEL = os.environ.get("MINIGPT4_MODEL", "default")
 
 
 class CLIError(Exception):

@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# Set at import, before any fixture (session/module-scoped servers too) starts a subprocess:
+# CLI subprocesses default to the fast tiny model, and nothing may reach a model hub.
+os.environ["MINIGPT4_MODEL"] = "tiny"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("MINIGPT4_TEST_OUTPUT", ROOT / "test-output"))
 

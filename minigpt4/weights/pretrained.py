@@ -291,6 +291,10 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
     """
     from minigpt4.utils import parse_dtype, resolve_device
     spec_s = str(spec)
+    if spec_s == "default":  # the small preset with the weights this project trained (weights/default.py)
+        from minigpt4.weights.default import default_config, load_default_state
+        cfg = preset_config("small", llm)
+        return assemble(cfg, load_default_state(), parse_dtype(dtype), resolve_device(device), quantize, seed)
     if spec_s not in PRESETS:
         p = Path(spec_s)
         if p.is_dir():
