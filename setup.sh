@@ -30,5 +30,6 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
   fi
 fi
 # Convert the default LLM once into the fast cached format (first load ~40 s, later ~1 s).
-"$PY" -m minigpt4 info --model default >/dev/null 2>&1 || true
+"$PY" -c "from minigpt4.model.llm import load_gguf_llm, default_gguf_path; load_gguf_llm(default_gguf_path())" \
+  >/dev/null 2>&1 || echo "setup.sh: could not prepare the default LLM yet (it is retried on first use)" >&2
 echo "minigpt4 is installed: try \`minigpt4 --help\`"
