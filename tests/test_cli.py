@@ -47,7 +47,7 @@ def test_describe_batch_with_jsonl_and_a_bad_image(images, tmp_path):
     bad.write_bytes(b"not an image")
     out = tmp_path / "out.jsonl"
     r = run("describe", str(images[0]), str(bad), str(images[1]), str(images[2]), "--jsonl", str(out),
-            "--batch-size", "2", "--max-new-tokens", "4", "--seed", "0", "--device", "cpu")
+            "--batch-size", "2", "--max-new-tokens", "4", "--seed", "0", "--device", "cpu", "--model", "tiny")
     assert r.returncode == 2, r.stderr  # one image failed -> non-zero, the others still answered
     assert "error: 'broken.png'" in r.stderr.replace(str(tmp_path) + "/", "") or "broken.png" in r.stderr
     assert "Traceback" not in r.stderr
@@ -65,7 +65,7 @@ def test_website_writes_html_files(images, tmp_path, capsys):
     # In-process (same code path as the console script) to spare a second model load.
     from minigpt4.cli import main
     rc = main(["website", str(images[0]), str(images[1]), "--out-dir", str(tmp_path / "site"),
-               "--max-new-tokens", "6", "--device", "cpu", "--quiet"])
+               "--max-new-tokens", "6", "--device", "cpu", "--quiet", "--model", "tiny"])
     assert rc == 0
     for img in images[:2]:
         page = tmp_path / "site" / f"{img.stem}.html"
@@ -79,7 +79,7 @@ def test_website_writes_html_files(images, tmp_path, capsys):
 def test_interactive_chat_through_stdin(images):
     script = "\n".join(["What is this?", f"/image {images[1]}", "And this one?", "/image /no/such.png",
                         "/bogus", "/reset", "Hello again", "/quit", "never sent"]) + "\n"
-    r = run("chat", "--image", str(images[0]), "--max-new-tokens", "3", "--greedy", "--device", "cpu",
+    r = run("chat", "--image", str(images[0]), "--max-new-tokens", "3", "--greedy", "--device", "cpu", "--model", "tiny",
             stdin=script)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("assistant: ") == 3  # three questions before /quit; nothing after it
