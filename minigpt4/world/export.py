@@ -5,26 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+
+from minigpt4.utils import atomic_write_bytes
 
 from .core import KINDS, mixture
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, then os.replace)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KINDS, weights=None,
