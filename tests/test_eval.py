@@ -152,6 +152,23 @@ def test_no_image_sends_no_image(tiny_model, monkeypatch):
     assert all(r["prompt_tokens"] < len(ids_img) for r in report["items"] if r["task"] == "qa")
 
 
+def test_identical_greedy_requests_are_generated_once(tiny_model, monkeypatch):
+    # without an image every describe request is the same prompt: one generation serves all
+    sent = []
+    real = ChatEngine.generate
+
+    def counting(self, requests, on_text=None):
+        sent.extend(requests)
+        return real(self, requests, on_text)
+    monkeypatch.setattr(ChatEngine, "generate", counting)
+    cfg = dict(FAST, n=3, tasks=("describe",))
+    bare = run_eval(tiny_model, EvalConfig(**cfg, no_image=True))
+    assert len(sent) == 1 and len(bare["items"]) == 3
+    sent.clear()
+    run_eval(tiny_model, EvalConfig(**cfg))  # three different images: three generations
+    assert len(sent) == 3
+
+
 # --- whole runs -------------------------------------------------------------------------------------
 def test_eval_end_to_end_writes_a_report_with_every_metric(tiny_model, tmp_path):
     report = run_eval(tiny_model, EvalConfig(**FAST), name="tiny")

@@ -148,14 +148,30 @@ def build_items(model, cfg: EvalConfig, task_name: str) -> list[Item]:
     return items
 
 
-def generate_items(engine: ChatEngine, items: list[Item], batch_size: int, desc: str, progress: bool = True) -> None:
+def _dedupe_key(it: Item, sampling: bool):
+    """Items whose answers must be identical share one generation: greedy, same text, same image
+    (or none - the bare LLM gets the same describe prompt for every image). None: never shared."""
+    if sampling:
+        return None
+    images = tuple(it.sample.image_id if m.images else None for m in it.request.messages)
+    return (tuple(m.text for m in it.request.messages), images, repr(it.request.gen))
+
+
+def generate_items(engine: ChatEngine, items: list[Item], batch_size: int, desc: str, progress: bool = True,
+                   sampling: bool = False) -> None:
     from tqdm.auto import tqdm
+    groups: dict = {}
+    for i, it in enumerate(items):
+        key = _dedupe_key(it, sampling)
+        groups.setdefault(key if key is not None else ("item", i), []).append(it)
+    unique = list(groups.values())
     with tqdm(total=len(items), desc=desc, unit="ans", disable=not progress, leave=False) as bar:
-        for start in range(0, len(items), batch_size):
-            batch = items[start:start + batch_size]
-            for it, res in zip(batch, engine.generate([it.request for it in batch])):
-                it.result = res
-            bar.update(len(batch))
+        for start in range(0, len(unique), batch_size):
+            batch = unique[start:start + batch_size]
+            for group, res in zip(batch, engine.generate([g[0].request for g in batch])):
+                for it in group:
+                    it.result = res
+            bar.update(sum(len(g) for g in batch))
 
 
 # --- scoring per task ---------------------------------------------------------------------------
@@ -244,7 +260,7 @@ def run_eval(model, cfg: EvalConfig, name: str = "model",
             metrics["speed"] = measure_speed(model, img, cfg.speed_runs, cfg.speed_tokens, cfg.no_image)
         else:
             items = build_items(model, cfg, task)
-            generate_items(engine, items, cfg.batch_size, f"{name}: {task}", cfg.progress)
+            generate_items(engine, items, cfg.batch_size, f"{name}: {task}", cfg.progress, cfg.sample)
             metrics[task] = score_items(items)
             all_items.extend(items)
         timings[task] = time.perf_counter() - t0
