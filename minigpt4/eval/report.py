@@ -129,7 +129,8 @@ def report_markdown(report: dict, out_dir: Path) -> str:
         lines += [f"| {r} | {c} |" for r, c in b["by_reason"].items()]
     if "speed" in m:
         s = m["speed"]
-        lines += ["", f"Speed: {s['seconds']:.2f} s per {s['tokens']:.0f}-token answer incl. image encode "
+        what = "(no image: no encode)" if report["no_image"] else "incl. image encode"
+        lines += ["", f"Speed: {s['seconds']:.2f} s per {s['tokens']:.0f}-token answer {what} "
                       f"(cold cache, mean of {s['runs']}, best {s['min_seconds']:.2f} s), {s['tokens_per_s']:.1f} tokens/s."]
     if report.get("_items"):
         lines += ["", "## Examples (best and worst per task)", ""]
