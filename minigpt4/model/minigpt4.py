@@ -12,12 +12,12 @@ from collections import OrderedDict
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from minigpt4.config import MiniGPT4Config
 from minigpt4.data.image import ImageInput, load_image, preprocess
+from minigpt4.model.losses import head_cross_entropy
 from minigpt4.model.qformer import QFormer
 from minigpt4.model.vision import VisionTransformer
 
@@ -164,11 +164,11 @@ class MiniGPT4(nn.Module):
                 image_embeds = self.encode_pixels(pixels)
         embeds = self.embed(input_ids.to(self.device), image_embeds)
         hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask.to(self.device)).last_hidden_state
-        # LM head only where a label is set: the big vocab matmul is skipped for prompt/image slots.
+        # LM head only where a label is set: the big vocab matmul is skipped for prompt/image slots;
+        # a frozen head runs fused with the loss (minigpt4.model.losses).
         targets = labels.to(self.device)[:, 1:]
         keep = targets != IGNORE_INDEX
-        logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep])
-        return F.cross_entropy(logits.float(), targets[keep])
+        return head_cross_entropy(self.llm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.named_parameters() if v.requires_grad}
