@@ -72,3 +72,17 @@ def test_model_forward_loss_is_the_mean_over_label_tokens(tiny_model):
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, tiny_model.proj.weight.grad, rtol=1e-4, atol=1e-6)
     tiny_model.proj.weight.grad = None
+
+
+def test_autocast_bf16_path_matches_plain_under_autocast():
+    """The non-buffered path (autocast / GPU): same result as the plain head under the same autocast."""
+    head, hidden, targets = setup(n=9, h=32, v=301)
+    a = hidden.clone().requires_grad_()
+    b = hidden.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        la = head_cross_entropy(head, a, targets, block_elems=301 * 4)
+        lb = plain(head, b, targets)
+    torch.testing.assert_close(la, lb, rtol=2e-2, atol=2e-2)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=5e-2, atol=5e-3)

@@ -37,7 +37,10 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
         rows = max(1, block_elems // vocab)
         loss = hidden.new_zeros((), dtype=torch.float32)
         grad = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if want_grad else None
-        reuse = hidden.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(hidden.device.type)
+        # CPU fp32: one reused buffer, softmax in place (the CPU kernel reads each row before
+        # writing it). Elsewhere (CUDA's caching allocator has no page-fault cost) plain ops.
+        reuse = (hidden.device.type == "cpu" and hidden.dtype == weight.dtype == torch.float32
+                 and not torch.is_autocast_enabled("cpu"))
         for s in range(0, n, rows):
             h, t = hidden[s:s + rows], targets[s:s + rows]
             if reuse:
@@ -47,8 +50,7 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
             r = torch.arange(h.shape[0], device=h.device)
             target_logit = logits[r, t]
             top = logits.amax(1)
-            # In place (softmax works row by row: each row is read before it is written).
-            p = torch.ops.aten._softmax.out(logits, 1, False, out=logits)
+            p = torch.ops.aten._softmax.out(logits, 1, False, out=logits) if reuse else torch.softmax(logits, 1)
             # log-sum-exp without another pass: softmax is 1/sum(exp(l - max)) at the max, and
             # that value is >= 1/vocab, so its log never underflows.
             lse = top - p.amax(1).log()
