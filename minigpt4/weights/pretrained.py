@@ -291,10 +291,11 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
     """
     from minigpt4.utils import parse_dtype, resolve_device
     spec_s = str(spec)
-    if spec_s == "default":  # the small preset with the weights this project trained (weights/default.py)
-        from minigpt4.weights.default import default_config, load_default_state
+    if spec_s == "default" or spec_s.startswith("default@"):  # the weights this project trained (weights/default.py)
+        from minigpt4.weights.default import load_default_state, parse_spec
         cfg = preset_config("small", llm)
-        return assemble(cfg, load_default_state(), parse_dtype(dtype), resolve_device(device), quantize, seed)
+        state = load_default_state(stage=parse_spec(spec_s))
+        return assemble(cfg, state, parse_dtype(dtype), resolve_device(device), quantize, seed)
     if spec_s not in PRESETS:
         p = Path(spec_s)
         if p.is_dir():

@@ -1,0 +1,66 @@
+"""The default model's shipped parts: stage pinning (default@stageN) and publishing a run's projection."""
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from minigpt4.train.checkpoint import save_checkpoint
+from minigpt4.weights.common import CheckpointError
+from minigpt4.weights.default import default_parts, load_default_state, parse_spec, publish
+
+
+def _root(tmp_path: Path, stages=("stage1", "stage2")) -> Path:
+    root = tmp_path / "default"
+    (root / "stage0").mkdir(parents=True)
+    save_file({"ln_vision.weight": torch.ones(4)}, str(root / "stage0" / "vision.safetensors"))
+    for i, s in enumerate(stages):
+        (root / s).mkdir()
+        save_file({"proj.weight": torch.full((2, 4), float(i + 1))}, str(root / s / "proj.safetensors"))
+    return root
+
+
+def test_spec_names_the_stage():
+    assert parse_spec("default") is None
+    assert parse_spec("default@stage1") == "stage1"
+    with pytest.raises(CheckpointError, match="default@stage1"):
+        parse_spec("default@stage7")
+
+
+def test_newest_stage_wins_and_stages_can_be_pinned(tmp_path):
+    root = _root(tmp_path)
+    assert default_parts(root)["proj"] == root / "stage2" / "proj.safetensors"
+    assert float(load_default_state(root)["proj.weight"][0, 0]) == 2.0
+    assert float(load_default_state(root, "stage1")["proj.weight"][0, 0]) == 1.0
+    assert "proj.weight" not in load_default_state(root, "stage0")  # vision only: untrained projection
+
+
+def test_pinning_a_missing_stage_says_how_to_make_it(tmp_path):
+    root = _root(tmp_path, stages=("stage1",))
+    with pytest.raises(CheckpointError, match="no stage2 projection"):
+        load_default_state(root, "stage2")
+
+
+def test_publish_copies_the_latest_projection_with_its_record(tmp_path):
+    run = tmp_path / "run"
+    for step, value in ((10, 1.0), (20, 3.0)):
+        save_checkpoint(run, step, {"proj.weight": torch.full((2, 4), value), "proj.bias": torch.zeros(2)},
+                        state={"step": step}, meta={"step": step})
+    (run / "log.jsonl").write_text('{"step": 20, "loss": 1.0}\n')
+    root = _root(tmp_path, stages=())
+    out = publish(run, "stage1", root)
+    got = load_file(str(out))
+    assert set(got) == {"proj.weight", "proj.bias"} and float(got["proj.weight"][0, 0]) == 3.0
+    assert (root / "stage1" / "log.jsonl").read_text().startswith('{"step": 20')
+    assert float(load_default_state(root)["proj.weight"][0, 0]) == 3.0
+
+
+def test_publish_refuses_runs_that_trained_more_than_the_projection(tmp_path):
+    run = tmp_path / "run"
+    save_checkpoint(run, 5, {"proj.weight": torch.zeros(2, 4), "qformer.x": torch.zeros(1)}, {}, {})
+    with pytest.raises(CheckpointError, match="projection only"):
+        publish(run, "stage1", _root(tmp_path, stages=()))
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        publish(tmp_path / "empty", "stage1", _root(tmp_path / "x", stages=()))
+    with pytest.raises(CheckpointError, match="stage must be"):
+        publish(run, "stage3", _root(tmp_path / "y", stages=()))
