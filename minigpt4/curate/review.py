@@ -21,6 +21,7 @@ def item_json(item: Item) -> dict[str, Any]:
             "continued": item.continued, "fix_text": item.fix_text, "fixer": item.fixer,
             "final_text": item.final_text, "filter_rules": item.filter_rules, "fix_edits": item.fix_edits,
             "review": item.review, "review_text": item.review_text, "caption": item.caption,
+            "reviewer": item.reviewer, "review_reason": item.review_reason,
             "image_url": f"/image/{item.id}"}
 
 

@@ -10,6 +10,8 @@ Step columns per item:
   fix_status:      pending | done | failed     (failed keeps the description; a later run retries it)
   filter_status:   pending | kept | dropped
   review:          NULL | approved | edited | rejected
+                   (reviewer: who decided - "human" on the review page, or an automatic reviewer such as
+                   "truth-check"; review_reason: why, as JSON, e.g. the rule and the sentences dropped)
 """
 from __future__ import annotations
 
@@ -54,13 +56,17 @@ CREATE TABLE IF NOT EXISTS items (
     review TEXT,
     review_text TEXT,
     reviewed_at REAL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    reviewer TEXT,
+    review_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS items_seq ON items(seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 REVIEW_DECISIONS = ("approved", "edited", "rejected")
+# Columns added after the first release: a run folder made before them gets them on open.
+_ADDED_COLUMNS = {"reviewer": "TEXT", "review_reason": "TEXT"}
 
 
 @dataclass
@@ -95,6 +101,8 @@ class Item:
     review_text: str | None = None
     reviewed_at: float | None = None
     updated_at: float = 0.0
+    reviewer: str | None = None
+    review_reason: dict[str, Any] = field(default_factory=dict)
 
     @property
     def caption(self) -> str | None:
@@ -105,7 +113,7 @@ class Item:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-_JSON_COLUMNS = {"source": dict, "fix_edits": list, "filter_rules": list}
+_JSON_COLUMNS = {"source": dict, "fix_edits": list, "filter_rules": list, "review_reason": dict}
 
 
 def _row_to_item(row: sqlite3.Row) -> Item:
@@ -138,6 +146,10 @@ class Store:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=30000")
             self._conn.executescript(SCHEMA)
+            have = {r[1] for r in self._conn.execute("PRAGMA table_info(items)")}
+            for col, kind in _ADDED_COLUMNS.items():
+                if col not in have:
+                    self._conn.execute(f"ALTER TABLE items ADD COLUMN {col} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -274,7 +286,12 @@ class Store:
         self._update(item_id, filter_status=status, filter_rules=rules, final_text=final_text,
                      filtered_at=time.time())
 
-    def set_review(self, item_id: str, decision: str | None, text: str | None = None) -> Item:
+    def set_review(self, item_id: str, decision: str | None, text: str | None = None, *, reviewer: str = "human",
+                   reason: dict[str, Any] | None = None, if_pending: bool = False) -> Item:
+        """Record a review decision (None undoes one). `reviewer` and `reason` go to provenance.jsonl.
+        With `if_pending`, an item that already has a decision is left as it is - checked in the same
+        transaction as the write, so an automatic reviewer never overwrites a person who decided
+        on the review page a moment earlier. Returns the item as stored afterwards."""
         if decision is not None and decision not in REVIEW_DECISIONS:
             raise ValueError(f"unknown review decision '{decision}'; use one of {REVIEW_DECISIONS} (or none to undo)")
         if decision == "edited" and not (text or "").strip():
@@ -282,6 +299,10 @@ class Store:
         item = self.get(item_id)
         if item.filter_status != "kept":
             raise ValueError(f"item '{item_id}' is not up for review (filter status: {item.filter_status})")
-        self._update(item_id, review=decision, review_text=text if decision == "edited" else None,
-                     reviewed_at=time.time() if decision else None)
+        now = time.time()
+        values = (decision, text if decision == "edited" else None, now if decision else None,
+                  reviewer if decision else None, json.dumps(reason) if decision and reason else None, now)
+        with self._tx() as c:
+            c.execute("UPDATE items SET review=?, review_text=?, reviewed_at=?, reviewer=?, review_reason=?, "
+                      "updated_at=? WHERE id=?" + (" AND review IS NULL" if if_pending else ""), (*values, item_id))
         return self.get(item_id)
