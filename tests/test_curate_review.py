@@ -160,10 +160,13 @@ def test_review_page_keyboard_decisions_are_saved_at_once(browser, tmp_path, art
 
     with Store(out, create=False) as st:
         assert [i.review for i in st.items()] == ["approved", "edited", "rejected", None]
+        assert [i.reviewer for i in st.items()] == ["human", "human", "human", None]
         report = export(st, require_review=True)
     cap = json.loads((out / "filter_cap.json").read_text())
     assert cap["annotations"] == [
         {"image_id": "item0", "caption": TEXTS[0]},
         {"image_id": "item1", "caption": "A sailing boat on a calm lake, hills and clouds behind it: a quiet sunny afternoon."}]
-    assert report["review"] == {"approved": 1, "edited": 1, "rejected": 1, "pending": 0}
-    assert report["funnel"] == "4 images -> 4 described -> 4 fixed -> 3 kept by the rules -> 2 exported (approved in review)"
+    assert report["review"] == {"approved": 1, "edited": 1, "rejected": 1, "pending": 0, "by_reviewer": {
+        "human": {"approved": 1, "edited": 1, "rejected": 1, "rules": {}}}}
+    assert report["funnel"] == ("4 images -> 4 described -> 4 fixed -> 3 kept by the rules -> 2 passed review "
+                                "(1 approved, 1 edited, 1 rejected) -> 2 exported (approved in review)")

@@ -26,6 +26,22 @@ def selected(item: Item, require_review: bool) -> bool:
     return item.review != "rejected"
 
 
+def _by_reviewer(items: list[Item]) -> dict[str, dict[str, Any]]:
+    """Per reviewer ("human" on the review page, or an automatic one): decisions and, where the
+    reviewer gave one, how many of each reason/rule."""
+    out: dict[str, dict[str, Any]] = {}
+    for i in items:
+        if i.review is None:
+            continue
+        r = out.setdefault(i.reviewer or "human", {"approved": 0, "edited": 0, "rejected": 0, "rules": {}})
+        r[i.review] += 1
+        rule = i.review_reason.get("rule")
+        if rule:
+            key = f"{i.review}: {rule}"
+            r["rules"][key] = r["rules"].get(key, 0) + 1
+    return {k: {**v, "rules": dict(sorted(v["rules"].items()))} for k, v in sorted(out.items())}
+
+
 def build_report(items: list[Item], require_review: bool, fixer_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     def n(pred) -> int:
         return sum(1 for i in items if pred(i))
@@ -54,16 +70,24 @@ def build_report(items: list[Item], require_review: bool, fixer_stats: dict[str,
                    "dropped": n(lambda i: i.filter_status == "dropped"), "rules": rules},
         "review": {"approved": n(lambda i: i.review == "approved"), "edited": n(lambda i: i.review == "edited"),
                    "rejected": n(lambda i: i.review == "rejected"),
-                   "pending": n(lambda i: i.filter_status == "kept" and i.review is None)},
+                   "pending": n(lambda i: i.filter_status == "kept" and i.review is None),
+                   "by_reviewer": _by_reviewer(items)},
         "review_required": require_review,
         "exported": n(lambda i: selected(i, require_review)),
         "bad": [{"image_id": i.id, "source": i.source, "error": i.error} for i in items
                 if i.describe_status == "bad"],
         "fix_failures": [{"image_id": i.id, "error": i.fix_error} for i in items if i.fix_status == "failed"],
     }
+    rv = report["review"]
+    review_step = ""
+    if rv["approved"] + rv["edited"] + rv["rejected"]:
+        # The paper's "5,000 -> 3,500": what the review (a person or an automatic reviewer) let through.
+        review_step = (f"{rv['approved'] + rv['edited']} passed review ({rv['approved']} approved, {rv['edited']} "
+                       f"edited, {rv['rejected']} rejected" + (f", {rv['pending']} pending" if rv["pending"] else "")
+                       + ") -> ")
     report["funnel"] = (f"{report['images']} images -> {report['describe']['done']} described -> "
                         f"{report['fix']['done']} fixed -> {report['filter']['kept']} kept by the rules -> "
-                        f"{report['exported']} exported"
+                        f"{review_step}{report['exported']} exported"
                         + (" (approved in review)" if require_review else " (no review)"))
     return report
 
@@ -80,8 +104,17 @@ def report_markdown(r: dict[str, Any]) -> str:
              f"| kept by the filter rules | {r['filter']['kept']} |", f"| dropped by the rules | {r['filter']['dropped']} |",
              f"| review: approved | {r['review']['approved']} |", f"| review: edited | {r['review']['edited']} |",
              f"| review: rejected | {r['review']['rejected']} |", f"| review: pending | {r['review']['pending']} |",
-             f"| exported to filter_cap.json | {r['exported']} |", "",
-             "## Filter rules", "", "| rule | repaired | dropped |", "|---|---:|---:|"]
+             f"| exported to filter_cap.json | {r['exported']} |", ""]
+    by = r["review"].get("by_reviewer") or {}
+    if by:
+        lines += ["## Review", "", "| reviewer | approved | edited | rejected |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {c['approved']} | {c['edited']} | {c['rejected']} |" for name, c in by.items()]
+        reasons = [(name, rule, k) for name, c in by.items() for rule, k in c["rules"].items()]
+        if reasons:
+            lines += ["", "| reviewer | decision: reason | count |", "|---|---|---:|"]
+            lines += [f"| {name} | {rule} | {k} |" for name, rule, k in reasons]
+        lines.append("")
+    lines += ["## Filter rules", "", "| rule | repaired | dropped |", "|---|---:|---:|"]
     lines += [f"| {name} | {c['repaired']} | {c['dropped']} |" for name, c in r["filter"]["rules"].items()]
     f = r["fix"]
     lines += ["", "## Fixer", "", f"fixers: {', '.join(f['fixers']) or '-'}; requests (incl. retries): {f['attempts']}; "
