@@ -3,6 +3,7 @@
     minigpt4 curate run --images imgs/ --out cur/ --model tiny --fixer rules        # offline
     minigpt4 curate run --images imgs/ --out cur/ --base-url http://host/v1 --fixer-model gpt-4o-mini
     minigpt4 curate review cur/          # approve / edit / reject in the browser
+    minigpt4 curate check cur/ --truth world/data.jsonl   # ... or let ground truth decide (world exports)
     minigpt4 curate export cur/          # filter_cap.json (cc_sbu_align) + provenance + report
 """
 from __future__ import annotations
@@ -65,6 +66,34 @@ def register(subparsers) -> None:
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8765)
     v.set_defaults(func=cmd_review)
+
+    c = sub.add_parser(
+        "check", help="review automatically against ground truth (world exports): cut hallucinated sentences, "
+                      "reject short or low-recall texts, approve the rest",
+        description="The review step without a person, for images with ground truth (a world export's "
+                    "data.jsonl, or any JSONL whose records hold a world-style \"truth\"). For each item the rules "
+                    "kept and nobody has decided yet: sentences naming objects the image does not hold are cut "
+                    "(decision 'edited', the rest kept word for word); the item is rejected when nothing is left, "
+                    "when the rest is shorter than --min-words, or when it names fewer than --min-recall of the "
+                    "image's object kinds; otherwise approved. Decisions are stored like the review page's, "
+                    "with the reviewer's name and reason (provenance.jsonl); a person's decision is never "
+                    "overwritten, re-running repeats nothing, and outputs are re-exported at the end.",
+        epilog="example: python -m minigpt4.world export --out world --n 1000 --size 128 --format jpg; "
+               "minigpt4 curate run --images world/data.jsonl --out cur --fixer rules; "
+               "minigpt4 curate check cur --truth world/data.jsonl")
+    c.add_argument("out", help="the run's folder")
+    c.add_argument("--truth", required=True, metavar="PATH/data.jsonl",
+                   help="JSONL with a \"truth\" per image; matched to items by image path, then image_id, "
+                        "then file name")
+    c.add_argument("--max-hallucinated", type=int, default=0, metavar="N",
+                   help="hallucinated object mentions a text may keep unedited (default 0: cut every one)")
+    c.add_argument("--min-recall", type=float, default=0.5, metavar="R",
+                   help="reject texts naming less than this fraction of the image's object kinds (default 0.5)")
+    c.add_argument("--min-words", type=int, default=None, metavar="N",
+                   help="reject texts with fewer words after the cut (default: the run's filter --min-words, 20)")
+    c.add_argument("--reviewer", default="truth-check", help="name recorded with each decision (default truth-check)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_check)
 
     e = sub.add_parser("export", help="write filter_cap.json (cc_sbu_align), provenance.jsonl and the report")
     e.add_argument("out", help="the run's folder")
@@ -164,6 +193,40 @@ def cmd_review(args: argparse.Namespace) -> int:
     with Store(args.out, create=False) as store:
         require_review = store.get_meta("require_review", True)
     serve(args.out, args.host, args.port, require_review=require_review)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from minigpt4.cli_common import CLIError
+    from minigpt4.curate.check import CheckConfig, check
+    from minigpt4.curate.export import export
+    from minigpt4.curate.filters import FilterConfig
+    from minigpt4.curate.store import Store
+
+    with Store(args.out, create=False) as store:
+        min_words = store.get_meta("filters", {}).get("min_words", FilterConfig().min_words)
+        cfg = CheckConfig(max_hallucinated=args.max_hallucinated, min_recall=args.min_recall,
+                          min_words=min_words if args.min_words is None else args.min_words, reviewer=args.reviewer)
+        try:
+            cfg.validate()
+            summary = check(store, args.truth, cfg, progress=not args.no_progress)
+        except (ValueError, FileNotFoundError) as e:
+            raise CLIError(str(e)) from None
+        report = export(store, store.get_meta("require_review", True))
+    rules = ", ".join(f"{k} {v}" for k, v in sorted(summary["rules"].items()))
+    print(f"{cfg.reviewer}: {summary['checked']} decided now ({summary['approved']} approved, {summary['edited']} "
+          f"edited, {summary['rejected']} rejected{'; ' + rules if rules else ''}); "
+          f"{summary['already_decided']} decided before, left as they were")
+    if summary["no_truth"]:
+        print(f"{len(summary['no_truth'])} item(s) have no record in {args.truth} and stay pending, e.g. "
+              + ", ".join(summary["no_truth"][:5]))
+    if summary["unknown_truth"]:
+        print(f"{len(summary['unknown_truth'])} item(s) have a truth without objects, subjects, ingredients or "
+              "blocks and stay pending for a person, e.g. " + ", ".join(summary["unknown_truth"][:5]))
+    if summary["decided_meanwhile"]:
+        print(f"{summary['decided_meanwhile']} item(s) were decided on the review page meanwhile; kept those")
+    print(report["funnel"])
+    print(f"wrote {Path(args.out) / 'filter_cap.json'} ({report['exported']} annotations), provenance.jsonl, report.md")
     return 0
 
 

@@ -159,6 +159,8 @@ def run(cfg: RunConfig, make_describer: Callable[[], Describer], fixer: Fixer) -
         elif store.count() == 0:
             raise ValueError(f"'{cfg.out}' holds no items yet; pass --images to say what to curate")
         store.set_meta("require_review", cfg.require_review)
+        # `curate check` judges "too short" by the same measure as the run's filter.
+        store.set_meta("filters", {"min_words": cfg.filters.min_words, "min_chars": cfg.filters.min_chars})
         if cfg.retry_bad:
             store.reset_bad()
         stats_before = fixer.stats()
