@@ -1,4 +1,5 @@
-"""Stage-2 data curation (MiniGPT-4 paper, section 3.2): describe -> fix -> filter -> human review.
+"""Stage-2 data curation (MiniGPT-4 paper, section 3.2): describe -> fix -> filter -> human review
+(or `check`: the review against ground truth, for world exports).
 
     from minigpt4.curate import RunConfig, run, Describer, RuleFixer, OpenAIFixer, OpenAIFixerConfig
     run(RunConfig(out="cur", images="imgs/"), lambda: Describer(ChatEngine(model)), RuleFixer())
@@ -12,6 +13,7 @@ import importlib
 
 _EXPORTS = {
     "clean": "clean",
+    "CheckConfig": "check", "check": "check", "judge": "check",
     "Describer": "describe", "Description": "describe",
     "build_report": "export", "export": "export",
     "RULES": "filters", "FilterConfig": "filters", "FilterResult": "filters", "apply_filters": "filters",
