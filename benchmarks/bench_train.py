@@ -2,7 +2,8 @@
 
   ours      frozen-feature cache (ViT + Q-Former run once per image, before training), batches
             collated once into padded tensors, image features spliced with one masked_scatter,
-            LM head only at label positions (minigpt4.train.Trainer).
+            LM head only at label positions, fused with the loss (minigpt4.model.losses: the frozen
+            head's input gradient computed in the forward; no logits kept) (minigpt4.train.Trainer).
   original  what MiniGPT-4 does every step: decode + preprocess every image, run the frozen ViT
             and Q-Former, then per-sample prompt assembly (`prompt_wrap` / `concat_emb_input_output`
             loops: tokenize, embed, torch.cat per sample, pad), and the HF LM loss over the whole
@@ -34,12 +35,12 @@ def model_config(name: str):
     if name == "tiny":
         return get_config("tiny")
     if name == "vis":
-        # vision-heavy: the `small` preset's vision side (224 px ViT-S/16 + 4-layer Q-Former) with the
+        # vision-heavy: the `small` preset's vision side (128 px ViT, 6 blocks + 4-layer Q-Former) with the
         # tiny LLM - the regime where the frozen encoders dominate a training step.
         cfg, tiny = get_config("small"), get_config("tiny")
         cfg.llm, cfg.template, cfg.system = tiny.llm, "vicuna_v0", None
         return cfg
-    # mid: the `small` preset's vision side (ViT 224/16, width 384, 6 blocks; Q-Former 4 layers)
+    # mid: the `small` preset's vision side (ViT 128/16, width 256, 6 blocks; Q-Former 4 layers)
     # with a random LLM of SmolLM2-135M's shape (no download needed).
     cfg = get_config("small")
     cfg.llm = LLMConfig(source="random", hidden_size=576, arch=dict(
@@ -137,6 +138,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--mid-steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per side; the best is kept")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--write", help="append a markdown table to this file")
     p.add_argument("--child", choices=["ours", "original"], help=argparse.SUPPRESS)
@@ -147,6 +149,7 @@ def main() -> None:
         args.approach = args.child
         return child(args)
     from minigpt4.train.tinydata import write_shards
+    args.load_start = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as data:
         for config in args.configs:
@@ -154,15 +157,21 @@ def main() -> None:
             n_images = BATCH * (steps + 2)  # every sample a distinct image: no reuse flatters the cache
             # Web images are larger than the model input: 256 px JPEGs, decoded and resized per use.
             write_shards(Path(data) / "shards", n_images, per_shard=64, size=args.image_size)
-            res = {}
-            for approach in ("original", "ours"):
-                cmd = [sys.executable, __file__, "--child", approach, "--config", config, "--data", data,
-                       "--steps", str(steps), "--threads", str(args.threads)]
-                outp = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-                line = next((l for l in outp.stdout.splitlines() if l.startswith("RESULT ")), None)
-                if line is None:
-                    raise SystemExit(f"{approach} failed:\n{outp.stderr[-3000:]}")
-                res[approach] = json.loads(line[7:])
+            # Interleaved rounds (order alternating), best run per side: on a shared machine the
+            # least-disturbed run is the closest to the real cost, and both sides get the same chances.
+            res: dict[str, dict] = {}
+            for r in range(args.repeats):
+                for approach in (("original", "ours") if r % 2 == 0 else ("ours", "original")):
+                    cmd = [sys.executable, __file__, "--child", approach, "--config", config, "--data", data,
+                           "--steps", str(steps), "--threads", str(args.threads)]
+                    outp = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+                    line = next((l for l in outp.stdout.splitlines() if l.startswith("RESULT ")), None)
+                    if line is None:
+                        raise SystemExit(f"{approach} failed:\n{outp.stderr[-3000:]}")
+                    got = json.loads(line[7:])
+                    print(f"  {config} round {r + 1} {approach:8s} {got['samples_per_s']:8.1f} samples/s", flush=True)
+                    if approach not in res or got["samples_per_s"] > res[approach]["samples_per_s"]:
+                        res[approach] = got
             o, u = res["original"], res["ours"]
             amort = steps * BATCH / (u["train_s"] + u["cache_build_s"])
             rows.append((config, steps, o, u, amort))
@@ -180,8 +189,9 @@ def write_md(path: Path, rows, args) -> None:
     lines = ["## Training (stage 1): samples/s, ours vs original-style loop", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs, "
              f"torch {torch.__version__}, {args.threads} thread(s) per process, batch {BATCH}, CPU fp32, "
-             f"{args.image_size} px JPEG inputs in webdataset shards. "
-             f"`python benchmarks/bench_train.py --write {path}`", "",
+             f"{args.image_size} px JPEG inputs in webdataset shards; best of {args.repeats} interleaved runs per side. "
+             f"`python benchmarks/bench_train.py --write {path}`. Load average (1 min) at start / end: "
+             f"{args.load_start:.1f} / {os.getloadavg()[0]:.1f}.", "",
              "| config | steps | original samples/s | ours samples/s | ratio | ours incl. cache build | peak RSS original / ours |",
              "|---|---|---|---|---|---|---|"]
     for config, steps, o, u, amort in rows:
@@ -190,7 +200,7 @@ def write_md(path: Path, rows, args) -> None:
                      f"cache {u['cache_build_s']:.1f} s for {u['cached_images']} images) | "
                      f"{o['peak_rss_mb']:.0f} / {u['peak_rss_mb']:.0f} MB |")
     lines += ["", "tiny = the `tiny` preset (56px ViT, 2-layer Q-Former, 2-layer 64-wide LLM); vis = the `small` "
-              "preset's vision side (224px ViT-S/16, 4-layer Q-Former) + the tiny LLM; mid = the same vision side "
+              "preset's vision side (128 px, 16 px patches, ViT 256 wide x 6 blocks, 4-layer Q-Former, 16 queries) + the tiny LLM; mid = the same vision side "
               "+ a random LLM shaped like SmolLM2-135M (30 layers). "
               "Each image is used once, so the cache build (a one-time cost, reused by every later epoch and "
               "run) is shown separately and amortised over a single pass; over the original's 4 epochs it is "
