@@ -1,13 +1,14 @@
 """Serving throughput: the same requests one at a time vs from 16 concurrent clients, in one run.
 
 One-at-a-time is how the original Gradio demo serves (a queue, one generation at a time); the
-concurrent run lets the server's dynamic batcher put requests that arrive together into one
-`engine.generate` batch. The server runs in its own process (as deployed); every request
+concurrent run lets the server batch them (continuous batching: a request joins the running
+batch at the next decode step). Both modes run in interleaved rounds. The server runs in its own process (as deployed); every request
 streams (SSE), so time to first token (TTFT) is measured too.
 
     python benchmarks/bench_serve.py                          # tiny model
     python benchmarks/bench_serve.py --model small-random     # small preset, random SmolLM2-135M-sized LLM
     python benchmarks/bench_serve.py --requests 64 --clients 16 --max-tokens 16 --out benchmarks/results/serve.md
+    python benchmarks/bench_serve.py --compare /tmp/before      # side by side with another checkout
 """
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ def timed(client, req: dict) -> dict:
     return {"latency": total, "ttft": ttft if ttft is not None else total, "tokens": tokens}
 
 
-def run(url: str, reqs: list[dict], clients: int) -> dict:
+def run(url: str, reqs: list[dict], clients: int) -> tuple[float, list[dict]]:
+    """Send `reqs` from `clients` threads; returns (wall time, per-request results)."""
     import httpx
     pool_clients = [httpx.Client(base_url=url, timeout=600) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -115,10 +117,14 @@ def run(url: str, reqs: list[dict], clients: int) -> dict:
     wall = time.perf_counter() - t0
     for c in pool_clients:
         c.close()
+    return wall, out
+
+
+def summarize(wall: float, out: list[dict]) -> dict:
     lat = sorted(r["latency"] for r in out)
     ttft = sorted(r["ttft"] for r in out)
     tokens = sum(r["tokens"] for r in out)
-    return {"wall": wall, "rps": len(reqs) / wall, "tok_s": tokens / wall, "tokens": tokens,
+    return {"wall": wall, "rps": len(out) / wall, "tok_s": tokens / wall, "tokens": tokens,
             "p50": pct(lat, 50), "p95": pct(lat, 95), "ttft50": pct(ttft, 50), "ttft95": pct(ttft, 95)}
 
 
@@ -142,12 +148,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args) -> tuple[subprocess.Popen, str]:
+def start_server(args, src: str | None = None) -> tuple[subprocess.Popen, str]:
+    """The server in its own process; `src`: another checkout of this repository to serve with
+    (its own bench_serve.py starts it, its minigpt4 package comes first on the path)."""
     import httpx
     port = free_port()
-    child = subprocess.Popen([sys.executable, __file__, "--child", str(port), "--model", args.model,
-                              "--threads", str(args.threads), "--clients", str(args.clients)],
-                             env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    script = __file__
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        script = str(Path(src) / "benchmarks" / "bench_serve.py")
+    child = subprocess.Popen([sys.executable, script, "--child", str(port), "--model", args.model,
+                              "--threads", str(args.threads), "--clients", str(args.clients)], env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -170,6 +182,12 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="the requests are sent in this many rounds; each round runs every mode (and server) "
+                         "once, in alternating order, so a change of machine load hits all of them alike")
+    ap.add_argument("--compare", default=None, metavar="DIR",
+                    help="also serve from this checkout (e.g. `git worktree add /tmp/old HEAD~3`), "
+                         "interleaved with this one, as 'before'")
     ap.add_argument("--out", default=None, help="write the results as markdown here (atomically)")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -178,35 +196,58 @@ def main() -> None:
 
     import httpx
     from tqdm import tqdm
-    child, url = start_server(args)
+    servers = {"": start_server(args)}
+    if args.compare:
+        servers["before: "] = start_server(args, args.compare)
+    modes = [("one at a time", 1), (f"{args.clients} concurrent clients", args.clients)]
     try:
         reqs = make_requests(args.requests, args.max_tokens)
-        run(url, make_requests(8, 2), 1)  # warm-up: every image encoded once (cache is shared), kernels ready
-        results = {}
-        for name, clients in tqdm([("one at a time", 1), (f"{args.clients} concurrent clients", args.clients)],
-                                  desc="bench", unit="mode"):
-            results[name] = run(url, reqs, clients)
-        health = httpx.get(url + "/health").json()
+        rounds = max(1, min(args.rounds, args.requests))
+        chunks = [reqs[r::rounds] for r in range(rounds)]
+        for _, url in servers.values():  # warm-up: every image encoded once (cache is shared), kernels ready
+            run(url, make_requests(8, 2), 1)
+        walls: dict = {}
+        outs: dict = {}
+        jobs = [(tag, name, clients) for tag in servers for name, clients in modes]
+        for r in tqdm(range(rounds), desc="bench", unit="round"):
+            for tag, name, clients in (jobs if r % 2 == 0 else jobs[::-1]):
+                wall, out = run(servers[tag][1], chunks[r], clients)
+                walls[tag, name] = walls.get((tag, name), 0.0) + wall
+                outs.setdefault((tag, name), []).extend(out)
+        health = {tag: httpx.get(url + "/health").json() for tag, (_, url) in servers.items()}
     finally:
-        child.terminate()
-        child.wait(30)
+        for child, _ in servers.values():
+            child.terminate()
+        for child, _ in servers.values():
+            child.wait(30)
 
-    (seq_name, seq), (con_name, con) = results.items()
-    ratio = con["rps"] / seq["rps"]
+    results = {k: summarize(walls[k], outs[k]) for k in walls}
+    cols = [(tag, name) for tag in servers for name, _ in modes]
     rows = [("requests/s", "rps", "{:.2f}"), ("tokens/s", "tok_s", "{:.1f}"), ("wall time (s)", "wall", "{:.1f}"),
             ("latency p50 (s)", "p50", "{:.2f}"), ("latency p95 (s)", "p95", "{:.2f}"),
-            ("TTFT p50 (s)", "ttft50", "{:.2f}"), ("TTFT p95 (s)", "ttft95", "{:.2f}")]
+            ("TTFT p50 (s)", "ttft50", "{:.3f}"), ("TTFT p95 (s)", "ttft95", "{:.3f}")]
     machine = f"{cpu_name()}, {os.cpu_count()} CPU cores (shared with other jobs)"
     lines = [f"### Serving: `{args.model}`, {args.requests} requests (1 image + question, max_tokens "
              f"{args.max_tokens}, top_p 0.9 + top_k 50 sampling with a seed per request, streamed)", "",
              f"Machine: {machine}; server in its own process, torch threads {args.threads}, "
-             f"dynamic batching up to {args.clients}.", "",
-             f"| metric | {seq_name} | {con_name} |", "|---|---|---|"]
-    lines += [f"| {label} | {fmt.format(seq[k])} | {fmt.format(con[k])} |" for label, k, fmt in rows]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    lines += ["", f"Load average at the end: {load:.1f} on {os.cpu_count()} cores (other jobs share the machine)."]
-    lines += ["", f"**Throughput ratio: {ratio:.1f}x** ({con_name} vs one at a time). Server batches: "
-                  f"{health['batches']} for {health['requests']} requests, largest {health['max_batch']}.", ""]
+             f"batches up to {args.clients}; {rounds} interleaved rounds.", "",
+             "| metric | " + " | ".join(f"{tag}{name}" for tag, name in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(fmt.format(results[c][k]) for c in cols) + " |" for label, k, fmt in rows]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    lines += ["", f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) on "
+                  f"{os.cpu_count()} cores (other jobs share the machine).", ""]
+    seq_name, con_name = modes[0][0], modes[1][0]
+    for tag in servers:
+        h = health[tag]
+        ratio = results[tag, con_name]["rps"] / results[tag, seq_name]["rps"]
+        batching = (f"mean decode batch {h['mean_batch']} over {h['steps']} steps (largest {h['max_batch']}), "
+                    f"{h['batches']} prefills" if "mean_batch" in h else f"{h['batches']} batches (largest {h['max_batch']})")
+        lines += [f"**{tag or 'this checkout: '}throughput ratio {ratio:.1f}x** ({con_name} vs one at a time). "
+                  f"Server: {batching} for {h['requests']} requests (both modes and the warm-up).", ""]
+    if args.compare:
+        gain = results["", con_name]["rps"] / results["before: ", con_name]["rps"]
+        lines += [f"{con_name}: this checkout serves {gain:.2f}x the requests/s of `{args.compare}`.", ""]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -1,7 +1,7 @@
 """The FastAPI app: OpenAI-compatible `/v1/chat/completions` (plain and SSE streaming),
 `/v1/models`, `/health`, and the web chat page at `/`.
 
-Handlers only validate and translate; the model runs on the `Batcher` thread. Every refusal is
+Handlers only validate and translate; the model runs on the `Batcher` thread (continuous batching). Every refusal is
 an OpenAI-style error JSON (see errors.py) and nothing a client sends can stop the server."""
 from __future__ import annotations
 
@@ -307,24 +307,16 @@ def create_app(engine, cfg: ServeConfig | None = None, presets: dict[str, Any] |
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["*"],
                            allow_headers=["*"])
 
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if cfg.api_key and request.url.path.startswith("/v1") and request.method != "OPTIONS":
-            header = request.headers.get("authorization", "")
-            token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), cfg.api_key.encode()):
-                what = "is missing" if not header else "is wrong"
-                return APIError(401, f"API key {what}; send 'Authorization: Bearer <key>' with the key the "
-                                     f"server was started with", "invalid_api_key",
-                                headers={"WWW-Authenticate": "Bearer"}).response()
-        return await call_next(request)
+    if cfg.api_key:
+        app.add_middleware(_APIKeyAuth, key=cfg.api_key)
 
     @app.get("/health")
     async def health():
         s = svc.batcher.stats
         return {"status": "ok", "model": cfg.model_name, "queued": svc.batcher.queued(),
                 "busy": svc.batcher.busy, "batches": s.batches, "requests": s.requests,
-                "max_batch": s.max_batch, "rejected": s.rejected, "busy_s": round(s.busy_s, 3)}
+                "max_batch": s.max_batch, "steps": s.steps, "mean_batch": round(s.mean_batch(), 2),
+                "rejected": s.rejected, "busy_s": round(s.busy_s, 3)}
 
     @app.get("/v1/models")
     async def models():
@@ -390,6 +382,28 @@ def create_app(engine, cfg: ServeConfig | None = None, presets: dict[str, Any] |
     return app
 
 
+class _APIKeyAuth:
+    """401 on /v1 without the right `Authorization: Bearer <key>` (preflight OPTIONS passes, for
+    CORS). Plain ASGI, not `@app.middleware("http")`: that one routes every streamed chunk through
+    an extra task and memory stream, which cost the event loop more than the SSE writing itself."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1") and scope["method"] != "OPTIONS":
+            header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+            token = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), self.key):
+                what = "is missing" if not header else "is wrong"
+                response = APIError(401, f"API key {what}; send 'Authorization: Bearer <key>' with the key the "
+                                         f"server was started with", "invalid_api_key",
+                                    headers={"WWW-Authenticate": "Bearer"}).response()
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _model_card(model_id: str, created: int) -> dict:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "minigpt4"}
 
@@ -416,27 +430,43 @@ async def _stream(p: Prepared, jobs: list[Job], deltas: asyncio.Queue, deadline:
         pending, results = {j.index for j in jobs}, {}
         while pending:
             try:
-                index, text = await asyncio.wait_for(deltas.get(), timeout=max(0.0, deadline - loop.time()))
+                items = [await asyncio.wait_for(deltas.get(), timeout=max(0.0, deadline - loop.time()))]
             except asyncio.TimeoutError:
                 yield sse(error_body(504, f"the request took longer than {cfg.request_timeout_s:g} s "
                                           f"(server timeout)", "timeout"))
                 return
-            if text is not None:
-                yield chunk([{"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}])
-                continue
-            pending.discard(index)
-            job = jobs[index]
-            try:
-                res = job.future.result()
-            except Exception as e:
-                err = engine_error(e)
-                yield sse(err.body())
-                return
-            results[index] = res
-            yield chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": res.finish_reason}])
+            while not deltas.empty():  # what else has arrived goes out in the same write
+                items.append(deltas.get_nowait())
+            out = []
+            for index, text in _merged(items):
+                if text is not None:
+                    out.append(chunk([{"index": index, "delta": {"content": text}, "logprobs": None,
+                                       "finish_reason": None}]))
+                    continue
+                pending.discard(index)
+                try:
+                    res = jobs[index].future.result()
+                except Exception as e:
+                    out.append(sse(engine_error(e).body()))
+                    yield b"".join(out)
+                    return
+                results[index] = res
+                out.append(chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": res.finish_reason}]))
+            yield b"".join(out)
         opts = p.body.stream_options
         if opts is not None and opts.include_usage:
             yield chunk([], usage=usage([results[i] for i in sorted(results)]))
         yield sse("[DONE]")
     finally:
         _cancel(jobs)  # the client left: jobs that have not started yet are skipped
+
+
+def _merged(items: list[tuple[int, str | None]]) -> list[tuple[int, str | None]]:
+    """Consecutive text deltas of one choice become one (fewer SSE chunks, same text, same order)."""
+    out: list[tuple[int, str | None]] = []
+    for index, text in items:
+        if text is not None and out and out[-1][0] == index and out[-1][1] is not None:
+            out[-1] = (index, out[-1][1] + text)
+        else:
+            out.append((index, text))
+    return out

@@ -41,7 +41,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="allow browser calls from this origin (repeatable; '*' for any). CORS is off by default")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
     p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
-                   help="how long the first request of a batch waits for others to join")
+                   help="how long an idle server lets the first request wait for others (new requests join a running batch at the next step anyway)")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="waiting requests beyond this get 429")
     p.add_argument("--timeout", type=float, default=d.request_timeout_s, help="per-request timeout in seconds (504)")
     p.add_argument("--max-image-bytes", type=int, default=d.max_image_bytes)

@@ -13,10 +13,11 @@ class ServeConfig:
     api_key: str | None = field(default_factory=lambda: os.environ.get("MINIGPT4_API_KEY") or None)
     cors_origins: tuple[str, ...] = ()  # empty = CORS off (browsers on other origins are refused)
 
-    # Batching: requests that arrive together run as one batch. A batch waits, while requests keep
-    # arriving (gaps < 15 ms) and at most `batch_wait_ms`, for as many as were in flight last round.
+    # Continuous batching: up to `max_batch_size` requests decode together; a new request joins the
+    # running batch at the next decode step. `batch_wait_ms`: how long an idle server lets the first
+    # request wait for company (0: start at once - later arrivals join one step later anyway).
     max_batch_size: int = 16
-    batch_wait_ms: float = 100.0
+    batch_wait_ms: float = 0.0
     max_queue: int = 64                # waiting requests beyond this are answered 429
     request_timeout_s: float = 120.0   # per request, queue wait included -> 504
 
