@@ -74,8 +74,9 @@ def head_cross_entropy(head: nn.Module, hidden: torch.Tensor, targets: torch.Ten
     """Mean cross-entropy of `head(hidden)` against `targets` (N rows, all valid labels).
     Uses the fused path when the head is a frozen bias-free Linear (the LM head of a frozen LLM);
     otherwise (a trained or LoRA-wrapped head) the plain one, which gives the head its gradient."""
-    fused = (type(head) is nn.Linear and head.bias is None and not head.weight.requires_grad
-             and hidden.shape[0] > 0)
+    # type(...) is: a sharded/wrapped head (FSDP class swap, DTensor weight, LoRA) keeps its own forward.
+    fused = (type(head) is nn.Linear and type(head.weight.data) is torch.Tensor and head.bias is None
+             and not head.weight.requires_grad and hidden.shape[0] > 0)
     if not fused:
         return F.cross_entropy(head(hidden).float(), targets)
     want_grad = torch.is_grad_enabled() and hidden.requires_grad
