@@ -126,6 +126,85 @@ def test_batched_greedy_equals_sequential(engine):
     assert len({r.prompt_tokens for r in batch}) == 3  # really different lengths -> real padding
 
 
+def test_rows_join_and_leave_a_running_batch(engine):
+    """Continuous batching: requests that join a running batch between decode steps (their prefill
+    merged into its KV cache, at other lengths and positions) answer exactly as when served alone,
+    greedy or seeded, and so do the rows that were already running."""
+    from minigpt4.chat.engine import DecodeBatch
+    seeded = GenerationConfig(max_new_tokens=9, seed=5, top_k=20, repetition_penalty=1.1)
+    reqs = [(prompts()[1], GREEDY), (prompts()[0], seeded),
+            (prompts()[2], dataclasses.replace(GREEDY, max_new_tokens=4)), (prompts()[0], GREEDY)]
+    alone = [ask(engine, m, g) for m, g in reqs]
+    batch, rows, texts = DecodeBatch(engine), {}, {i: "" for i in range(4)}
+
+    def join(i):
+        p = engine.build_prompt(reqs[i][0], reqs[i][1])
+        rows[i] = batch.add([p], [reqs[i][1]], keys=[i])[0]
+
+    def step():
+        for key, delta in batch.step():
+            texts[key] += delta
+
+    join(0)
+    for _ in range(3):
+        step()
+    p1, p2 = (engine.build_prompt(reqs[i][0], reqs[i][1]) for i in (1, 2))
+    for i, st in zip((1, 2), batch.add([p1, p2], [reqs[1][1], reqs[2][1]], keys=[1, 2])):
+        rows[i] = st  # two newcomers, prefilled together
+    widths = []
+    while batch:
+        step()
+        widths.append(batch.mask.shape[1] if batch else 0)
+        if 3 not in rows and rows[2].finish is not None:
+            join(3)  # joins after row 2 has left
+    for i in range(4):
+        assert rows[i].result().text == alone[i].text and alone[i].text, f"request {i}"
+        assert rows[i].result().completion_tokens == alone[i].completion_tokens
+        assert texts[i] == alone[i].text  # streamed deltas too
+    # once the early rows have left, the cache is cut back to the longest live row
+    assert widths[-2] == rows[3].length
+    # and "alone" is right: greedy tokens match a plain full forward pass without any KV cache
+    for i in (0, 3):
+        p, toks = engine.build_prompt(reqs[i][0], GREEDY), rows[i].tokens
+        with torch.inference_mode():
+            emb = engine.model.embed(torch.tensor([p.ids + toks[:-1]]), torch.stack(p.images) if p.images else None)
+            ref = engine.model.llm(inputs_embeds=emb).logits[0, len(p.ids) - 1:].argmax(-1).tolist()
+        assert ref == toks, f"request {i}"
+
+
+def test_seeded_rows_sample_the_same_alone_or_in_a_batch():
+    """Each row draws from its own generator: its tokens do not depend on its batch-mates."""
+    from minigpt4.chat.engine import _RowState, _topk, sample_batch
+    logits = torch.randn(6, 5000, generator=torch.Generator().manual_seed(1)) * 2
+    gens = [GenerationConfig(top_k=50, temperature=0.7), GenerationConfig(top_p=0.8),
+            GenerationConfig(do_sample=False), GenerationConfig(top_p=1.0, temperature=1.3),
+            GenerationConfig(top_k=3, top_p=0.5, repetition_penalty=1.3), GenerationConfig(top_p=0.05)]
+    hist = [[1, 2], [], [int(logits[2].argmax())], [7], list(range(40)), []]
+
+    def rows():
+        return [_RowState(g, torch.Generator().manual_seed(10 + i), [], tokens=list(h))
+                for i, (g, h) in enumerate(zip(gens, hist))]
+    batched, single = rows(), rows()
+    for _ in range(5):
+        together = sample_batch(logits, batched)
+        alone = [sample_batch(logits[i:i + 1], [single[i]])[0] for i in range(6)]
+        assert together == alone
+    k = 50
+    assert torch.equal(_topk(logits, k)[1], torch.topk(logits, k).indices)
+
+
+def test_sampling_follows_the_distribution():
+    """Inverse-CDF draws: token frequencies match the softmax (top-p cuts the tail)."""
+    from minigpt4.chat.engine import _RowState, sample_batch
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    st = _RowState(GenerationConfig(top_p=1.0, repetition_penalty=1.0), torch.Generator().manual_seed(0), [])
+    counts = torch.bincount(torch.tensor([sample_batch(logits[None], [st])[0] for _ in range(4000)]), minlength=4)
+    assert torch.allclose(counts / 4000, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03), counts
+    st = _RowState(GenerationConfig(top_p=0.7, repetition_penalty=1.0), torch.Generator().manual_seed(0), [])
+    counts = torch.bincount(torch.tensor([sample_batch(logits[None], [st])[0] for _ in range(2000)]), minlength=4)
+    assert counts[2:].sum() == 0 and abs(float(counts[0]) / 2000 - 0.5 / 0.8) < 0.05, counts
+
+
 def test_each_row_stops_on_its_own(engine):
     msgs = prompts()[:2]
     base = [ask(engine, m, GenerationConfig(max_new_tokens=12, do_sample=False, repetition_penalty=1.0))
