@@ -7,6 +7,7 @@ every expectation is derived from another run of the same model.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import html.parser
 import warnings
@@ -170,6 +171,33 @@ def test_rows_join_and_leave_a_running_batch(engine):
             emb = engine.model.embed(torch.tensor([p.ids + toks[:-1]]), torch.stack(p.images) if p.images else None)
             ref = engine.model.llm(inputs_embeds=emb).logits[0, len(p.ids) - 1:].argmax(-1).tolist()
         assert ref == toks, f"request {i}"
+
+
+def test_shared_system_prefix_is_prefilled_once(model):
+    """Every request starts with the system message: its KV is computed once and copied into each
+    row, which is exact (a token's KV depends only on the tokens before it) - same answers as a
+    full prefill - and is recomputed when the weights change."""
+    eng = ChatEngine(model)
+    reqs = [Request(m, GREEDY) for m in prompts()]
+    with Counter(model.llm, llm=True) as llm:
+        first = eng.generate(reqs)
+        again = eng.generate(reqs[1:2])
+    prefix = llm.tokens[0]  # the first call computed the prefix alone
+    assert prefix >= eng.PREFIX_MIN and eng.build_prompt(prompts()[1]).ids[:prefix] == eng._system_ids(None)[:prefix]
+    assert again[0].text == first[1].text
+    width = max(len(eng.build_prompt(m).ids) for m in prompts())
+    assert llm.tokens[1] == width - prefix  # the batch prefill fed only what follows the prefix
+    eng.PREFIX_MIN = 10**9  # off: the plain full prefill
+    assert [r.text for r in eng.generate(reqs)] == [r.text for r in first]
+    eng.PREFIX_MIN = ChatEngine.PREFIX_MIN
+    edited = copy.deepcopy(model)
+    eng2 = ChatEngine(edited)
+    eng2.generate(reqs[:1])
+    with torch.no_grad():
+        edited.llm.model.layers[0].self_attn.v_proj.weight.mul_(-1.0)
+    cached = [r.text for r in eng2.generate(reqs)]
+    eng2.PREFIX_MIN = 10**9
+    assert cached == [r.text for r in eng2.generate(reqs)]
 
 
 def test_seeded_rows_sample_the_same_alone_or_in_a_batch():

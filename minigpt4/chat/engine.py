@@ -64,6 +64,7 @@ class _Prompt:
     images: list[torch.Tensor]            # (num_image_tokens, hidden) each, in slot order
     messages: list[Message]               # the messages actually used (after overflow drops)
     dropped_turns: int = 0
+    system: str | None = None             # the system message it was built with
 
 
 @dataclass
@@ -79,7 +80,7 @@ class _RowState:
     key: Any = None                  # the caller's name for this row (DecodeBatch.step output)
     prompt: _Prompt | None = None
     reuse: int = 0                   # prompt ids that came from a reused cache
-    length: int = 0                  # ids of this row in the KV cache (prompt + tokens fed back)
+    length: int = 0                  # cache columns from this row's first id to the end
 
     def result(self) -> "Result":
         p = self.prompt
@@ -291,6 +292,8 @@ class ChatEngine:
         self.end_symbol = self.template.end.strip() or self.template.end
         self.eos_ids = self._eos_ids()
         self._lock = threading.RLock()  # one generation at a time: the model is shared state
+        self._prefix_kv: dict[tuple, list] = {}  # (shared prompt start, weights) -> per-layer (keys, values)
+        self._system_cache: dict[str, list[int]] = {}
 
     def _eos_ids(self) -> set[int]:
         ids = set()
@@ -374,7 +377,7 @@ class ChatEngine:
             log.warning(msg)
         images = [im for m in kept for im in m.images]
         embeds = self.encode_images(images)
-        return _Prompt(ids=ids, images=embeds, messages=kept, dropped_turns=drop)
+        return _Prompt(ids=ids, images=embeds, messages=kept, dropped_turns=drop, system=system)
 
     def _too_long_message(self, kept, ids, budget, gen, system) -> str:
         n_img = sum(len(m.images) for m in kept)
@@ -461,6 +464,51 @@ class ChatEngine:
         st.emitted = max(st.emitted, len(visible))
         return delta
 
+    PREFIX_MIN = 8       # shorter shared prefixes are not worth a cache entry
+    PREFIX_ENTRIES = 8   # system messages whose KV is kept
+
+    def _prefix_into(self, cache: DynamicCache, prompts: Sequence[_Prompt]) -> int:
+        """Fill an empty `cache` with the KV of the ids all `prompts` start with up to the end of
+        their system message (never an image slot), repeated for every row; returns how many ids
+        that is (0: none worth it). Exact: a token's keys and values depend only on the tokens
+        before it, so the KV computed once for the prefix alone is the KV of every such prompt."""
+        system = self._system_ids(prompts[0].system)
+        n = min(len(system), min(len(p.ids) for p in prompts) - 1)  # >= 1 id left to prefill
+        for p in prompts:
+            k = 0
+            while k < n and p.ids[k] == system[k] and p.ids[k] != IMAGE_TOKEN_ID:
+                k += 1
+            n = k
+        if n < self.PREFIX_MIN:
+            return 0
+        # the weights' identity and in-place version too: a fine-tuned or edited model gets fresh KV
+        key = (tuple(system[:n]), hash(tuple((id(w), w._version) for w in self.model.llm.parameters())))
+        kv = self._prefix_kv.pop(key, None)
+        if kv is None:
+            pre = DynamicCache()
+            with torch.inference_mode():
+                ids = torch.tensor([system[:n]], dtype=torch.long, device=self.device)
+                self.model.llm(inputs_embeds=self.model.embed(ids, None), cache=pre, use_cache=True,
+                               logits_to_keep=1)
+            kv = [(layer.keys, layer.values) for layer in pre.layers]
+            while len(self._prefix_kv) >= self.PREFIX_ENTRIES:
+                self._prefix_kv.pop(next(iter(self._prefix_kv)))
+        self._prefix_kv[key] = kv  # most recently used last
+        B = len(prompts)
+        for i, (k, v) in enumerate(kv):
+            cache.update(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1), i)
+        return n
+
+    def _system_ids(self, system: str | None) -> list[int]:
+        system = self.system if system is None else system
+        ids = self._system_cache.get(system)
+        if ids is None:
+            ids, _ = encode_conversation(self.tokenizer, self.template, [], self.num_image_tokens, system=system)
+            if len(self._system_cache) > 64:
+                self._system_cache.clear()
+            self._system_cache[system] = ids
+        return ids
+
     def _images_in_cache(self, prompt: _Prompt, reuse: int) -> int:
         """How many of the prompt's images lie wholly inside its first `reuse` ids."""
         return sum(1 for s in _image_starts(prompt.ids, self.num_image_tokens) if s + self.num_image_tokens <= reuse)
@@ -501,28 +549,36 @@ class DecodeBatch:
         B = len(prompts)
         if reuse and (B != 1 or self.rows):
             raise ValueError("KV-cache reuse is for single conversations (batch of 1)")
-        new = [p.ids[reuse:] for p in prompts]
+        # `shared` leading ids come from a cache: the conversation's own, or the KV of the prompt
+        # start every request shares (system message), computed once per engine. Rows of other
+        # lengths then hold padding between that prefix and their own ids; the mask covers it.
+        shared = reuse
+        with eng._lock:
+            if cache is None:
+                cache = DynamicCache()
+                shared = eng._prefix_into(cache, prompts)
+        new = [p.ids[shared:] for p in prompts]
         width = max(len(n) for n in new)
         pad = eng.tokenizer.pad_token_id or 0
         ids = torch.full((B, width), pad, dtype=torch.long)
-        mask = torch.zeros((B, reuse + width), dtype=torch.long)
-        mask[:, :reuse] = 1
+        mask = torch.zeros((B, shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
         for b, n in enumerate(new):
             ids[b, width - len(n):] = torch.tensor(n, dtype=torch.long)
-            mask[b, reuse + width - len(n):] = 1
+            mask[b, shared + width - len(n):] = 1
         skipped = eng._images_in_cache(prompts[0], reuse) if reuse else 0
         images = [im for b, p in enumerate(prompts) for im in (p.images[skipped:] if b == 0 else p.images)]
-        cache = cache if cache is not None else DynamicCache()
         with eng._lock:
             image_embeds = torch.stack(images).to(dev) if images else None
             embeds = eng.model.embed(ids.to(dev), image_embeds)
             mask = mask.to(dev)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions[:, reuse:],
+            out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions[:, shared:],
                       cache=cache, use_cache=True, logits_to_keep=1)
         logits, next_pos = out.logits[:, -1], positions[:, -1] + 1
         rows = [_RowState(g, _generator(g.seed), [eng.end_symbol, *g.stop], key=k, prompt=p, reuse=reuse,
-                          length=len(p.ids)) for p, g, k in zip(prompts, gens, keys)]
+                          length=shared + width if shared > reuse else len(p.ids))
+                for p, g, k in zip(prompts, gens, keys)]
         if not self.rows:
             self.cache, self.mask, self.next_pos, self.logits = cache, mask, next_pos, logits
         else:
@@ -579,7 +635,7 @@ class DecodeBatch:
         sel = torch.tensor(keep, device=self.engine.device)
         self.cache.batch_select_indices(sel)
         self.mask, self.next_pos, self.logits = self.mask[sel], self.next_pos[sel], self.logits[sel]
-        # Each row's tokens are a suffix of the columns: cut the columns no live row reaches.
+        # Each row's ids lie in its last `length` columns: cut the columns no live row reaches.
         cut = self.mask.shape[1] - max(st.length for st in self.rows)
         if cut > 0:
             self.mask = self.mask[:, cut:]
