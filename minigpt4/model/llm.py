@@ -42,9 +42,10 @@ def _quantization_config(quantize: str | None):
     if quantize is None:
         return None
     if quantize not in ("8bit", "4bit"):
-        raise ValueError(f"unknown quantisation '{quantize}'; use 8bit or 4bit")
+        raise ValueError(f"unknown quantisation '{quantize}' for bitsandbytes; use 8bit or 4bit (int8 is the CPU "
+                         f"path, applied after loading by minigpt4.model.quantize)")
     if not torch.cuda.is_available():
-        raise RuntimeError(f"{quantize} loading uses bitsandbytes and needs a CUDA GPU; on CPU drop --quantize")
+        raise RuntimeError(f"{quantize} loading uses bitsandbytes and needs a CUDA GPU; on CPU use --quantize int8")
     require("bitsandbytes", "pip install bitsandbytes")
     from transformers import BitsAndBytesConfig
     if quantize == "8bit":

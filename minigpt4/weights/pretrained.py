@@ -97,7 +97,15 @@ def assemble(cfg: MiniGPT4Config, state: dict[str, torch.Tensor], dtype: torch.d
     from minigpt4.model.minigpt4 import MiniGPT4
     if seed is not None:
         torch.manual_seed(seed)
-    llm, tokenizer = load_llm(cfg.llm, dtype=dtype, quantize=quantize, device=str(device))
+    if quantize == "int8":  # ours, applied after the LLM is loaded in fp32 on the CPU (model/quantize.py)
+        from minigpt4.model.quantize import int8_unsupported_reason
+        if torch.device(device).type != "cpu" or dtype != torch.float32:
+            raise ValueError(f"quantize='int8' is the CPU path and needs device cpu, dtype fp32 (got {device}, "
+                             f"{dtype}); on CUDA use quantize='8bit' or '4bit' (bitsandbytes)")
+        if (reason := int8_unsupported_reason()) is not None:
+            raise RuntimeError(reason)
+    llm, tokenizer = load_llm(cfg.llm, dtype=dtype, quantize=None if quantize == "int8" else quantize,
+                              device=str(device))
     base = {k: v for k, v in state.items() if part_of(k) is not None}
     lora = {k: v for k, v in state.items() if part_of(k) is None}
     complete = not missing_parts(cfg, base)
@@ -116,7 +124,7 @@ def assemble(cfg: MiniGPT4Config, state: dict[str, torch.Tensor], dtype: torch.d
         model.set_trainable(cfg.trainable)
     if lora:
         copy_into(model, lora, "LoRA weights")
-    if quantize is None:
+    if quantize in (None, "int8"):
         model.llm.to(device)
     # Vision side in the compute dtype; ln_vision and the projection stay fp32 (as the original).
     model.visual_encoder.to(device, dtype)
@@ -127,6 +135,11 @@ def assemble(cfg: MiniGPT4Config, state: dict[str, torch.Tensor], dtype: torch.d
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise CheckpointError(f"weights missing for {short(left)}")
+    if quantize == "int8":
+        if wants_lora or lora:
+            raise ValueError("quantize='int8' does not support LoRA adapters on the LLM; load this model in fp32")
+        from minigpt4.model.quantize import quantize_llm_int8
+        quantize_llm_int8(model.llm, tokenizer)
     model.eval()
     return model
 
@@ -173,6 +186,9 @@ def save_pretrained(model, folder: str | Path, link_llm: bool = False, overwrite
     GGUF, or `link_llm` and it comes from a Hugging Face directory: then the folder references it."""
     from minigpt4.utils import atomic_save_safetensors
     from minigpt4.weights.hf import save_llm
+    if getattr(model.llm, "minigpt4_quantized", None):
+        raise ValueError("this model's LLM was quantized at load time (--quantize int8) and cannot be saved; "
+                         "save the fp32 model (load it without --quantize)")
     out = Path(folder)
     tmp = _tmp_dir(out)
     try:
