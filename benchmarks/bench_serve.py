@@ -208,10 +208,17 @@ def main() -> None:
             run(url, make_requests(8, 2), 1)
         walls: dict = {}
         outs: dict = {}
+        steps: dict = {}
         jobs = [(tag, name, clients) for tag in servers for name, clients in modes]
         for r in tqdm(range(rounds), desc="bench", unit="round"):
             for tag, name, clients in (jobs if r % 2 == 0 else jobs[::-1]):
+                h0 = httpx.get(servers[tag][1] + "/health").json()
                 wall, out = run(servers[tag][1], chunks[r], clients)
+                h1 = httpx.get(servers[tag][1] + "/health").json()
+                if "rows" in h1:  # decode steps and rows of this mode alone
+                    st = steps.setdefault((tag, name), [0, 0])
+                    st[0] += h1["steps"] - h0["steps"]
+                    st[1] += h1["rows"] - h0["rows"]
                 walls[tag, name] = walls.get((tag, name), 0.0) + wall
                 outs.setdefault((tag, name), []).extend(out)
         health = {tag: httpx.get(url + "/health").json() for tag, (_, url) in servers.items()}
@@ -223,6 +230,8 @@ def main() -> None:
 
     results = {k: summarize(walls[k], outs[k]) for k in walls}
     cols = [(tag, name) for tag in servers for name, _ in modes]
+    for k, (n, rows_) in steps.items():
+        results[k]["batch"] = rows_ / max(1, n)
     rows = [("requests/s", "rps", "{:.2f}"), ("tokens/s", "tok_s", "{:.1f}"), ("wall time (s)", "wall", "{:.1f}"),
             ("latency p50 (s)", "p50", "{:.2f}"), ("latency p95 (s)", "p95", "{:.2f}"),
             ("TTFT p50 (s)", "ttft50", "{:.3f}"), ("TTFT p95 (s)", "ttft95", "{:.3f}")]
@@ -234,6 +243,9 @@ def main() -> None:
              "| metric | " + " | ".join(f"{tag}{name}" for tag, name in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(fmt.format(results[c][k]) for c in cols) + " |" for label, k, fmt in rows]
+    if steps:
+        lines += ["| mean decode batch | " + " | ".join(f"{results[c]['batch']:.1f}" if "batch" in results[c] else "-"
+                                                      for c in cols) + " |"]
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     lines += ["", f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) on "
                   f"{os.cpu_count()} cores (other jobs share the machine).", ""]
@@ -241,8 +253,8 @@ def main() -> None:
     for tag in servers:
         h = health[tag]
         ratio = results[tag, con_name]["rps"] / results[tag, seq_name]["rps"]
-        batching = (f"mean decode batch {h['mean_batch']} over {h['steps']} steps (largest {h['max_batch']}), "
-                    f"{h['batches']} prefills" if "mean_batch" in h else f"{h['batches']} batches (largest {h['max_batch']})")
+        batching = (f"largest decode batch {h['max_batch']}, {h['batches']} prefills" if "rows" in h
+                    else f"{h['batches']} batches (largest {h['max_batch']})")
         lines += [f"**{tag or 'this checkout: '}throughput ratio {ratio:.1f}x** ({con_name} vs one at a time). "
                   f"Server: {batching} for {h['requests']} requests (both modes and the warm-up).", ""]
     if args.compare:

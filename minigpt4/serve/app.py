@@ -315,7 +315,7 @@ def create_app(engine, cfg: ServeConfig | None = None, presets: dict[str, Any] |
         s = svc.batcher.stats
         return {"status": "ok", "model": cfg.model_name, "queued": svc.batcher.queued(),
                 "busy": svc.batcher.busy, "batches": s.batches, "requests": s.requests,
-                "max_batch": s.max_batch, "steps": s.steps, "mean_batch": round(s.mean_batch(), 2),
+                "max_batch": s.max_batch, "steps": s.steps, "rows": s.rows, "mean_batch": round(s.mean_batch(), 2),
                 "rejected": s.rejected, "busy_s": round(s.busy_s, 3)}
 
     @app.get("/v1/models")
