@@ -64,3 +64,21 @@ def test_publish_refuses_runs_that_trained_more_than_the_projection(tmp_path):
         publish(tmp_path / "empty", "stage1", _root(tmp_path / "x", stages=()))
     with pytest.raises(CheckpointError, match="stage must be"):
         publish(run, "stage3", _root(tmp_path / "y", stages=()))
+
+
+def test_model_at_run_loads_the_runs_trainable_weights(tmp_path):
+    from minigpt4.weights import load_model
+    base = load_model("tiny")
+    proj = {k: torch.randn_like(v) for k, v in base.state_dict().items() if k.startswith("proj.")}
+    save_checkpoint(tmp_path / "run", 3, proj, {}, {})
+    model = load_model(f"tiny@{tmp_path / 'run'}")
+    for k, v in proj.items():
+        assert torch.equal(model.state_dict()[k], v)
+    save_checkpoint(tmp_path / "bad", 3, {"proj.weight": torch.zeros(1, 1)}, {}, {})
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_model(f"tiny@{tmp_path / 'bad'}")
+    save_checkpoint(tmp_path / "alien", 3, {"lora.A": torch.zeros(1)}, {}, {})
+    with pytest.raises(CheckpointError, match="does not have"):
+        load_model(f"tiny@{tmp_path / 'alien'}")
+    with pytest.raises(CheckpointError, match="training run"):
+        load_model(f"tiny@{tmp_path / 'nothing-here'}")

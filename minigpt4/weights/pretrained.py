@@ -307,6 +307,12 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
     """
     from minigpt4.utils import parse_dtype, resolve_device
     spec_s = str(spec)
+    if "@" in spec_s and not Path(spec_s).exists():
+        base, run = spec_s.split("@", 1)
+        if not (base == "default" and not os.sep in run and run.startswith("stage")):
+            # MODEL@RUN: a model plus the trainable weights of a training run (its latest checkpoint)
+            model = load_model(base, device, dtype, quantize, llm, eva, blip2, ckpt, seed)
+            return apply_trainable(model, run)
     if spec_s == "default" or spec_s.startswith("default@"):  # the weights this project trained (weights/default.py)
         from minigpt4.weights.default import load_default_state, parse_spec
         cfg = preset_config("small", llm)
@@ -338,6 +344,28 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
         log.warning("no weights given for %s of preset %s: randomly initialised (train it, or load a "
                     "converted/trained model folder)", missing, spec_s)
     return assemble(cfg, state, parse_dtype(dtype), resolve_device(device), quantize, seed)
+
+
+def apply_trainable(model, run: str | Path):
+    """Load a training run's trainable weights (run dir -> latest checkpoint, a checkpoint folder or
+    a .safetensors file) into `model`; every key must exist in the model with the same shape."""
+    from minigpt4.train.checkpoint import load_trainable
+    try:
+        tensors = load_trainable(run)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{e} (model spec MODEL@RUN wants a training run folder)") from None
+    own = model.state_dict()
+    unexpected = sorted(k for k in tensors if k not in own)
+    if unexpected:
+        raise CheckpointError(f"{run} holds weights this model does not have: {unexpected[:8]}; was it trained "
+                              f"from another preset or with LoRA? Load it onto the model it was trained from")
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in tensors.items() if v.shape != own[k].shape]
+    if wrong:
+        raise CheckpointError(f"{run} does not fit this model (checkpoint vs model shapes): {wrong[:5]}")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return model
 
 
 # --- convert -------------------------------------------------------------------------------------

@@ -12,49 +12,66 @@
 #                fixer cleans them, the paper's filters drop bad ones, a ground-truth reviewer
 #                edits out hallucinated objects or rejects (the paper's manual check)
 #   3. stage 2   finetune the projection on the curated descriptions (instruction template)
-#   4. eval      held-out images: bare LLM vs stage 1 vs stage 2 -> eval-report/default/
+#   4. eval      held-out images: bare LLM vs stage 1 vs stage 2 -> runs/default/eval/report.md
 # Each trained stage is published into checkpoints/default/stageN/ (what `--model default` loads).
+# SCALE=tiny runs the same chain in a few minutes (what CI runs): a few images and steps, into
+# RUNS (default runs/default-tiny), without touching checkpoints/default.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # robust on shared cores (2 threads thrash under load)
-RUNS=runs/default
+if [ "${SCALE:-full}" = tiny ]; then
+  RUNS=${RUNS:-runs/default-tiny}; N_TRAIN=16; N_CURATE=4; EVAL_N=2; STAGE0=skip; PUBLISH=0
+  STAGE1_ARGS="max_steps=3 batch_size=4 checkpoint_every=3 progress=false"
+  STAGE2_ARGS="max_steps=2 batch_size=2 checkpoint_every=2 progress=false"
+  CURATE_ARGS="--max-new-tokens 24 --continue-below 0 --batch-size 4 --min-words 3 --no-progress"
+  CHECK_ARGS="--min-recall 0 --min-words 1"   # an untrained model names few objects: keep the chain going
+  EVAL_ARGS="--tasks qa,describe --max-new-tokens 12 --quiet"
+fi
+RUNS=${RUNS:-runs/default}
 N_TRAIN=${N_TRAIN:-12000}
 N_CURATE=${N_CURATE:-400}
-EVAL_N=${EVAL_N:-40}
-mkdir -p "$RUNS"
+EVAL_N=${EVAL_N:-24}
+PUBLISH=${PUBLISH:-1}
+mkdir -p "$RUNS" && RUNS=$(cd "$RUNS" && pwd)   # absolute: recipe paths are relative to the recipe file
 say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+world() {  # world OUT N SEED: export N world images (train split) unless already there
+  [ -f "$1/data.jsonl" ] || python -m minigpt4.world export --out "$1" --n "$2" --size 128 --format jpg \
+    --seed "$3" --kinds scene,dish,sketch,prompt --weights 4,2,2,2
+}
 
 if [ "${STAGE0:-run}" != skip ]; then
   say "stage 0: vision side"
-  stage0_done() { python - <<'EOF'
-import json, sys, yaml
+  stage0_done() {
+    python -c 'import json, sys, yaml
 total = yaml.safe_load(open("recipes/default/stage0.yaml"))["total_steps"]
-step = json.load(open("checkpoints/default/stage0/stage0.json"))["step"]
-sys.exit(0 if step >= total else 1)
-EOF
+sys.exit(json.load(open("checkpoints/default/stage0/stage0.json"))["step"] < total)'
   }
   until stage0_done; do minigpt4 pretrain-vision recipes/default/stage0.yaml --minutes 30; done
 fi
 
 say "stage 1: world image-caption pairs"
-[ -f "$RUNS/world-train/data.jsonl" ] || python -m minigpt4.world export --out "$RUNS/world-train" \
-  --n "$N_TRAIN" --size 128 --format jpg --seed 1000 --kinds scene,dish,sketch,prompt --weights 4,2,2,2
-minigpt4 train recipes/default/stage1.yaml
-python -m minigpt4.weights.default publish "$RUNS/stage1" stage1
+world "$RUNS/world-train" "$N_TRAIN" 1000
+minigpt4 train recipes/default/stage1.yaml output_dir="$RUNS/stage1" data.0.path="$RUNS/world-train/data.jsonl" \
+  ${STAGE1_ARGS:-}
+if [ "$PUBLISH" = 1 ]; then python -m minigpt4.weights.default publish "$RUNS/stage1" stage1; fi
 
 say "curation: describe, fix, filter, check"
-[ -f "$RUNS/world-curate/data.jsonl" ] || python -m minigpt4.world export --out "$RUNS/world-curate" \
-  --n "$N_CURATE" --size 128 --format jpg --seed 2000 --kinds scene,dish,sketch,prompt --weights 4,2,2,2
-minigpt4 curate run --images "$RUNS/world-curate/data.jsonl" --out "$RUNS/curate" --model default@stage1 \
-  --fixer rules --seed 0 --max-new-tokens 160
-minigpt4 curate check "$RUNS/curate" --truth "$RUNS/world-curate/data.jsonl"
+world "$RUNS/world-curate" "$N_CURATE" 2000
+minigpt4 curate run --images "$RUNS/world-curate/data.jsonl" --out "$RUNS/curate" --model "default@$RUNS/stage1" \
+  --fixer rules --seed 0 --max-new-tokens 160 ${CURATE_ARGS:-}
+minigpt4 curate check "$RUNS/curate" --truth "$RUNS/world-curate/data.jsonl" ${CHECK_ARGS:-}
 minigpt4 curate export "$RUNS/curate"
 
 say "stage 2: curated detailed descriptions"
-minigpt4 train recipes/default/stage2.yaml
-python -m minigpt4.weights.default publish "$RUNS/stage2" stage2
+minigpt4 train recipes/default/stage2.yaml output_dir="$RUNS/stage2" init="$RUNS/stage1" \
+  data.0.path="$RUNS/curate" ${STAGE2_ARGS:-}
+if [ "$PUBLISH" = 1 ]; then python -m minigpt4.weights.default publish "$RUNS/stage2" stage2; fi
 
 say "eval: bare LLM vs stage 1 vs stage 2 on held-out images"
-minigpt4 eval --compare default@stage2:no-image default@stage1 default@stage2 --n "$EVAL_N" \
-  --out eval-report/default
-say "done: see eval-report/default/report.md and checkpoints/default/"
+if [ "$RUNS/eval/compare.md" -nt "$RUNS/stage2/checkpoints/latest" ]; then
+  echo "up to date: $RUNS/eval/compare.md (delete it to evaluate again)"
+else
+  minigpt4 eval --compare "default@$RUNS/stage2:no-image" "default@$RUNS/stage1" "default@$RUNS/stage2" \
+    --n "$EVAL_N" --out "$RUNS/eval" ${EVAL_ARGS:-}
+fi
+say "done: $RUNS/eval/compare.md; shipped weights in checkpoints/default/"

@@ -1,0 +1,38 @@
+"""The default model's whole recipe (stage 1 -> curation -> stage 2 -> eval) end to end at tiny scale:
+the same script and recipes as the real run, a few images and steps, nothing published."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shipped() -> dict:
+    d = ROOT / "checkpoints" / "default"
+    return {str(p): p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file()}
+
+
+def test_make_sh_runs_the_whole_chain_at_tiny_scale(tmp_path):
+    before = _shipped()
+    env = {**os.environ, "SCALE": "tiny", "RUNS": str(tmp_path / "runs")}
+    env.pop("MINIGPT4_MODEL", None)
+    r = subprocess.run(["bash", str(ROOT / "recipes/default/make.sh")], env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = tmp_path / "runs"
+    for stage in ("stage1", "stage2"):
+        assert (runs / stage / "checkpoints" / "latest").exists(), stage
+        assert (runs / stage / "loss.png").exists()
+    caps = json.loads((runs / "curate" / "filter_cap.json").read_text())["annotations"]
+    assert caps and all(c["caption"].strip() for c in caps)
+    report = (runs / "curate" / "report.md").read_text()
+    assert "described" in report and "review" in report.lower()
+    compare = (runs / "eval" / "compare.md").read_text()
+    assert "stage1" in compare and "stage2" in compare and "no image" in compare.lower()
+    assert _shipped() == before, "the tiny chain must not touch the shipped weights"
+    # resumable: a second run skips finished work (the eval too) and succeeds again
+    r2 = subprocess.run(["bash", str(ROOT / "recipes/default/make.sh")], env=env, capture_output=True, text=True,
+                        timeout=900)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert "up to date" in r2.stdout
