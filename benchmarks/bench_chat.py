@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from _machine import machine_line
 from minigpt4.chat.engine import ChatEngine, Conversation, Request
 from minigpt4.chat.templates import Message
 from minigpt4.config import GenerationConfig, LLMConfig, get_config
@@ -193,7 +194,7 @@ def main() -> None:
     print()
     print(md)
     text = (f"## Chat engine (benchmarks/bench_chat.py)\n\n"
-            f"Machine: 2-core AMD EPYC CPU ({platform.machine()}), shared with other jobs; torch "
+            f"Machine: {machine_line()}; torch "
             f"{torch.__version__}, {torch.get_num_threads()} threads, fp32. Model: `small` preset with "
             f"{llm_name}. Greedy; answers forced to full length. Best of {args.repeat} interleaved runs per side (the run least disturbed by other jobs).\n\n"
             f"{md}\n")
