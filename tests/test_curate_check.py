@@ -255,3 +255,35 @@ def test_truth_matching_and_clear_errors(world, tmp_path, capsys):
     assert main(["curate", "check", str(tmp_path / "run"), "--truth", str(world / "data.jsonl"), "--no-progress"]) == 0
     said = capsys.readouterr().out
     assert "2 decided now" in said and "1 item(s) have no record" in said and "stranger" in said
+
+
+def test_people_and_page_sketches_are_checked_like_a_careful_reader():
+    from minigpt4.curate.check import CheckConfig, hallucinated, judge, sketch_recall
+    assert hallucinated("A woman holds a flower.", {"flower"}) == ["woman"]
+    assert hallucinated("A grinning face smiles.", {"grinning face"}) == []
+    sketch = {"kind": "sketch", "blocks": [{"type": "header", "title": "Bike Club"}, {"type": "form"},
+                                           {"type": "footer"}]}
+    assert sketch_recall("This is a photo of a selfie with a person in front of a screen.", sketch)[0] == 0.0
+    r, missed = sketch_recall("A hand-drawn web page with a large title and a form for your email.", sketch)
+    assert abs(r - 2 / 3) < 1e-9 and missed == ["footer"]
+    cfg = CheckConfig(min_words=5)
+    assert judge("This is a photo of a selfie. The image shows a person taking photos with their device.",
+                 sketch, cfg).decision == "rejected"
+    good = "The image is a sketch of a web page. It has a big title, a form with an email field, and a footer."
+    assert judge(good, sketch, cfg).decision == "approved"
+
+
+def test_redo_undoes_only_this_reviewers_decisions(tmp_path):
+    from minigpt4.curate.check import undo_decisions
+    from minigpt4.curate.store import Store
+    with Store(tmp_path / "run") as store:
+        store.add_items([(f"img{i}", {"kind": "file", "path": f"/x/{i}.png"}) for i in range(3)])
+        for i in range(3):
+            store.set_filtered(f"img{i}", "kept", [], f"text {i}")
+        store.set_review("img0", "approved", reviewer="truth-check", if_pending=True)
+        store.set_review("img1", "rejected", reviewer="human")
+        store.set_review("img2", "edited", "fixed", reviewer="truth-check", if_pending=True)
+        assert undo_decisions(store, "truth-check") == 2
+        assert [store.get(f"img{i}").review for i in range(3)] == [None, "rejected", None]
+        with pytest.raises(ValueError, match="person"):
+            undo_decisions(store, "human")

@@ -89,9 +89,43 @@ def _mentions(text: str) -> list[tuple[str, frozenset[str]]]:
     return mentioned_objects(_COLOUR_USE.sub(" ", text.lower()))
 
 
+# People are not in the image world's vocabulary, so the object check alone cannot see them; a
+# careful reader still strikes "a woman holding a flower" from a picture of a flower.
+_PEOPLE = re.compile(r"\b(?:person|people|persons|man|men|woman|women|boy|boys|girl|girls|child|children|kid|kids|"
+                     r"baby|human|humans|face|faces|selfie|selfies|lady|ladies|guy|guys|someone|he|she|his|her)\b")
+
+
 def hallucinated(text: str, present: set[str]) -> list[str]:
     """Object words in `text` that can mean nothing in the image (surface forms, in order)."""
-    return [form for form, names in _mentions(text) if not (names & present)]
+    found = [form for form, names in _mentions(text) if not (names & present)]
+    people = _PEOPLE.findall(_COLOUR_USE.sub(" ", text.lower()))
+    return found + [m for m in people if not any(re.search(rf"\b{m}\b", n) for n in present)]
+
+
+# A page sketch's parts and the words that name them; a description of a sketch must say it is a
+# page and name its parts (recall over the parts, like object recall for scenes).
+_PAGE_WORDS = re.compile(r"\b(?:web ?page|website|web site|page|wireframe|mock-?up|layout|site|landing page)\b")
+_SKETCH_PARTS = {
+    "header": r"title|heading|headline|header",
+    "nav": r"navigation|nav bar|navbar|menu|links",
+    "image": r"image|picture|photo|placeholder",
+    "columns": r"columns?",
+    "form": r"form|fields?|inputs?",
+    "paragraph": r"paragraph|text|lines",
+    "footer": r"footer",
+    "buttons": r"buttons?",
+}
+
+
+def sketch_recall(text: str, truth: dict[str, Any]) -> tuple[float, list[str]]:
+    """(fraction of the sketch's parts the text names, the parts it misses); 0 when the text does
+    not even say it shows a page."""
+    parts = sorted({b.get("type") for b in truth.get("blocks", []) if b.get("type") in _SKETCH_PARTS})
+    low = text.lower()
+    if not _PAGE_WORDS.search(low):
+        return 0.0, parts or ["page"]
+    missed = [p for p in parts if not re.search(rf"\b(?:{_SKETCH_PARTS[p]})\b", low)]
+    return (len(parts) - len(missed)) / max(len(parts), 1), missed
 
 
 def _norm(s: str) -> str:
@@ -126,7 +160,7 @@ def judge(text: str, truth: dict[str, Any], cfg: CheckConfig) -> Verdict:
         reason["dropped"] = [s for s, ws in bad if ws]
         kept, edited = " ".join(s for s, ws in bad if not ws), True
     words = len(kept.split())
-    r, missed = recall(kept, truth)
+    r, missed = sketch_recall(kept, truth) if "blocks" in truth else recall(kept, truth)
     reason.update(words=words, recall=round(r, 3), missed=missed,
                   limits={"max_hallucinated": cfg.max_hallucinated, "min_recall": cfg.min_recall,
                           "min_words": cfg.min_words})
@@ -203,6 +237,17 @@ def load_truths(path: str | Path, items: list[Item]) -> dict[str, dict[str, Any]
         raise ValueError(f"'{path}' has {records} record(s) but none with a \"truth\" object; the check needs "
                          "ground truth, as in a world export's data.jsonl")
     return {item_id: truth for item_id, (_, truth) in found.items()}
+
+
+def undo_decisions(store: Store, reviewer: str) -> int:
+    """Clear the decisions `reviewer` made (never a person's), so a re-run decides those items again."""
+    if reviewer == "human":
+        raise ValueError("the review page's decisions are a person's; they are never undone automatically")
+    items = store.items("filter_status='kept' AND review IS NOT NULL")
+    mine = [it for it in items if it.reviewer == reviewer]
+    for it in mine:
+        store.set_review(it.id, None)
+    return len(mine)
 
 
 def _checkable(truth: dict[str, Any]) -> bool:

@@ -92,6 +92,9 @@ def register(subparsers) -> None:
     c.add_argument("--min-words", type=int, default=None, metavar="N",
                    help="reject texts with fewer words after the cut (default: the run's filter --min-words, 20)")
     c.add_argument("--reviewer", default="truth-check", help="name recorded with each decision (default truth-check)")
+    c.add_argument("--redo", action="store_true",
+                   help="first undo this reviewer's earlier decisions (after changing the limits or the checker); "
+                        "a person's decisions are never touched")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_check)
 
@@ -209,6 +212,9 @@ def cmd_check(args: argparse.Namespace) -> int:
                           min_words=min_words if args.min_words is None else args.min_words, reviewer=args.reviewer)
         try:
             cfg.validate()
+            if args.redo:
+                from minigpt4.curate.check import undo_decisions
+                print(f"{cfg.reviewer}: undid {undo_decisions(store, cfg.reviewer)} earlier decision(s)")
             summary = check(store, args.truth, cfg, progress=not args.no_progress)
         except (ValueError, FileNotFoundError) as e:
             raise CLIError(str(e)) from None
