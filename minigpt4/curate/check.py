@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt4.curate.filters import FilterConfig
-from minigpt4.curate.sources import JSONL_ID_KEYS, JSONL_IMAGE_KEYS, safe_id
+from minigpt4.curate.sources import JSONL_ID_KEYS, JSONL_IMAGE_KEYS, read_jsonl, safe_id
 from minigpt4.curate.store import Item, Store
 
 REVIEWER = "truth-check"
@@ -203,36 +203,29 @@ def load_truths(path: str | Path, items: list[Item]) -> dict[str, dict[str, Any]
             wanted.setdefault(key, []).append(it.id)
     found: dict[str, tuple[int, dict[str, Any]]] = {}  # id -> (rank of the key that matched, truth)
     records = with_truth = 0
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({e})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno} is not a JSON object")
-            records += 1
-            truth = rec.get("truth")
-            if not isinstance(truth, dict):
-                continue
-            with_truth += 1
-            rec_keys = []
-            img_key = next((k for k in JSONL_IMAGE_KEYS if k in rec), None)
-            if img_key is not None:
-                img = Path(rec[img_key])
-                rec_keys.append(("path", str((img if img.is_absolute() else path.parent / img).resolve())))
-            rid = next((str(rec[k]) for k in JSONL_ID_KEYS if k in rec), None)
-            if rid is not None:
-                rec_keys.append(("id", safe_id(rid)))
-            if img_key is not None:
-                rec_keys.append(("stem", safe_id(Path(rec[img_key]).stem)))
-            for key in rec_keys:
-                for item_id in wanted.get(key, ()):
-                    rank = ("path", "id", "stem").index(key[0])
-                    if item_id not in found or rank < found[item_id][0]:
-                        found[item_id] = (rank, truth)
+    for lineno, rec in read_jsonl(path):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{lineno} is not a JSON object")
+        records += 1
+        truth = rec.get("truth")
+        if not isinstance(truth, dict):
+            continue
+        with_truth += 1
+        rec_keys = []
+        img_key = next((k for k in JSONL_IMAGE_KEYS if k in rec), None)
+        if img_key is not None:
+            img = Path(rec[img_key])
+            rec_keys.append(("path", str((img if img.is_absolute() else path.parent / img).resolve())))
+        rid = next((str(rec[k]) for k in JSONL_ID_KEYS if k in rec), None)
+        if rid is not None:
+            rec_keys.append(("id", safe_id(rid)))
+        if img_key is not None:
+            rec_keys.append(("stem", safe_id(Path(rec[img_key]).stem)))
+        for key in rec_keys:
+            for item_id in wanted.get(key, ()):
+                rank = ("path", "id", "stem").index(key[0])
+                if item_id not in found or rank < found[item_id][0]:
+                    found[item_id] = (rank, truth)
     if records and not with_truth:
         raise ValueError(f"'{path}' has {records} record(s) but none with a \"truth\" object; the check needs "
                          "ground truth, as in a world export's data.jsonl")

@@ -57,26 +57,31 @@ def iter_folder(root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             {"kind": "file", "path": str(p.resolve())}
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Lines like {"image": "imgs/1.jpg", "image_id": "1"}; relative paths are relative to the file."""
-    seen: set[str] = set()
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) per non-empty line; a broken line fails naming file:line."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno} is not valid JSON ({e}); each line must be an object "
                                  f'like {{"image": "path/to/img.jpg"}}') from None
-            key = next((k for k in JSONL_IMAGE_KEYS if isinstance(rec, dict) and k in rec), None)
-            if key is None:
-                raise ValueError(f"{path}:{lineno} names no image; give it one of the keys {JSONL_IMAGE_KEYS}")
-            img = Path(rec[key])
-            if not img.is_absolute():
-                img = path.parent / img
-            raw_id = next((str(rec[k]) for k in JSONL_ID_KEYS if k in rec), img.stem)
-            yield _unique(safe_id(raw_id), seen, f"{lineno}"), {"kind": "file", "path": str(img.resolve())}
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Lines like {"image": "imgs/1.jpg", "image_id": "1"}; relative paths are relative to the file."""
+    seen: set[str] = set()
+    for lineno, rec in read_jsonl(path):
+        key = next((k for k in JSONL_IMAGE_KEYS if isinstance(rec, dict) and k in rec), None)
+        if key is None:
+            raise ValueError(f"{path}:{lineno} names no image; give it one of the keys {JSONL_IMAGE_KEYS}")
+        img = Path(rec[key])
+        if not img.is_absolute():
+            img = path.parent / img
+        raw_id = next((str(rec[k]) for k in JSONL_ID_KEYS if k in rec), img.stem)
+        yield _unique(safe_id(raw_id), seen, f"{lineno}"), {"kind": "file", "path": str(img.resolve())}
 
 
 def iter_shards(paths: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
