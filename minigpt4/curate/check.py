@@ -19,7 +19,6 @@ re-run repeats nothing.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
