@@ -465,3 +465,17 @@ def test_interrupted_stream_leaves_a_usable_conversation(engine):
     r = conv.ask("Third?", GREEDY)
     assert r.cached_tokens > 0
     assert ask(engine, conv.messages[:-1]).text == r.text
+
+
+def test_echoed_prompt_markup_never_reaches_the_answer_streamed_or_final():
+    from minigpt4.chat.engine import MARKUP, _streamable, _strip_markup
+    answer = "<Img>\n\nA red apple.</Img> Two <ImageHere>pears. a < b"
+    shown, pieces = "", []
+    for i in range(1, len(answer) + 1):  # grow the raw text one character at a time, like decoding
+        visible = _streamable(_strip_markup(answer[:i]), MARKUP)
+        assert visible.startswith(shown), (visible, shown)  # streaming never takes text back
+        pieces.append(visible[len(shown):])
+        shown = visible
+    final = _strip_markup(answer).strip()
+    assert final == "A red apple. Two pears. a < b"
+    assert final.startswith("".join(pieces)) and "<Img" not in "".join(pieces)

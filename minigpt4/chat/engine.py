@@ -106,6 +106,17 @@ def _find_stop(text: str, stops: Sequence[str]) -> int:
     return min(hits) if hits else -1
 
 
+# Prompt markup the frozen LLM sometimes echoes from the prompt ("<Img>" before an answer): never
+# part of an answer, so it is cut out of the text, streamed or final.
+MARKUP = ("<Img>", "</Img>", "<ImageHere>", "ImageContent")
+
+
+def _strip_markup(text: str) -> str:
+    for m in MARKUP:
+        text = text.replace(m, "")
+    return text
+
+
 def _streamable(text: str, stops: Sequence[str]) -> str:
     """The part of the (unfinished) answer that is safe to show: what the final text will start
     with whatever comes next. Leading whitespace is dropped (the final text is stripped), and a
@@ -456,10 +467,11 @@ class ChatEngine:
                 st.finish, st.raw = "stop", st.raw[:cut]
             elif len(st.tokens) >= st.gen.max_new_tokens:
                 st.finish = "length"
+        shown = _strip_markup(st.raw)
         if st.finish is None:
-            visible = _streamable(st.raw, st.stops)
+            visible = _streamable(shown, (*st.stops, *MARKUP))
         else:
-            visible = st.text = st.raw.rstrip("\ufffd").strip()
+            visible = st.text = shown.rstrip("\ufffd").strip()
         delta = visible[st.emitted:]
         st.emitted = max(st.emitted, len(visible))
         return delta
