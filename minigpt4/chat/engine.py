@@ -171,7 +171,7 @@ def sample_batch(logits: torch.Tensor, rows: Sequence[_RowState], inplace: bool 
         logits = logits.scatter_(1, idx, new) if inplace else logits.scatter(1, idx, new)
     out = [0] * len(rows)
     greedy = [b for b, st in enumerate(rows) if not st.gen.do_sample or st.gen.temperature == 0]
-    sampled = [b for b in range(len(rows)) if b not in set(greedy)]
+    sampled = sorted(set(range(len(rows))) - set(greedy))
     if greedy:
         # max().indices, not argmax(): same first-maximum rule, about 3x faster on CPU for wide rows
         sub = logits if len(greedy) == len(rows) else logits[greedy]
@@ -205,7 +205,7 @@ def _sample_rows(logits: torch.Tensor, rows: Sequence[_RowState]) -> list[int]:
         picks = _draw(cdf, u[plain])
         for b, tok in zip(plain, picks.tolist()):
             out[b] = tok
-    rest = [b for b in range(S) if b not in set(plain)]
+    rest = sorted(set(range(S)) - set(plain))
     if rest:
         sub = logits if len(rest) == S else logits[rest]
         for b, tok in zip(rest, _filtered(sub, [gens[b] for b in rest], u[rest])):
@@ -234,7 +234,7 @@ def _filtered(logits: torch.Tensor, gens: Sequence[GenerationConfig], u: torch.T
                          and float(probs[b].sum()) < gens[b].top_p]
                 if short:  # the candidates hold too little mass: these rows need the full sort
                     redo = _filtered(logits[short], [gens[b] for b in short], u[short], full=True)
-                    keep_rows = [b for b in range(S) if b not in set(short)]
+                    keep_rows = sorted(set(range(S)) - set(short))
                     out = [0] * S
                     for b, tok in zip(short, redo):
                         out[b] = tok
