@@ -67,15 +67,9 @@ def check_device_args(args: argparse.Namespace) -> tuple[str, str]:
                        "(or install a CUDA build of torch on a GPU machine)")
     dtype = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
     if args.quantize == "int8":
-        if device != "cpu":
-            raise CLIError("--quantize int8 is the CPU path (fbgemm int8 kernels); on CUDA use --quantize 8bit "
-                           "or 4bit (bitsandbytes), or add --device cpu")
-        if dtype != "fp32":
-            raise CLIError(f"--quantize int8 computes in fp32 around int8 weights; drop --dtype {dtype} "
-                           f"(or use --dtype fp32)")
-        from minigpt4.model.quantize import int8_unsupported_reason
-        if (reason := int8_unsupported_reason()) is not None:
-            raise CLIError(reason)
+        from minigpt4.model.quantize import int8_problem
+        if (problem := int8_problem(device, dtype)) is not None:
+            raise CLIError(problem)
     elif args.quantize:
         if not device.startswith("cuda"):
             raise CLIError(f"--quantize {args.quantize} uses bitsandbytes and needs a CUDA GPU; on CPU use "

@@ -50,6 +50,19 @@ def int8_unsupported_reason() -> str | None:
     return None
 
 
+def int8_problem(device: str | torch.device, dtype: str | torch.dtype) -> str | None:
+    """Why `--quantize int8` cannot run on this device/dtype (or this torch build), or None. The one
+    check behind the CLI's early error and `load_model`'s, made before the LLM is read."""
+    if torch.device(device).type != "cpu":
+        return ("--quantize int8 needs device cpu, dtype fp32: it is the CPU path (fbgemm int8 kernels); on "
+                "CUDA use --quantize 8bit or 4bit (bitsandbytes), or add --device cpu")
+    if dtype not in ("fp32", torch.float32):
+        name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, dtype)
+        return (f"--quantize int8 needs device cpu, dtype fp32: it computes in fp32 around int8 weights; "
+                f"drop --dtype {name} (or use --dtype fp32)")
+    return int8_unsupported_reason()
+
+
 @functools.lru_cache(maxsize=1)
 def _reduce_range() -> bool:
     """fbgemm's int8 kernels without VNNI add u8*s8 pairs in int16 and can saturate; 7-bit activations

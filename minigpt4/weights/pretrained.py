@@ -98,12 +98,9 @@ def assemble(cfg: MiniGPT4Config, state: dict[str, torch.Tensor], dtype: torch.d
     if seed is not None:
         torch.manual_seed(seed)
     if quantize == "int8":  # ours, applied after the LLM is loaded in fp32 on the CPU (model/quantize.py)
-        from minigpt4.model.quantize import int8_unsupported_reason
-        if torch.device(device).type != "cpu" or dtype != torch.float32:
-            raise ValueError(f"quantize='int8' is the CPU path and needs device cpu, dtype fp32 (got {device}, "
-                             f"{dtype}); on CUDA use quantize='8bit' or '4bit' (bitsandbytes)")
-        if (reason := int8_unsupported_reason()) is not None:
-            raise RuntimeError(reason)
+        from minigpt4.model.quantize import int8_problem
+        if (problem := int8_problem(device, dtype)) is not None:
+            raise ValueError(problem)
     llm, tokenizer = load_llm(cfg.llm, dtype=dtype, quantize=None if quantize == "int8" else quantize,
                               device=str(device))
     base = {k: v for k, v in state.items() if part_of(k) is not None}
@@ -135,9 +132,7 @@ def assemble(cfg: MiniGPT4Config, state: dict[str, torch.Tensor], dtype: torch.d
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise CheckpointError(f"weights missing for {short(left)}")
-    if quantize == "int8":
-        if wants_lora or lora:
-            raise ValueError("quantize='int8' does not support LoRA adapters on the LLM; load this model in fp32")
+    if quantize == "int8":  # refuses LoRA-wrapped LLMs itself
         from minigpt4.model.quantize import quantize_llm_int8
         quantize_llm_int8(model.llm, tokenizer)
     model.eval()
@@ -354,17 +349,7 @@ def apply_trainable(model, run: str | Path):
         tensors = load_trainable(run)
     except FileNotFoundError as e:
         raise CheckpointError(f"{e} (model spec MODEL@RUN wants a training run folder)") from None
-    own = model.state_dict()
-    unexpected = sorted(k for k in tensors if k not in own)
-    if unexpected:
-        raise CheckpointError(f"{run} holds weights this model does not have: {unexpected[:8]}; was it trained "
-                              f"from another preset or with LoRA? Load it onto the model it was trained from")
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in tensors.items() if v.shape != own[k].shape]
-    if wrong:
-        raise CheckpointError(f"{run} does not fit this model (checkpoint vs model shapes): {wrong[:5]}")
-    with torch.no_grad():
-        for k, v in tensors.items():
-            own[k].copy_(v.to(own[k].dtype))
+    copy_into(model, tensors, f"training run {run} (load it onto the model it was trained from)")
     return model
 
 
