@@ -235,8 +235,7 @@ def undo_decisions(store: Store, reviewer: str) -> int:
     """Clear the decisions `reviewer` made (never a person's), so a re-run decides those items again."""
     if reviewer == "human":
         raise ValueError("the review page's decisions are a person's; they are never undone automatically")
-    items = store.items("filter_status='kept' AND review IS NOT NULL")
-    mine = [it for it in items if it.reviewer == reviewer]
+    mine = store.items("filter_status='kept' AND review IS NOT NULL AND reviewer=?", (reviewer,))
     for it in mine:
         store.set_review(it.id, None)
     return len(mine)
