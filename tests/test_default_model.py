@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 
 from minigpt4.train.checkpoint import save_checkpoint
 from minigpt4.weights.common import CheckpointError
-from minigpt4.weights.default import default_parts, load_default_state, parse_spec, publish
+from minigpt4.weights.default import default_lora, default_parts, load_default_state, parse_spec, publish
 
 
 def _root(tmp_path: Path, stages=("stage1", "stage2")) -> Path:
@@ -58,7 +58,7 @@ def test_publish_copies_the_latest_projection_with_its_record(tmp_path):
 def test_publish_refuses_runs_that_trained_more_than_the_projection(tmp_path):
     run = tmp_path / "run"
     save_checkpoint(run, 5, {"proj.weight": torch.zeros(2, 4), "qformer.x": torch.zeros(1)}, {}, {})
-    with pytest.raises(CheckpointError, match="projection only"):
+    with pytest.raises(CheckpointError, match="at most LoRA adapters"):
         publish(run, "stage1", _root(tmp_path, stages=()))
     with pytest.raises(CheckpointError, match="no checkpoint"):
         publish(tmp_path / "empty", "stage1", _root(tmp_path / "x", stages=()))
@@ -82,3 +82,72 @@ def test_model_at_run_loads_the_runs_trainable_weights(tmp_path):
         load_model(f"tiny@{tmp_path / 'alien'}")
     with pytest.raises(CheckpointError, match="training run"):
         load_model(f"tiny@{tmp_path / 'nothing-here'}")
+
+
+def _lora_model(seed=0):
+    from minigpt4.weights import load_model
+    model = load_model("tiny")
+    model.cfg.lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    model.set_trainable(["proj", "lora"])
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:  # PEFT starts B at zero (a no-op): make the adapters do something
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model.llm(input_ids=ids).logits
+
+
+def test_merged_lora_matches_the_adapters_it_came_from():
+    from minigpt4.model.lora import merge_lora
+    from minigpt4.weights import load_model
+    trained = _lora_model()
+    lora = {k: v for k, v in trained.state_dict().items() if "lora_" in k}
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    plain = load_model("tiny").eval()
+    before = _logits(plain, ids)
+    assert merge_lora(plain, lora, trained.cfg.lora) == 2 * plain.llm.config.num_hidden_layers
+    after = _logits(plain, ids)
+    assert not torch.allclose(before, after, atol=1e-3)  # the adapters change the LLM ...
+    torch.testing.assert_close(after, _logits(trained, ids), atol=1e-5, rtol=1e-5)  # ... exactly as PEFT's do
+    assert not any("lora_" in n for n, _ in plain.named_parameters())  # and leave a plain LLM behind
+
+
+def test_lora_files_that_do_not_fit_are_refused_by_name():
+    from minigpt4.model.lora import merge_lora
+    from minigpt4.weights import load_model
+    lora = {k: v for k, v in _lora_model().state_dict().items() if "lora_" in k}
+    plain = load_model("tiny")
+    half = {k: v for k, v in lora.items() if "lora_A" in k}
+    with pytest.raises(ValueError, match="without their A/B partner"):
+        merge_lora(plain, half, {"r": 4, "alpha": 8})
+    wrong = {k: v[:, :3] if "lora_A" in k else v for k, v in lora.items()}
+    with pytest.raises(ValueError, match="belong to another LLM"):
+        merge_lora(plain, wrong, {"r": 4, "alpha": 8})
+    with pytest.raises(ValueError, match="not a LoRA adapter weight"):
+        merge_lora(plain, {"llm.x.lora_Z.weight": torch.zeros(1)}, {"r": 4, "alpha": 8})
+
+
+def test_lora_runs_load_merged_and_publish_with_their_settings(tmp_path):
+    from minigpt4.weights import load_model
+    trained = _lora_model(seed=1)
+    tensors = {k: v for k, v in trained.state_dict().items() if k.startswith("proj.") or "lora_" in k}
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    save_checkpoint(tmp_path / "run", 4, tensors, {}, {"lora": trained.cfg.lora})
+    loaded = load_model(f"tiny@{tmp_path / 'run'}")
+    torch.testing.assert_close(_logits(loaded, ids), _logits(trained, ids), atol=1e-5, rtol=1e-5)
+    save_checkpoint(tmp_path / "old", 4, tensors, {}, {})  # adapters without r/alpha
+    with pytest.raises(CheckpointError, match="no LoRA settings"):
+        load_model(f"tiny@{tmp_path / 'old'}")
+    root = _root(tmp_path, stages=())
+    publish(tmp_path / "run", "stage2", root)
+    assert default_parts(root)["lora"] == root / "stage2" / "lora.safetensors"
+    adapters, spec = default_lora(root)
+    assert spec == trained.cfg.lora and set(adapters) == {k for k in tensors if "lora_" in k}
+    save_checkpoint(tmp_path / "plain", 5, {k: v for k, v in tensors.items() if k.startswith("proj.")}, {}, {})
+    publish(tmp_path / "plain", "stage2", root)  # a projection-only stage drops the older adapters
+    assert default_lora(root) is None and default_parts(root, "stage1")["lora"] is None

@@ -24,6 +24,11 @@ def test_make_sh_runs_the_whole_chain_at_tiny_scale(tmp_path):
     for stage in ("stage1", "stage2"):
         assert (runs / stage / "checkpoints" / "latest").exists(), stage
         assert (runs / stage / "loss.png").exists()
+    from minigpt4.train.checkpoint import load_trainable, lora_spec
+    stage2 = load_trainable(runs / "stage2")  # the recipe's trainable set: projection + LoRA adapters
+    assert any(k.startswith("proj.") for k in stage2) and any("lora_" in k for k in stage2)
+    assert lora_spec(runs / "stage2")["r"] == 16
+    assert (runs / "world-train" / "instructions.jsonl").stat().st_size > 0
     caps = json.loads((runs / "curate" / "filter_cap.json").read_text())["annotations"]
     assert caps and all(c["caption"].strip() for c in caps)
     report = (runs / "curate" / "report.md").read_text()

@@ -178,6 +178,34 @@ def test_export_roundtrip(tmp_path):
     assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
 
 
+def test_export_writes_instruction_conversations_from_the_ground_truth(tmp_path):
+    from minigpt4.chat.presets import SHORT_ANSWER, get_preset
+    from minigpt4.data.datasets import LlavaSource
+    out = tmp_path / "ds"
+    export(str(out), 24, "train", seed=3, size=96)
+    recs = {r["image_id"]: r for r in map(json.loads, open(out / "data.jsonl"))}
+    convs = [json.loads(l) for l in open(out / "instructions.jsonl")]
+    assert [c["id"] for c in convs] == list(recs) and len({c["task"] for c in convs}) >= 3
+    for c in convs:
+        rec, turns = recs[c["id"]], c["conversations"]
+        assert c["image"] == rec["image"] and turns[0]["value"].startswith("<image>\n")
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+        asked = [t["value"].replace("<image>\n", "") for t in turns[0::2]]
+        answers = [t["value"] for t in turns[1::2]]
+        if c["task"] == "qa":  # the world's own questions, with the eval's short-answer instruction
+            truth = {f"{q['question']} {SHORT_ANSWER}": q["answer"] for q in rec["qa"]}
+            assert 1 <= len(asked) <= 6 and all(truth[q] == a for q, a in zip(asked, answers))
+        else:  # one turn: the product's preset prompt, the ground-truth text as the answer
+            field = {"describe": "description", "alt-text": "alt_text", "recipe": "recipe",
+                     "prompt": "prompt", "website": "html"}[c["task"]]
+            assert asked == [get_preset(c["task"]).build_prompt()] and rec[field] in answers[0]
+    again = tmp_path / "again"
+    export(str(again), 24, "train", seed=3, size=96)
+    assert (again / "instructions.jsonl").read_bytes() == (out / "instructions.jsonl").read_bytes()
+    records = list(LlavaSource("world", out / "instructions.jsonl").epoch(0))
+    assert len(records) == 24 and all(r.turns and len(r.images) == 1 for r in records)
+
+
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "f.bin"
     atomic_write_bytes(str(target), b"old")

@@ -18,6 +18,8 @@ from minigpt4.config import GenerationConfig
 from minigpt4.utils import atomic_write_text
 
 ALT_TEXT_MAX = 125  # screen readers commonly cut alt text around 125 characters
+# Appended to a short factual question (the eval and the default model's training data use it).
+SHORT_ANSWER = "Answer with one word or a short phrase."
 
 
 @dataclass(frozen=True)

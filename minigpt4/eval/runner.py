@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from minigpt4.chat.engine import ChatEngine, Request, Result
-from minigpt4.chat.presets import get_preset
+from minigpt4.chat.presets import SHORT_ANSWER, get_preset
 from minigpt4.chat.templates import Message
 from minigpt4.config import GenerationConfig
 from minigpt4.eval.broken import REASONS, BrokenConfig, broken_reasons
@@ -26,7 +26,6 @@ from minigpt4.world import SPLITS, chair_i, generate, ingredient_recall, object_
 
 log = logging.getLogger(__name__)
 
-QA_INSTRUCTION = "Answer with one word or a short phrase."
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ def build_items(model, cfg: EvalConfig, task_name: str) -> list[Item]:
         s = generate(task.kind, cfg.seed + i, cfg.split, size)
         if task.name == "qa":
             for q in _pick_questions(s.qa, cfg.qa_per_image):
-                text = f"{q['question']} {QA_INSTRUCTION}"
+                text = f"{q['question']} {SHORT_ANSWER}"
                 items.append(Item(task.name, s, text, Request([message_for(text, s.image, cfg.no_image)], gen), q))
         else:
             text = get_preset(task.preset).build_prompt()

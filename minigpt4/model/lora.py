@@ -16,3 +16,41 @@ def add_lora(model, spec: dict) -> None:
     inject_adapter_in_model(cfg, model.llm)
     for name, p in model.llm.named_parameters():
         p.requires_grad_("lora_" in name)
+
+
+def lora_pairs(tensors: dict) -> dict[str, dict[str, "torch.Tensor"]]:
+    """{'llm.model.layers.0.self_attn.q_proj': {'A': ..., 'B': ...}} from PEFT adapter keys
+    ('...q_proj.lora_A.default.weight' or '...q_proj.lora_A.weight'). Raises on a half pair."""
+    import re
+    pairs: dict[str, dict] = {}
+    for key, t in tensors.items():
+        m = re.fullmatch(r"(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
+        if m is None:
+            raise ValueError(f"'{key}' is not a LoRA adapter weight (expected '<module>.lora_A|B[.name].weight')")
+        pairs.setdefault(m.group(1), {})[m.group(2)] = t
+    half = sorted(k for k, ab in pairs.items() if set(ab) != {"A", "B"})
+    if half:
+        raise ValueError(f"LoRA adapters without their A/B partner: {half[:3]}; the file is incomplete")
+    return pairs
+
+
+def merge_lora(model, tensors: dict, spec: dict) -> int:
+    """Fold trained LoRA adapters into the frozen LLM's own weights, W += (alpha / r) * B @ A, for
+    inference: the model stays a plain LLM (same decode speed, int8 still applies, no PEFT needed).
+    Every adapter must name an existing Linear weight of the right shape. Returns the count merged."""
+    import torch
+    scale = float(spec.get("alpha", 16)) / float(spec.get("r", 64))
+    params = dict(model.named_parameters())
+    pairs = lora_pairs(tensors)
+    for module, ab in pairs.items():
+        w = params.get(f"{module}.weight")
+        if w is None:
+            raise ValueError(f"LoRA adapter for '{module}', but the model has no such weight: the adapters "
+                             f"belong to another LLM")
+        delta = ab["B"].float() @ ab["A"].float()
+        if delta.shape != w.shape:
+            raise ValueError(f"LoRA adapter for '{module}' makes {tuple(delta.shape)}, the weight is "
+                             f"{tuple(w.shape)}: the adapters belong to another LLM")
+        with torch.no_grad():
+            w.add_((delta * scale).to(w.dtype))
+    return len(pairs)

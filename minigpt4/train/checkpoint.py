@@ -46,7 +46,10 @@ def save_checkpoint(root: Path, step: int, trainable: dict[str, torch.Tensor], s
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    atomic_save_safetensors(trainable, tmp / "trainable.safetensors", metadata={"step": str(step)})
+    file_meta = {"step": str(step)}
+    if meta.get("lora"):  # the adapters' r/alpha travel with them (needed to merge or re-inject)
+        file_meta["lora"] = json.dumps(meta["lora"], sort_keys=True)
+    atomic_save_safetensors(trainable, tmp / "trainable.safetensors", metadata=file_meta)
     torch.save(state, tmp / "state.pt")
     atomic_write_json(tmp / "meta.json", meta)
     _fsync_dir(tmp)
@@ -88,9 +91,8 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_trainable(path: str | Path) -> dict[str, torch.Tensor]:
-    """Trainable weights from a checkpoint folder, an output dir (its latest checkpoint) or a file."""
-    from safetensors.torch import load_file
+def trainable_file(path: str | Path) -> Path:
+    """The trainable.safetensors of a checkpoint folder, an output dir (its latest checkpoint) or a file."""
     p = Path(path)
     if p.is_dir():
         if (p / "trainable.safetensors").exists():
@@ -101,7 +103,21 @@ def load_trainable(path: str | Path) -> dict[str, torch.Tensor]:
                 raise FileNotFoundError(f"'{path}' holds no checkpoint; give a checkpoints/step_N folder or a "
                                         f".safetensors file")
             p = ck / "trainable.safetensors"
-    return load_file(str(p))
+    return p
+
+
+def load_trainable(path: str | Path) -> dict[str, torch.Tensor]:
+    """Trainable weights from a checkpoint folder, an output dir (its latest checkpoint) or a file."""
+    from safetensors.torch import load_file
+    return load_file(str(trainable_file(path)))
+
+
+def lora_spec(path: str | Path) -> dict | None:
+    """The LoRA settings (r, alpha, ...) saved with a checkpoint's adapters, or None."""
+    from safetensors import safe_open
+    with safe_open(str(trainable_file(path)), framework="pt") as f:
+        spec = (f.metadata() or {}).get("lora")
+    return json.loads(spec) if spec else None
 
 
 def load_state(ckpt: Path) -> dict:

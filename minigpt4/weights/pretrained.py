@@ -306,13 +306,25 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
         base, run = spec_s.split("@", 1)
         if not (base == "default" and not os.sep in run and run.startswith("stage")):
             # MODEL@RUN: a model plus the trainable weights of a training run (its latest checkpoint)
-            model = load_model(base, device, dtype, quantize, llm, eva, blip2, ckpt, seed)
-            return apply_trainable(model, run)
+            # int8 comes after the run's weights: LoRA adapters are folded into fp32 weights first
+            model = load_model(base, device, dtype, None if quantize == "int8" else quantize, llm, eva, blip2,
+                               ckpt, seed)
+            return quantize_after_merge(apply_trainable(model, run), quantize)
     if spec_s == "default" or spec_s.startswith("default@"):  # the weights this project trained (weights/default.py)
-        from minigpt4.weights.default import load_default_state, parse_spec
+        from minigpt4.weights.default import default_lora, load_default_state, parse_spec
         cfg = preset_config("small", llm)
-        state = load_default_state(stage=parse_spec(spec_s))
-        return assemble(cfg, state, parse_dtype(dtype), resolve_device(device), quantize, seed)
+        stage = parse_spec(spec_s)
+        state = load_default_state(stage=stage)
+        lora = default_lora(stage=stage)
+        if lora is None:
+            return assemble(cfg, state, parse_dtype(dtype), resolve_device(device), quantize, seed)
+        # Adapters are folded into the fp32 LLM before any int8 quantization sees its weights.
+        if quantize not in (None, "int8"):
+            raise ValueError(f"{spec_s} carries LoRA adapters, which are merged into the LLM's fp32 weights: "
+                             f"use --quantize int8 or none, not {quantize}")
+        model = assemble(cfg, state, parse_dtype(dtype), resolve_device(device), None, seed)
+        merge_adapters(model, *lora, f"default model {spec_s}")
+        return quantize_after_merge(model, quantize)
     if spec_s not in PRESETS:
         p = Path(spec_s)
         if p.is_dir():
@@ -344,13 +356,41 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
 def apply_trainable(model, run: str | Path):
     """Load a training run's trainable weights (run dir -> latest checkpoint, a checkpoint folder or
     a .safetensors file) into `model`; every key must exist in the model with the same shape."""
-    from minigpt4.train.checkpoint import load_trainable
+    from minigpt4.train.checkpoint import load_trainable, lora_spec
     try:
         tensors = load_trainable(run)
     except FileNotFoundError as e:
         raise CheckpointError(f"{e} (model spec MODEL@RUN wants a training run folder)") from None
-    copy_into(model, tensors, f"training run {run} (load it onto the model it was trained from)")
+    lora = {k: v for k, v in tensors.items() if "lora_" in k}
+    copy_into(model, {k: v for k, v in tensors.items() if k not in lora},
+              f"training run {run} (load it onto the model it was trained from)")
+    if lora:
+        merge_adapters(model, lora, lora_spec(run), f"training run {run}")
     return model
+
+
+def quantize_after_merge(model, quantize: str | None):
+    """int8 (CPU) on a model whose LoRA adapters were merged after loading; other modes were applied
+    at load time."""
+    if quantize == "int8":
+        from minigpt4.model.quantize import int8_problem, quantize_llm_int8
+        if (problem := int8_problem(model.device, next(model.llm.parameters()).dtype)) is not None:
+            raise ValueError(problem)
+        quantize_llm_int8(model.llm, model.tokenizer)
+        model.eval()
+    return model
+
+
+def merge_adapters(model, lora: dict, spec: dict | None, what: str) -> None:
+    """Fold LoRA adapters into the LLM for inference, with a CheckpointError that names `what`."""
+    from minigpt4.model.lora import merge_lora
+    if spec is None:
+        raise CheckpointError(f"{what} has LoRA adapters but no LoRA settings (r, alpha) saved with them; "
+                              f"re-save it with this version of minigpt4 train")
+    try:
+        merge_lora(model, lora, spec)
+    except ValueError as e:
+        raise CheckpointError(f"{what}: {e}") from None
 
 
 # --- convert -------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
         kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
         weights = [float(w) for w in a.weights.split(",")] if a.weights else None
         r = export(a.out, a.n, a.split, a.seed, kinds, weights, a.size, a.format, a.caption_field, progress=True)
-        print(f"wrote {r['n']} samples: {r['jsonl']} and {r['filter_cap']}")
+        print(f"wrote {r['n']} samples: {r['jsonl']}, {r['filter_cap']} and {r['instructions']}")
     else:
         from PIL import Image
         sheet = Image.new("RGB", (224 * 4, 224 * 4))

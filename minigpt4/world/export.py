@@ -9,6 +9,7 @@ import os
 from minigpt4.utils import atomic_write_bytes
 
 from .core import KINDS, mixture
+from .instruct import conversation
 
 
 def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KINDS, weights=None,
@@ -20,9 +21,11 @@ def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KIND
       image: image path, caption, description, qa, alt_text, recipe, html, prompt, truth);
     - ``{out_dir}/cc_sbu_align/image/{image_id}.jpg`` + ``filter_cap.json`` =
       {"annotations": [{"image_id", "caption"}]} with ``caption_field`` as the caption
-      (the stage-2 dataset layout of the original MiniGPT-4).
+      (the stage-2 dataset layout of the original MiniGPT-4);
+    - ``{out_dir}/instructions.jsonl``: one LLaVA conversation per image for the product's tasks
+      (`minigpt4.world.instruct`: questions, description, alt text, recipe, HTML, prompt).
 
-    Every file is written atomically. Returns {"n", "jsonl", "filter_cap"}."""
+    Every file is written atomically. Returns {"n", "jsonl", "filter_cap", "instructions"}."""
     ext = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}[image_format.lower()]
     img_dir = os.path.join(out_dir, "images")
     cc_dir = os.path.join(out_dir, "cc_sbu_align", "image")
@@ -32,7 +35,7 @@ def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KIND
     if progress:
         from tqdm import tqdm
         it = tqdm(it, total=n, desc=f"world export ({split})", unit="img")
-    lines, anns = [], []
+    lines, anns, convs = [], [], []
     for s in it:
         buf = io.BytesIO()
         rel = f"images/{s.image_id}.{ext}"
@@ -49,8 +52,11 @@ def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KIND
         lines.append(json.dumps(rec, ensure_ascii=False, sort_keys=True))
         cap = getattr(s, caption_field) or s.description
         anns.append({"image_id": s.image_id, "caption": cap})
+        convs.append(json.dumps(conversation(s, rel, seed), ensure_ascii=False))
     jsonl = os.path.join(out_dir, "data.jsonl")
     atomic_write_bytes(jsonl, ("\n".join(lines) + "\n").encode("utf-8"))
     fc = os.path.join(out_dir, "cc_sbu_align", "filter_cap.json")
     atomic_write_bytes(fc, json.dumps({"annotations": anns}, ensure_ascii=False, indent=1).encode("utf-8"))
-    return {"n": len(lines), "jsonl": jsonl, "filter_cap": fc}
+    instructions = os.path.join(out_dir, "instructions.jsonl")
+    atomic_write_bytes(instructions, ("\n".join(convs) + "\n").encode("utf-8"))
+    return {"n": len(lines), "jsonl": jsonl, "filter_cap": fc, "instructions": instructions}

@@ -11,7 +11,8 @@
 #   2. curate    the stage-1 model describes new images ("Continue" below 80 tokens), the rule
 #                fixer cleans them, the paper's filters drop bad ones, a ground-truth reviewer
 #                edits out hallucinated objects or rejects (the paper's manual check)
-#   3. stage 2   finetune the projection on the curated descriptions (instruction template)
+#   3. stage 2   finetune the projection + LoRA on the curated descriptions and the world's
+#                instruction conversations (instruction template)
 #   4. eval      held-out images: bare LLM vs stage 1 vs stage 2 -> runs/default/eval/report.md
 # Each trained stage is published into checkpoints/default/stageN/ (what `--model default` loads).
 # SCALE=tiny runs the same chain in a few minutes (what CI runs): a few images and steps, into
@@ -21,7 +22,8 @@ cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # robust on shared cores (2 threads thrash under load)
 if [ "${SCALE:-full}" = tiny ]; then
   RUNS=${RUNS:-runs/default-tiny}; N_TRAIN=16; N_CURATE=4; EVAL_N=2; STAGE0=skip; PUBLISH=0
-  STAGE1_ARGS="max_steps=3 batch_size=4 checkpoint_every=3 progress=false"
+  # 3 steps cannot train a projection: start from the shipped one so the curation has something to keep
+  STAGE1_ARGS="model=default@stage1 max_steps=3 batch_size=4 checkpoint_every=3 progress=false"
   STAGE2_ARGS="max_steps=2 batch_size=2 checkpoint_every=2 progress=false"
   CURATE_ARGS="--max-new-tokens 24 --continue-below 0 --batch-size 4 --min-words 3 --no-progress"
   CHECK_ARGS="--min-recall 0 --min-words 1"   # an untrained model names few objects: keep the chain going
@@ -35,7 +37,7 @@ PUBLISH=${PUBLISH:-1}
 mkdir -p "$RUNS" && RUNS=$(cd "$RUNS" && pwd)   # absolute: recipe paths are relative to the recipe file
 say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 world() {  # world OUT N SEED: export N world images (train split) unless already there
-  [ -f "$1/data.jsonl" ] || python -m minigpt4.world export --out "$1" --n "$2" --size 128 --format jpg \
+  [ -f "$1/instructions.jsonl" ] || python -m minigpt4.world export --out "$1" --n "$2" --size 128 --format jpg \
     --seed "$3" --kinds scene,dish,sketch,prompt --weights 4,2,2,2
 }
 
@@ -62,9 +64,9 @@ minigpt4 curate run --images "$RUNS/world-curate/data.jsonl" --out "$RUNS/curate
 minigpt4 curate check "$RUNS/curate" --truth "$RUNS/world-curate/data.jsonl" ${CHECK_ARGS:-}
 minigpt4 curate export "$RUNS/curate"
 
-say "stage 2: curated detailed descriptions"
+say "stage 2: curated detailed descriptions + world instruction conversations"
 minigpt4 train recipes/default/stage2.yaml output_dir="$RUNS/stage2" init="$RUNS/stage1" \
-  data.0.path="$RUNS/curate" ${STAGE2_ARGS:-}
+  data.0.path="$RUNS/curate" data.1.path="$RUNS/world-train/instructions.jsonl" ${STAGE2_ARGS:-}
 if [ "$PUBLISH" = 1 ]; then python -m minigpt4.weights.default publish "$RUNS/stage2" stage2; fi
 
 say "eval: bare LLM vs stage 1 vs stage 2 on held-out images"

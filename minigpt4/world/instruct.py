@@ -1,0 +1,53 @@
+"""World samples as instruction conversations (LLaVA format) for the product's own tasks.
+
+The paper's stage 2 teaches a 13B Vicuna to describe images and relies on Vicuna to answer
+everything else zero-shot. A 135M LLM cannot do that (the default model's caption-only stage 1
+answered 7% of attribute questions), so the default recipe adds what LLaVA adds: conversations
+whose answers come from the ground truth. Each image gets one conversation, for one task picked
+by a seeded draw, asked with exactly the prompt the product uses (the chat presets, and the short-
+answer instruction the eval appends to questions):
+
+  * qa        - up to `max_questions` of the world's questions, one per turn, short answers
+  * describe  - the detailed description       * alt-text - the alt text
+  * recipe    - dishes: the recipe              * website  - sketches: the HTML in a code block
+  * prompt    - prompt images: the text-to-image prompt
+"""
+from __future__ import annotations
+
+import random
+
+from minigpt4.chat.presets import SHORT_ANSWER, get_preset
+
+# Task shares per image kind: questions first (they carry the attributes), then each kind's own task.
+TASK_WEIGHTS: dict[str, dict[str, float]] = {
+    "scene": {"qa": 6, "describe": 3, "alt-text": 1},
+    "dish": {"recipe": 4, "qa": 4, "describe": 1, "alt-text": 1},
+    "sketch": {"website": 4, "qa": 4, "describe": 1, "alt-text": 1},
+    "prompt": {"prompt": 4, "qa": 4, "describe": 1, "alt-text": 1},
+}
+
+
+def _answer(sample, task: str) -> str | None:
+    if task == "website":
+        return f"```html\n{sample.html}\n```" if sample.html else None
+    field = {"describe": "description", "alt-text": "alt_text", "recipe": "recipe", "prompt": "prompt"}[task]
+    return getattr(sample, field) or None
+
+
+def conversation(sample, image: str, seed: int, max_questions: int = 6) -> dict:
+    """One LLaVA record ({"id", "image", "task", "conversations"}) for `sample`, the task drawn
+    from TASK_WEIGHTS[kind] by (seed, image id), so an export is reproducible."""
+    rng = random.Random(f"instruct:{seed}:{sample.image_id}")
+    weights = TASK_WEIGHTS[sample.kind]
+    tasks = [t for t in weights if t == "qa" and sample.qa or t != "qa" and _answer(sample, t)]
+    task = rng.choices(tasks, [weights[t] for t in tasks])[0]
+    if task == "qa":
+        qa = rng.sample(sample.qa, min(max_questions, len(sample.qa)))
+        turns = [(f"{q['question']} {SHORT_ANSWER}", q["answer"]) for q in qa]
+    else:
+        turns = [(get_preset(task).build_prompt(), _answer(sample, task))]
+    conv = []
+    for i, (question, answer) in enumerate(turns):
+        conv.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + question})
+        conv.append({"from": "gpt", "value": answer})
+    return {"id": sample.image_id, "image": image, "task": task, "conversations": conv}
