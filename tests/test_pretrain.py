@@ -9,6 +9,7 @@ import torch
 from minigpt4.config import LLMConfig, TINY_LLAMA, get_config
 from minigpt4.model.llm import build_random_llm
 from minigpt4.model.minigpt4 import MiniGPT4, build_model
+from minigpt4.pretrain.export import stored
 from minigpt4.pretrain import Stage0Config, Stage0ConfigError, load_recipe, load_vision, train
 from minigpt4.pretrain.loop import Run, open_run
 
@@ -82,7 +83,7 @@ def test_export_loads_into_minigpt4_and_gives_the_same_features(trained):
     assert meta["step"] == 16 and meta["preset"] == "tiny"
     pixels = torch.randn(2, 3, 56, 56)
     with torch.no_grad():
-        torch.testing.assert_close(model.vision_features(pixels), stage0.queries(pixels))
+        torch.testing.assert_close(model.vision_features(pixels), stage0.queries(pixels), atol=2e-2, rtol=1e-2)
     # A model with other vision sizes is refused by the strict key/shape check.
     with pytest.raises(ValueError, match="does not match"):
         load_vision(small_model(), tmp_path / "run-export")
@@ -98,8 +99,8 @@ def test_small_preset_export_loads_strictly(tmp_path):
     export(run, tmp_path / "e")
     model = small_model()
     load_vision(model, tmp_path / "e")
-    for k, v in run.model.vision_state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
+    for k, v in run.model.vision_state_dict().items():  # stored fp16, loaded into fp32
+        assert model.state_dict()[k].dtype == v.dtype and torch.equal(model.state_dict()[k], stored(v).to(v.dtype)), k
 
 
 def test_bad_recipes_get_clear_errors(tmp_path):
@@ -120,8 +121,8 @@ def test_warm_restart_from_the_committed_export(trained, tmp_path):
     run = open_run(cfg)
     assert run.step == 16
     before = params(summary["model"])
-    for k, v in run.model.state_dict().items():
-        assert torch.equal(v, before[k]), k
+    for k, v in run.model.state_dict().items():  # the fp16-stored values
+        assert torch.equal(v, stored(before[k]).to(v.dtype)), k
     assert run.scheduler.get_last_lr()[0] == pytest.approx(cfg.lr * run.lr_factor(16))
     out = train(cfg, max_steps=1, progress=False, run_probe=False)
     assert out["step"] == 17

@@ -1,7 +1,8 @@
 """Export of the stage-0 vision side, and loading it into a `MiniGPT4`.
 
 The export folder (committed as checkpoints/default/stage0/):
-  vision.safetensors - visual_encoder.*, ln_vision.*, qformer.* in MiniGPT4 key names, fp32
+  vision.safetensors - visual_encoder.*, ln_vision.*, qformer.* in MiniGPT4 key names, stored
+                       fp16 (half the git history per commit); loaded into fp32 and computed there
   heads.safetensors  - the stage-0-only text tower and heads (only for a warm restart)
   stage0.json        - preset, step, images seen, last probe, config, compact vocab
 """
@@ -17,15 +18,21 @@ from minigpt4.utils import atomic_write_json
 VISION_FILE = "vision.safetensors"
 
 
+def stored(t: torch.Tensor) -> torch.Tensor:
+    """fp16 for float weights (what the export holds); everything else as is. Stage 1 trains on
+    these rounded weights, so what ships and what the projection learned on are the same."""
+    return t.half() if t.is_floating_point() else t
+
+
 def export(run, out_dir: Path, probe_metrics: dict | None = None) -> None:
     """The small committed copy: `vision.safetensors` (the frozen vision side in MiniGPT4 key
-    names, fp32), `heads.safetensors` (stage-0-only text tower and heads, for a warm restart),
+    names, fp16), `heads.safetensors` (stage-0-only text tower and heads, for a warm restart),
     `stage0.json` (step, vocab, config, last probe)."""
     from minigpt4.utils import atomic_save_safetensors
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vision = run.model.vision_state_dict()
-    heads = {k: v for k, v in run.model.state_dict().items() if k not in vision}
+    vision = {k: stored(v) for k, v in run.model.vision_state_dict().items()}
+    heads = {k: stored(v) for k, v in run.model.state_dict().items() if k not in vision}
     meta = {"preset": run.cfg.model, "step": str(run.step)}
     atomic_save_safetensors(vision, out_dir / VISION_FILE, metadata=meta)
     atomic_save_safetensors(heads, out_dir / "heads.safetensors", metadata=meta)
