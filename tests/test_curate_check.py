@@ -221,6 +221,10 @@ def test_judge_rules():
     assert (v.decision, v.reason["recall"], v.reason["missed"]) == ("approved", 0.667, ["grapes"])
     assert judge("A bowl of fruit salad with bananas, seen from above on a table.", dish,
                  CheckConfig(min_words=5, min_recall=0.8)).reason["rule"] == "low_recall"
+    # A sign's words count as something to name: a scene with only a sign is not a free pass.
+    sign = {"objects": [{"type": "text", "name": "sign", "text": "YES"}], "background": "wooden table"}
+    assert judge("The image shows a strange poem about horror and laughter.", sign, cfg).reason["rule"] == "low_recall"
+    assert judge('A wooden sign on a table reads "YES" in bold paint.', sign, cfg).decision == "approved"
     # A sketch holds no nameable objects: any object it is said to contain is a hallucination.
     sketch = {"blocks": [{"type": "nav"}]}
     v = judge("A web page sketch with a navigation bar. A cat sits in the corner of it.", sketch, cfg)

@@ -137,6 +137,8 @@ def recall(text: str, truth: dict[str, Any]) -> tuple[float, list[str]]:
     ("fruit salad") and drawn ingredients are not vocabulary words but are named all the same."""
     from minigpt4.world.metrics import truth_names
     present = {n for n in truth_names(truth) if n}
+    # A sign's words are there to be read: a scene with only a sign is not a free pass.
+    present |= {o["text"].lower() for o in truth.get("objects", []) if o.get("type") == "text" and o.get("text")}
     if not present:
         return 1.0, []
     said = set().union(*(names for _, names in _mentions(text)))

@@ -303,7 +303,7 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
     from minigpt4.utils import parse_dtype, resolve_device
     spec_s = str(spec)
     if "@" in spec_s and not Path(spec_s).exists():
-        base, run = spec_s.split("@", 1)
+        base, run = spec_s.rsplit("@", 1)  # default@stage0@RUN: the run on a pinned base
         if not (base == "default" and not os.sep in run and run.startswith("stage")):
             # MODEL@RUN: a model plus the trainable weights of a training run (its latest checkpoint)
             # int8 comes after the run's weights: LoRA adapters are folded into fp32 weights first
