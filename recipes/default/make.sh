@@ -59,7 +59,7 @@ if [ "$PUBLISH" = 1 ]; then python -m minigpt4.weights.default publish "$RUNS/st
 
 say "curation: describe, fix, filter, check"
 world "$RUNS/world-curate" "$N_CURATE" 2000
-minigpt4 curate run --images "$RUNS/world-curate/data.jsonl" --out "$RUNS/curate" --model "default@stage0@$RUNS/stage1" \
+minigpt4 curate run --images "$RUNS/world-curate/data.jsonl" --out "$RUNS/curate" --model "default@$RUNS/stage1" \
   --fixer rules --seed 0 --max-new-tokens 160 ${CURATE_ARGS:-}
 minigpt4 curate check "$RUNS/curate" --truth "$RUNS/world-curate/data.jsonl" ${CHECK_ARGS:-}
 minigpt4 curate export "$RUNS/curate"
@@ -73,7 +73,7 @@ say "eval: bare LLM vs stage 1 vs stage 2 on held-out images"
 if [ "$RUNS/eval/compare.md" -nt "$RUNS/stage2/checkpoints/latest" ]; then
   echo "up to date: $RUNS/eval/compare.md (delete it to evaluate again)"
 else
-  minigpt4 eval --compare "default@stage0@$RUNS/stage2:no-image" "default@stage0@$RUNS/stage1" "default@stage0@$RUNS/stage2" \
+  minigpt4 eval --compare "default@$RUNS/stage1:no-image" "default@$RUNS/stage1" "default@$RUNS/stage2" \
     --n "$EVAL_N" --out "$RUNS/eval" ${EVAL_ARGS:-}
 fi
 say "done: $RUNS/eval/compare.md; shipped weights in checkpoints/default/"
