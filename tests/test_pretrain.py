@@ -134,3 +134,16 @@ def test_second_chunk_on_the_same_run_is_refused(tmp_path):
     (tmp_path / "locked" / ".lock").write_text("1")  # pid 1 is always alive
     with pytest.raises(RuntimeError, match="another stage-0 chunk"):
         train(cfg, max_steps=1, progress=False)
+
+
+def test_linear_probe_finds_what_features_hold_and_not_what_they_lack():
+    from minigpt4.pretrain.linear_probe import probe_attribute, run
+    g = torch.Generator().manual_seed(0)
+    labels = [["a", "b", "c"][i % 3] for i in range(300)]
+    signal = torch.nn.functional.one_hot(torch.tensor([i % 3 for i in range(300)]), 3).float()
+    noise = torch.randn(300, 20, generator=g)
+    held = probe_attribute(torch.cat([signal + 0.3 * noise[:, :3], noise], 1), labels)
+    absent = probe_attribute(noise, labels)
+    assert held["probe"] > 0.9 and absent["probe"] < 0.6 and held["majority"] == pytest.approx(1 / 3, abs=0.02)
+    out = run(build_model(get_config("tiny"), seed=0), n=120)  # real world scenes through a real (random) model
+    assert set(out) >= {"position", "count"} and all(0 <= r["probe"] <= 1 and r["n"] >= 8 for r in out.values())
