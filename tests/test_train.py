@@ -235,3 +235,18 @@ def test_torchrun_two_processes_equal_one_process_ddp_and_fsdp(data, tmp_path):
         assert two["world_size"] == 2 and two["samples"] == one["samples"] and two["skipped"] == one["skipped"]
         assert two["final_loss"] == pytest.approx(one["final_loss"], abs=1e-5)
         assert_same(params(out), params(tmp_path / "one"))
+
+
+def test_resume_onto_a_changed_vision_side_is_refused(data, tmp_path):
+    """A new stage 0 under an old output_dir: the projection was fit to other features."""
+    out = tmp_path / "run"
+    train(load_config(recipe(data, out, max_steps=2)))
+    assert ckpt_meta(out)["vision"]  # every checkpoint records the frozen vision side it trained on
+    train(load_config(recipe(data, out, max_steps=3)))  # same vision side: resumes
+    with pytest.raises(ConfigError, match="another frozen vision side.*new output_dir"):
+        Trainer(load_config(recipe(data, out, max_steps=4, seed=7)))  # the tiny preset's vision is seeded
+
+
+def ckpt_meta(out: Path) -> dict:
+    from minigpt4.train.checkpoint import latest_checkpoint, read_meta
+    return read_meta(latest_checkpoint(out))

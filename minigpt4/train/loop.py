@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from minigpt4.chat.templates import get_template
 from minigpt4.data.datasets import (Batch, DataStream, ExampleBuilder, SkipSample, build_source, collate)
-from minigpt4.data.features import FeatureCache
+from minigpt4.data.features import FeatureCache, vision_fingerprint
 from minigpt4.data.image import ImageError, load_image, preprocess
 from minigpt4.train import checkpoint as ckpt
 from minigpt4.train import distributed as D
@@ -146,6 +146,15 @@ class Trainer:
                     raise ValueError(f"{what}: '{k}' has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
                 own[k].copy_(v.to(own[k].dtype))
 
+    def frozen_vision_fingerprint(self) -> str | None:
+        """Hash of the frozen vision side (None when it trains): saved with every checkpoint, so a
+        resume onto changed vision weights (a new stage 0) is refused instead of silently mixed."""
+        if {"vision", "qformer"} & set(self.cfg.trainable):
+            return None
+        if not hasattr(self, "_vision_fp"):
+            self._vision_fp = vision_fingerprint(self.model)
+        return self._vision_fp
+
     def _resume(self, resume) -> str | None:
         if resume in (False, None, "no", "never"):
             return None
@@ -155,6 +164,11 @@ class Trainer:
         if not (path / "state.pt").exists():
             raise FileNotFoundError(f"'{path}' is not a checkpoint folder (no state.pt); give "
                                     f"output_dir/checkpoints/step_N")
+        saved_vision = ckpt.read_meta(path).get("vision") if (path / "meta.json").exists() else None
+        if saved_vision and self.frozen_vision_fingerprint() not in (None, saved_vision):
+            raise ConfigError(f"checkpoint '{path}' was trained on another frozen vision side than this model's "
+                              f"(fingerprint {saved_vision} vs {self.frozen_vision_fingerprint()}): its projection "
+                              f"would not fit. Delete {self.out} or set a new output_dir to train from the start")
         state = ckpt.load_state(path)
         self._load_trainable(ckpt.load_trainable(path), f"checkpoint '{path}'")
         self.optimizer.load_state_dict(state["optimizer"])
@@ -316,6 +330,8 @@ class Trainer:
                     "recipe": self.cfg.to_dict()}
             if "lora" in self.cfg.trainable:
                 meta["lora"] = self.model.cfg.lora
+            if self.frozen_vision_fingerprint():
+                meta["vision"] = self.frozen_vision_fingerprint()
             path = ckpt.save_checkpoint(self.out, self.step, self.trainable_state(), state, meta,
                                         keep=self.cfg.keep_checkpoints)
         D.barrier(self.dist)
