@@ -93,6 +93,26 @@ def browser():
         b.close()
 
 
+def test_review_page_shows_why_an_automatic_reviewer_decided(browser, tmp_path):
+    out = tmp_path / "run"
+    make_run(out)
+    with Store(out) as st:
+        st.set_review("item0", "rejected", reviewer="truth-check",
+                      reason={"rule": "low_recall", "recall": 0.333, "missed": ["sailboat", "hill"],
+                              "hallucinated": ["zebra"], "dropped": ["A zebra watches."]})
+    with ReviewServer(out) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#item-id:has-text('item0')")
+        line = page.inner_text("#reviewer")
+        assert line.startswith("decided by truth-check: low_recall")
+        assert "recall 33%" in line and "missed: sailboat, hill" in line and "not in the image: zebra" in line
+        page.keyboard.press("u")  # a person undoes it: the line goes with the decision
+        page.wait_for_selector("#status:has-text('pending')")
+        assert page.inner_text("#reviewer") == ""
+        page.close()
+
+
 def test_review_page_keyboard_decisions_are_saved_at_once(browser, tmp_path, artifacts):
     out = tmp_path / "run"
     make_run(out)
