@@ -10,6 +10,7 @@ samples give the same update as 1 process x 4 samples, and skipped samples chang
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import signal
@@ -146,14 +147,16 @@ class Trainer:
                     raise ValueError(f"{what}: '{k}' has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
                 own[k].copy_(v.to(own[k].dtype))
 
-    def frozen_vision_fingerprint(self) -> str | None:
-        """Hash of the frozen vision side (None when it trains): saved with every checkpoint, so a
-        resume onto changed vision weights (a new stage 0) is refused instead of silently mixed."""
-        if {"vision", "qformer"} & set(self.cfg.trainable):
-            return None
-        if not hasattr(self, "_vision_fp"):
-            self._vision_fp = vision_fingerprint(self.model)
-        return self._vision_fp
+    @property
+    def frozen_vision(self) -> bool:
+        return not ({"vision", "qformer"} & set(self.cfg.trainable))
+
+    @functools.cached_property
+    def vision_fp(self) -> str:
+        """Hash of the vision side, computed once: it keys the feature cache and, when the vision
+        side is frozen, is saved with every checkpoint so a resume onto changed vision weights
+        (a new stage 0) is refused instead of silently mixed."""
+        return vision_fingerprint(self.model)
 
     def _resume(self, resume) -> str | None:
         if resume in (False, None, "no", "never"):
@@ -165,9 +168,9 @@ class Trainer:
             raise FileNotFoundError(f"'{path}' is not a checkpoint folder (no state.pt); give "
                                     f"output_dir/checkpoints/step_N")
         saved_vision = ckpt.read_meta(path).get("vision") if (path / "meta.json").exists() else None
-        if saved_vision and self.frozen_vision_fingerprint() not in (None, saved_vision):
+        if saved_vision and self.frozen_vision and self.vision_fp != saved_vision:
             raise ConfigError(f"checkpoint '{path}' was trained on another frozen vision side than this model's "
-                              f"(fingerprint {saved_vision} vs {self.frozen_vision_fingerprint()}): its projection "
+                              f"(fingerprint {saved_vision} vs {self.vision_fp}): its projection "
                               f"would not fit. Delete {self.out} or set a new output_dir to train from the start")
         state = ckpt.load_state(path)
         self._load_trainable(ckpt.load_trainable(path), f"checkpoint '{path}'")
@@ -183,25 +186,21 @@ class Trainer:
 
     # --- feature cache ---------------------------------------------------------------------
     def use_cache(self) -> bool:
-        frozen = not ({"vision", "qformer"} & set(self.cfg.trainable))
-        return self.cfg.feature_cache == "on" or (self.cfg.feature_cache == "auto" and frozen)
+        return self.cfg.feature_cache == "on" or (self.cfg.feature_cache == "auto" and self.frozen_vision)
 
     def build_cache(self) -> None:
         root = Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.out / "feature_cache"
-        fp = None
         if self.dist.main:
             t0 = time.perf_counter()
-            cache = FeatureCache.for_model(root, self.model)
+            cache = FeatureCache(root, self.vision_fp)
             readers = (read for src in self.sources for rec in src.epoch(0) for read in rec.images)
             with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.amp == "bf16" \
                     else contextlib.nullcontext():
                 stats = cache.build(self.model, readers, progress=self.cfg.progress)
             self.cache_stats = {**stats, "time_s": round(time.perf_counter() - t0, 3), "dir": str(cache.dir)}
-            fp = cache.fingerprint
             cache.db.close()
         D.barrier(self.dist)
-        from minigpt4.data.features import vision_fingerprint
-        self.cache = FeatureCache(root, fp or vision_fingerprint(self.model))
+        self.cache = FeatureCache(root, self.vision_fp)
 
     # --- data -> inputs --------------------------------------------------------------------
     def _image_input(self, read) -> np.ndarray | torch.Tensor:
@@ -330,8 +329,8 @@ class Trainer:
                     "recipe": self.cfg.to_dict()}
             if "lora" in self.cfg.trainable:
                 meta["lora"] = self.model.cfg.lora
-            if self.frozen_vision_fingerprint():
-                meta["vision"] = self.frozen_vision_fingerprint()
+            if self.frozen_vision:
+                meta["vision"] = self.vision_fp
             path = ckpt.save_checkpoint(self.out, self.step, self.trainable_state(), state, meta,
                                         keep=self.cfg.keep_checkpoints)
         D.barrier(self.dist)
