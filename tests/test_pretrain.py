@@ -53,6 +53,8 @@ def test_loss_drops_and_chunk_writes_everything(trained):
     assert summary["step"] == 16 and summary["images"] == 128
     probe = summary["probe"]
     assert 0.0 <= probe["itc_r1"] <= 1.0 and "qa" in probe and "aux_f1_obj" in probe
+    assert 0.0 <= probe["cell_count"] <= 1.0 and "cell_obj" in probe
+    assert "cell" in rows[0] and rows[0]["cell"] > 0
     assert rows[-1]["probe"] == probe
     exp = tmp_path / "run-export"
     for name in ("vision.safetensors", "heads.safetensors", "stage0.json", "loss.png", "log.jsonl"):
@@ -126,6 +128,82 @@ def test_warm_restart_from_the_committed_export(trained, tmp_path):
     assert run.scheduler.get_last_lr()[0] == pytest.approx(cfg.lr * run.lr_factor(16))
     out = train(cfg, max_steps=1, progress=False, run_probe=False)
     assert out["step"] == 17
+
+
+def test_warm_restart_schedule_reruns_warmup_and_cosine_from_restart_step(tmp_path):
+    plain = Run.__new__(Run)
+    plain.cfg = tiny_cfg(tmp_path, "a", total_steps=100, warmup_steps=10)
+    restarted = Run.__new__(Run)
+    restarted.cfg = tiny_cfg(tmp_path, "b", total_steps=300, warmup_steps=10, restart_step=100)
+    # Up to the restart it is exactly the shorter run's schedule (the shipped first segment).
+    assert [restarted.lr_factor(s) for s in range(100)] == [plain.lr_factor(s) for s in range(100)]
+    low = min(plain.cfg.min_lr / plain.cfg.lr + 0.01, 0.1)
+    assert restarted.lr_factor(99) < low                                       # the first segment ends,
+    assert restarted.lr_factor(100) == pytest.approx(1 / 11)                   # warmup again ...
+    assert restarted.lr_factor(110) == pytest.approx(1.0)                      # ... to the peak
+    assert restarted.lr_factor(299) < low
+    with pytest.raises(Stage0ConfigError, match="restart_step"):
+        tiny_cfg(tmp_path, "c", total_steps=100, restart_step=100)
+
+
+def test_position_table_starts_as_sincos_at_step_0_and_at_the_restart_only(trained, tmp_path):
+    from minigpt4.pretrain.model import sincos_pos_embed
+    def is_sincos(run):
+        pe = run.model.visual_encoder.pos_embed.detach()
+        table = sincos_pos_embed(int((pe.shape[1] - 1) ** 0.5), pe.shape[2])
+        scale = float(pe[0, 1:].std())
+        return torch.allclose(pe, table * scale, atol=1e-5) and scale > 0.05
+    assert is_sincos(open_run(tiny_cfg(tmp_path, "fresh")))   # far above the 0.02 of a plain ViT init
+    assert not is_sincos(open_run(tiny_cfg(tmp_path, "off", pos_embed_scale=0)))
+    src, _ = trained
+    export = str(src / "run-export")  # step 16
+    assert is_sincos(open_run(tiny_cfg(tmp_path, "r16", init_from=export, restart_step=16)))
+    later = open_run(tiny_cfg(tmp_path, "r8", init_from=export, restart_step=8))  # past it: kept as trained
+    assert not is_sincos(later) and later.step == 16
+
+
+def test_cell_targets_tie_each_object_to_its_cell_and_count():
+    from minigpt4.pretrain.data import CELL_FIELDS, CELL_NAMES, IGNORE, Vocab
+    from minigpt4.world import mixture
+    samples = list(mixture(3, 24, "train", ("scene", "dish"), None, 64))
+    labels = sorted({f"{g}:{v}" for s in samples if s.kind == "scene" for o in s.truth["objects"]
+                     for g, v in (("obj", o["name"]), ("color", o.get("color")), ("size", o.get("size"))) if v})
+    vocab = Vocab([1, 2], labels)
+    seen = 0
+    for s in samples:
+        t = vocab.cells.targets(s)
+        assert t.shape == (9, len(CELL_FIELDS))
+        if s.kind != "scene":
+            assert (t == IGNORE).all()
+            continue
+        objects = {o["position"]: o for o in s.truth["objects"]}
+        for cell, name in enumerate(CELL_NAMES):
+            o = objects.get(name)
+            count, obj = int(t[cell, 0]), int(t[cell, 1])
+            if o is None:  # empty cell: count 0, nothing else to learn there
+                assert count == 0 and (t[cell, 1:] == IGNORE).all()
+            else:
+                assert count == o["count"] and vocab.cells.classes["obj"][obj] == o["name"]
+                seen += 1
+    assert seen > 10
+
+
+def test_warm_start_adds_heads_the_export_predates_and_refuses_other_gaps(trained, tmp_path):
+    """An export from before the per-cell heads still warm-starts (they start fresh); an export
+    missing anything else is refused by name."""
+    from safetensors.torch import load_file, save_file
+    src, _ = trained
+    old = tmp_path / "old-export"
+    old.mkdir()
+    for name in ("vision.safetensors", "stage0.json"):
+        (old / name).write_bytes((src / "run-export" / name).read_bytes())
+    heads = load_file(src / "run-export" / "heads.safetensors")
+    save_file({k: v for k, v in heads.items() if not k.startswith("cell_")}, old / "heads.safetensors")
+    run = open_run(tiny_cfg(tmp_path, "from-old", init_from=str(old)))
+    assert run.step == 16 and run.model.cell_keys.shape[0] == 9
+    save_file({k: v for k, v in heads.items() if not k.startswith(("cell_", "aux."))}, old / "heads.safetensors")
+    with pytest.raises(ValueError, match=r"does not fit this model \(missing \['aux"):
+        open_run(tiny_cfg(tmp_path, "from-broken", init_from=str(old)))
 
 
 def test_second_chunk_on_the_same_run_is_refused(tmp_path):

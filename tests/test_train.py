@@ -200,6 +200,17 @@ def test_stage2_with_lora_starts_from_stage1_and_saves_only_adapters(data, tmp_p
         if "lora_" not in n:
             assert torch.equal(p, frozen[n]), n
 
+    # A list of inits loads each in turn: the stage-1 projection, then the stage-2 run's adapters
+    # (later files win where both hold a weight); a missing one is named.
+    cfg = load_config(str(RECIPES / "tiny_stage2.yaml"),
+                      [f"output_dir={tmp_path / 's2b'}", f"init=[{s1}, {tmp_path / 's2'}]", "trainable=[proj, lora]",
+                       "lora={r: 4, alpha: 8}", f"data.0.path={data['cc_sbu_align']}", f"data.1.path={data['llava']}"])
+    warm = dict(Trainer(cfg, resume="no").model.named_parameters())
+    for k, v in saved.items():
+        torch.testing.assert_close(warm[k], v.to(warm[k].dtype), msg=k)
+    with pytest.raises(ConfigError, match="nope.*does not exist"):
+        load_config(str(RECIPES / "tiny_stage2.yaml"), [f"init=[{s1}, {tmp_path / 'nope'}]"])
+
 
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(data, tmp_path):
     kw = dict(max_steps=6, checkpoint_every=2, batch_size=4)

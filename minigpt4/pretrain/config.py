@@ -34,6 +34,7 @@ class LossWeights:
     itc: float = 1.0
     itg: float = 1.0
     aux: float = 1.0           # ground-truth attribute heads (see data.labels_of)
+    cell: float = 1.0          # per-cell count/object/colour/size heads (see model.cell_logits)
 
 
 @dataclass
@@ -46,6 +47,10 @@ class Stage0Config:
     lr: float = 5e-4
     min_lr: float = 1e-5
     warmup_steps: int = 500
+    restart_step: int = 0                 # warm restart (SGDR): from this step, warmup + cosine anew to total_steps
+    pos_embed_scale: float = 0.5          # the ViT position table starts as 2D sin-cos at this x the patch
+                                          # embeddings' std: at step 0, and at restart_step on a warm start
+                                          # from an export of exactly that step (0: keep the table as it is)
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
@@ -94,6 +99,8 @@ class Stage0Config:
             raise Stage0ConfigError("batch_size must be >= 2 (contrastive loss needs in-batch negatives)")
         if self.total_steps < 1 or self.warmup_steps < 0:
             raise Stage0ConfigError("total_steps must be >= 1 and warmup_steps >= 0")
+        if not 0 <= self.restart_step < self.total_steps:
+            raise Stage0ConfigError(f"restart_step {self.restart_step} must be in [0, total_steps={self.total_steps})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

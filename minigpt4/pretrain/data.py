@@ -18,6 +18,7 @@ import torch
 
 from minigpt4.config import BUNDLED_TOKENIZER, CLIP_MEAN, CLIP_STD
 from minigpt4.data.image import preprocess
+from minigpt4.world.textgen import POSITIONS
 
 PAD, UNK, SEP = 0, 1, 2   # compact ids; SEP ends an answer line and the whole sequence
 SPECIALS = 3
@@ -91,6 +92,7 @@ class Vocab:
         self.to_compact = {t: i + SPECIALS for i, t in enumerate(self.token_ids)}
         self.label_index = {name: i for i, name in enumerate(self.labels)}
         self.tokenizer = tokenizer or _tokenizer()
+        self.cells = CellClasses(self.labels)
 
     @property
     def size(self) -> int:
@@ -124,6 +126,43 @@ class Vocab:
         return v
 
 
+# Scenes put each object group in one cell of a 3x3 grid (world.textgen.POSITIONS, row-major).
+CELL_NAMES = [p for row in POSITIONS for p in row]
+CELL_FIELDS = ("count", "obj", "color", "size")  # per-cell targets, in this order
+
+
+class CellClasses:
+    """Class lists of the per-cell heads, taken from the vocab's label set (so an export's vocab
+    fixes them): count 0 (empty) to MAX_COUNT, then object names, colours, sizes."""
+    MAX_COUNT = 4
+
+    def __init__(self, labels: list[str]):
+        group = lambda g: [name.split(":", 1)[1] for name in labels if name.startswith(g + ":")]
+        self.classes = {"count": [str(i) for i in range(self.MAX_COUNT + 1)],
+                        "obj": group("obj"), "color": group("color"), "size": group("size")}
+        self.index = {f: {c: i for i, c in enumerate(cs)} for f, cs in self.classes.items()}
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(self.classes[f]) for f in CELL_FIELDS]
+
+    def targets(self, sample) -> torch.Tensor:
+        """(9, 4) class ids per cell: count (0 = empty), object, colour, size; IGNORE where a
+        field does not apply (empty cell, no colour) and on every cell of non-scene images."""
+        out = torch.full((len(CELL_NAMES), len(CELL_FIELDS)), IGNORE, dtype=torch.long)
+        if sample.kind != "scene":
+            return out
+        out[:, 0] = 0
+        for o in sample.truth["objects"]:
+            cell = CELL_NAMES.index(o["position"])
+            values = {"count": str(min(o["count"], self.MAX_COUNT)), "obj": o["name"],
+                      "color": o.get("color"), "size": o.get("size") if o["count"] == 1 else None}
+            for j, f in enumerate(CELL_FIELDS):
+                if values[f] is not None and values[f] in self.index[f]:
+                    out[cell, j] = self.index[f][values[f]]
+        return out
+
+
 @dataclass
 class Batch:
     pixels: torch.Tensor       # (B, 3, S, S)
@@ -131,6 +170,7 @@ class Batch:
     itg_ids: torch.Tensor      # (B, T) decoder input: QA lines then caption, SEP-terminated
     itg_labels: torch.Tensor   # (B, T) next-token targets (IGNORE on questions and padding)
     labels: torch.Tensor       # (B, L) aux multi-label targets
+    cells: torch.Tensor        # (B, 9, 4) per-cell targets (CellClasses.targets)
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -166,7 +206,8 @@ def make_batch(vocab: Vocab, samples, size: int, qa_pairs: int, max_len: int, se
     return Batch(pixels=pixels, caption_ids=_pad(captions, PAD),
                  itg_ids=_pad([ids for ids, _ in seqs], PAD),
                  itg_labels=_pad([lab for _, lab in seqs], IGNORE),
-                 labels=torch.stack([vocab.label_vector(labels_of(s)) for s in samples]))
+                 labels=torch.stack([vocab.label_vector(labels_of(s)) for s in samples]),
+                 cells=torch.stack([vocab.cells.targets(s) for s in samples]))
 
 
 def train_batch(vocab: Vocab, step: int, cfg, size: int) -> Batch:

@@ -26,6 +26,7 @@ from minigpt4.pretrain.model import Stage0Model
 from minigpt4.utils import atomic_write_bytes, atomic_write_text
 
 STATE = "state.pt"
+NEW_HEADS = ("cell_",)  # heads added after the first shipped export: a warm start initialises them
 LOG = "log.jsonl"
 
 
@@ -39,7 +40,8 @@ class Run:
             raise ValueError(f"preset '{cfg.model}' has no Q-Former; stage 0 trains ViT + Q-Former")
         self.vocab = vocab
         torch.manual_seed(cfg.seed)
-        self.model = Stage0Model(self.preset.vision, self.preset.qformer, cfg.text, vocab.size, len(vocab.labels))
+        self.model = Stage0Model(self.preset.vision, self.preset.qformer, cfg.text, vocab.size, len(vocab.labels),
+                                 vocab.cells.sizes)
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos" not in n and "token" not in n]
         rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "pos" not in n and "token" not in n)]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -53,11 +55,15 @@ class Run:
         return self.preset.vision.image_size
 
     def lr_factor(self, step: int) -> float:
-        """Linear warmup, then cosine from lr to min_lr over total_steps (BLIP-2's schedule)."""
+        """Linear warmup, then cosine from lr to min_lr over total_steps (BLIP-2's schedule).
+        With restart_step, the steps from there on get a schedule of their own (a warm restart)."""
         cfg = self.cfg
+        start = cfg.restart_step if step >= cfg.restart_step else 0
+        end = cfg.total_steps if start else (cfg.restart_step or cfg.total_steps)
+        step -= start
         if step < cfg.warmup_steps:
             return (step + 1) / (cfg.warmup_steps + 1)
-        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, end - start - cfg.warmup_steps))
         return (cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))) / cfg.lr
 
     def batch(self, step: int):
@@ -67,7 +73,7 @@ class Run:
         self.model.train()
         losses = self.model.losses(batch)
         w = self.cfg.loss_weights
-        total = w.itc * losses["itc"] + w.itg * losses["itg"] + w.aux * losses["aux"]
+        total = sum(getattr(w, name) * value for name, value in losses.items())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -93,6 +99,11 @@ class Run:
     def resume(cls, cfg: Stage0Config, path: Path) -> "Run":
         state = torch.load(path, map_location="cpu", weights_only=False)
         run = cls(cfg, Vocab.from_state(state["vocab"]))
+        if any(k.startswith(NEW_HEADS) for k in run.model.state_dict()) and \
+                not any(k.startswith(NEW_HEADS) for k in state["model"]):
+            raise ValueError(f"'{path}' was saved before the stage-0 model had its {NEW_HEADS} heads, so its "
+                             f"optimizer state cannot resume; move it away and set init_from to that run's "
+                             f"export_dir: a warm start keeps the weights and adds the new heads")
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
@@ -104,18 +115,32 @@ class Run:
     @classmethod
     def warm_start(cls, cfg: Stage0Config, export_dir: Path) -> "Run":
         """Weights and step from a committed export (no optimizer state: Adam restarts cold,
-        the schedule continues from the saved step)."""
+        the schedule continues from the saved step). Heads the export predates (NEW_HEADS) start
+        fresh; any other missing or unexpected key is an error."""
         from safetensors.torch import load_file
         meta = json.loads((export_dir / "stage0.json").read_text())
         run = cls(cfg, Vocab.from_state(meta["vocab"]))
         weights = {**load_file(export_dir / "vision.safetensors"), **load_file(export_dir / "heads.safetensors")}
-        run.model.load_state_dict(weights)
+        missing, unexpected = run.model.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if not k.startswith(NEW_HEADS)]
+        if missing or unexpected:
+            raise ValueError(f"stage-0 export '{export_dir}' does not fit this model (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}); warm-start from an export of the same preset "
+                             f"and text tower, or delete init_from to start from scratch")
         run.step, run.images = meta["step"], meta["images"]
         run.scheduler.last_epoch = run.step
         for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
             group["lr"] = base * run.lr_factor(run.step)
         run.scheduler._last_lr = [g["lr"] for g in run.optimizer.param_groups]  # what get_last_lr reads
+        if cfg.restart_step and run.step == cfg.restart_step:
+            run.seed_pos_embed()
         return run
+
+    def seed_pos_embed(self) -> None:
+        """Start the position table as sin-cos at its configured scale (model.seed_pos_embed),
+        measured on the first batch this run trains on."""
+        if self.cfg.pos_embed_scale > 0:
+            self.model.seed_pos_embed(self.batch(self.step).pixels, self.cfg.pos_embed_scale)
 
 
 # --- logs and plot -------------------------------------------------------------------------
@@ -144,10 +169,12 @@ def plot(log_path: Path, png_path: Path) -> None:
     train = [r for r in rows if "loss" in r]
     probes = [r for r in rows if "probe" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "itc", "itg", "aux"):
-        ax1.plot([r["step"] for r in train], [r[key] for r in train], label=key)
+    for key in ("loss", "itc", "itg", "aux", "cell"):
+        pts = [(r["step"], r[key]) for r in train if key in r]
+        if pts:
+            ax1.plot(*zip(*pts), label=key)
     ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.set_yscale("log"), ax1.legend(), ax1.set_title("stage-0 training loss")
-    for key in ("itc_r1", "qa", "aux_f1_obj", "aux_f1_color", "aux_f1_count", "aux_f1_pos"):
+    for key in ("itc_r1", "qa", "qa_position", "qa_count", "cell_count", "cell_obj", "cell_color"):
         pts = [(r["step"], r["probe"][key]) for r in probes if key in r["probe"]]
         if pts:
             ax2.plot(*zip(*pts), marker="o", label=key)
@@ -195,7 +222,9 @@ def open_run(cfg: Stage0Config, fresh: bool = False) -> Run:
     if cfg.init_from and (Path(cfg.init_from) / "stage0.json").exists() and not fresh:
         return Run.warm_start(cfg, Path(cfg.init_from))
     preset = get_config(cfg.model)
-    return Run(cfg, Vocab.scan(cfg.vocab_scan, cfg.kinds, cfg.weights, preset.vision.image_size, cfg.seed))
+    run = Run(cfg, Vocab.scan(cfg.vocab_scan, cfg.kinds, cfg.weights, preset.vision.image_size, cfg.seed))
+    run.seed_pos_embed()
+    return run
 
 
 def train(cfg: Stage0Config, minutes: float | None = None, max_steps: int | None = None,

@@ -4,6 +4,8 @@
   * qa_<type> - greedy answers of the stage-0 decoder to the world's questions, exact match,
                 per question type (presence, count, color, position, ...) and overall `qa`
   * aux_f1_<group> - F1 of the aux heads (threshold 0.5) per label group (obj, color, count, pos)
+  * cell_<field> - accuracy of the per-cell heads on scene cells: count (every cell, 0 = empty),
+                obj / color / size (occupied cells)
 These say whether the query outputs carry identity, colour, count and position before any LLM
 sees them; the stage-0 decoder is far weaker than the LLM, so they are lower bounds.
 """
@@ -16,7 +18,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from minigpt4.pretrain.data import PAD, SEP, Vocab, labels_of, make_batch
+from minigpt4.pretrain.data import CELL_FIELDS, IGNORE, PAD, SEP, Vocab, labels_of, make_batch
 
 
 @lru_cache(maxsize=4)
@@ -101,6 +103,11 @@ def probe(model, vocab: Vocab, cfg, size: int, mean, std) -> dict[str, float]:
         if groups.get(g):
             idx = torch.tensor(groups[g])
             metrics[f"aux_f1_{g}"] = _f1(pred[:, idx], batch.labels[:, idx])
+    for j, (field, logits) in enumerate(zip(CELL_FIELDS, model.cell_logits(q))):
+        gold = batch.cells[..., j]
+        keep = gold != IGNORE
+        if keep.any():
+            metrics[f"cell_{field}"] = float((logits.argmax(-1)[keep] == gold[keep]).float().mean())
     model.train(was_training)
     return {k: round(v, 4) for k, v in metrics.items()}
 

@@ -51,7 +51,8 @@ class TrainConfig:
     output_dir: str
     stage: int = 1                           # 1: caption pretraining layout; 2: instruction layout
     weights: dict[str, str] = field(default_factory=dict)  # released presets: llm, eva, blip2, ckpt paths
-    init: str | None = None                  # start from these trainable weights (a checkpoint dir or .safetensors)
+    init: str | list[str] | None = None      # start from these trainable weights (checkpoint dirs or .safetensors;
+                                             # a list loads each in turn, e.g. a projection, then adapters)
     trainable: list[str] = field(default_factory=lambda: ["proj"])  # proj, qformer, vision, lora
     lora: dict[str, Any] | None = None       # r, alpha, dropout, target_modules (default: r 64, alpha 16, q/v)
     max_txt_len: int = 32                    # caption/answer tokens kept (original: 32 stage 1, 160 stage 2)
@@ -75,6 +76,10 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
+
+    @property
+    def init_paths(self) -> list[str]:
+        return [] if self.init is None else [self.init] if isinstance(self.init, str) else list(self.init)
 
     @property
     def total_steps(self) -> int:
@@ -231,6 +236,8 @@ def _resolve_paths(d: dict, base: Path) -> None:
     for k in ("init", "instructions"):
         if isinstance(d.get(k), str):
             d[k] = _resolve(d[k], base)
+        elif isinstance(d.get(k), list):
+            d[k] = [_resolve(v, base) if isinstance(v, str) else v for v in d[k]]
     for k, v in (d.get("weights") or {}).items() if isinstance(d.get("weights"), dict) else ():
         if isinstance(v, str):
             d["weights"][k] = _resolve(v, base)
@@ -321,5 +328,6 @@ def _check(cfg: TrainConfig, ctx: _Ctx) -> None:
         if missing:
             raise ctx.error(f"weights.{missing[0]}", f"preset '{cfg.model}' needs the released weight files "
                                                     f"{need}; set them, e.g. weights.{missing[0]}=/path/to/file")
-    if cfg.init is not None and not Path(cfg.init).exists():
-        raise ctx.error("init", f"'{cfg.init}' does not exist; give a checkpoint folder or a .safetensors file")
+    for path in cfg.init_paths:
+        if not Path(path).exists():
+            raise ctx.error("init", f"'{path}' does not exist; give a checkpoint folder or a .safetensors file")

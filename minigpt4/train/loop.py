@@ -73,8 +73,8 @@ class Trainer:
         if cfg.lora:
             self.model.cfg.lora = {**self.model.cfg.lora, **cfg.lora}
         self.model.set_trainable(cfg.trainable)
-        if cfg.init:
-            self._load_trainable(ckpt.load_trainable(cfg.init), f"init '{cfg.init}'")
+        for path in cfg.init_paths:
+            self._load_trainable(ckpt.load_trainable(path), f"init '{path}'")
         self.fsdp = cfg.distributed == "fsdp" and self.dist.world > 1
         if self.fsdp:
             D.wrap_fsdp(self.model, device)
