@@ -47,6 +47,10 @@ class QFormerConfig:
     intermediate: int = 3072
     cross_attention_freq: int = 2
     eps: float = 1e-12
+    # Our addition (BLIP-2: off): a learned position table added to the image tokens the queries
+    # cross-attend to. Cross-attention is blind to token order, so without it the queries know
+    # where things are only as far as the ViT kept its own position signal in every token.
+    image_pos_embed: bool = False
 
 
 @dataclass

@@ -61,10 +61,14 @@ class QFormerLayer(nn.Module):
 
 
 class QFormer(nn.Module):
-    def __init__(self, cfg: QFormerConfig, vision_width: int):
+    def __init__(self, cfg: QFormerConfig, vision_width: int, num_image_tokens: int | None = None):
         super().__init__()
         self.cfg = cfg
         self.query_tokens = nn.Parameter(torch.zeros(1, cfg.num_query_tokens, cfg.hidden))
+        if cfg.image_pos_embed:
+            if not num_image_tokens:
+                raise ValueError("QFormerConfig.image_pos_embed needs num_image_tokens (the ViT's patches + CLS)")
+            self.image_pos = nn.Parameter(torch.zeros(1, num_image_tokens, vision_width))
         self.embed_norm = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
         self.layers = nn.ModuleList(
             QFormerLayer(cfg, vision_width, has_cross_attention=(i % cfg.cross_attention_freq == 0))
@@ -73,6 +77,8 @@ class QFormer(nn.Module):
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         """(B, tokens, vision_width) -> (B, num_query_tokens, hidden)."""
+        if self.cfg.image_pos_embed:
+            image_features = image_features + self.image_pos
         q = self.embed_norm(self.query_tokens.expand(image_features.shape[0], -1, -1))
         for layer in self.layers:
             q = layer(q, image_features)

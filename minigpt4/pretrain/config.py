@@ -40,6 +40,8 @@ class LossWeights:
 @dataclass
 class Stage0Config:
     model: str = "small"                  # preset giving the vision + Q-Former sizes
+    qformer: dict[str, Any] | None = None # QFormerConfig fields changed from the preset's (e.g.
+                                          # image_pos_embed: true); the export records them
     kinds: list[str] = field(default_factory=lambda: ["scene", "dish", "sketch", "prompt"])
     weights: list[float] | None = None    # mixture weights per kind (None: uniform)
     batch_size: int = 32
@@ -49,8 +51,8 @@ class Stage0Config:
     warmup_steps: int = 500
     restart_step: int = 0                 # warm restart (SGDR): from this step, warmup + cosine anew to total_steps
     pos_embed_scale: float = 0.5          # the ViT position table starts as 2D sin-cos at this x the patch
-                                          # embeddings' std: at step 0, and at restart_step on a warm start
-                                          # from an export of exactly that step (0: keep the table as it is)
+                                          # embeddings' std: at step 0, and on a warm start from an export
+                                          # whose table is under a tenth of that (0: never touch the table)
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
@@ -92,6 +94,11 @@ class Stage0Config:
         bad = sorted(set(self.kinds) - set(KINDS))
         if bad or not self.kinds:
             raise Stage0ConfigError(f"kinds {bad or '[]'} unknown or empty; choose from {list(KINDS)}")
+        from minigpt4.config import QFormerConfig
+        bad = sorted(set(self.qformer or {}) - {f.name for f in dataclasses.fields(QFormerConfig)})
+        if bad:
+            raise Stage0ConfigError(f"qformer has unknown field(s) {bad}; fields: "
+                                    f"{[f.name for f in dataclasses.fields(QFormerConfig)]}")
         if self.weights is not None and len(self.weights) != len(self.kinds):
             raise Stage0ConfigError(f"weights has {len(self.weights)} entries but kinds has "
                                     f"{len(self.kinds)}; give one weight per kind")

@@ -128,18 +128,19 @@ class Vocab:
 
 # Scenes put each object group in one cell of a 3x3 grid (world.textgen.POSITIONS, row-major).
 CELL_NAMES = [p for row in POSITIONS for p in row]
-CELL_FIELDS = ("count", "obj", "color", "size")  # per-cell targets, in this order
+CELL_FIELDS = ("count", "color", "size")  # per-cell targets, in this order
 
 
 class CellClasses:
     """Class lists of the per-cell heads, taken from the vocab's label set (so an export's vocab
-    fixes them): count 0 (empty) to MAX_COUNT, then object names, colours, sizes."""
+    fixes them): count 0 (empty) to MAX_COUNT, colours, sizes. Object names are not among them:
+    a name softmax per cell would cost ~15M head weights; the ITG questions tie names to places."""
     MAX_COUNT = 4
 
     def __init__(self, labels: list[str]):
         group = lambda g: [name.split(":", 1)[1] for name in labels if name.startswith(g + ":")]
         self.classes = {"count": [str(i) for i in range(self.MAX_COUNT + 1)],
-                        "obj": group("obj"), "color": group("color"), "size": group("size")}
+                        "color": group("color"), "size": group("size")}
         self.index = {f: {c: i for i, c in enumerate(cs)} for f, cs in self.classes.items()}
 
     @property
@@ -147,7 +148,7 @@ class CellClasses:
         return [len(self.classes[f]) for f in CELL_FIELDS]
 
     def targets(self, sample) -> torch.Tensor:
-        """(9, 4) class ids per cell: count (0 = empty), object, colour, size; IGNORE where a
+        """(9, 3) class ids per cell: count (0 = empty), colour, size; IGNORE where a
         field does not apply (empty cell, no colour) and on every cell of non-scene images."""
         out = torch.full((len(CELL_NAMES), len(CELL_FIELDS)), IGNORE, dtype=torch.long)
         if sample.kind != "scene":
@@ -155,7 +156,7 @@ class CellClasses:
         out[:, 0] = 0
         for o in sample.truth["objects"]:
             cell = CELL_NAMES.index(o["position"])
-            values = {"count": str(min(o["count"], self.MAX_COUNT)), "obj": o["name"],
+            values = {"count": str(min(o["count"], self.MAX_COUNT)),
                       "color": o.get("color"), "size": o.get("size") if o["count"] == 1 else None}
             for j, f in enumerate(CELL_FIELDS):
                 if values[f] is not None and values[f] in self.index[f]:
@@ -170,7 +171,7 @@ class Batch:
     itg_ids: torch.Tensor      # (B, T) decoder input: QA lines then caption, SEP-terminated
     itg_labels: torch.Tensor   # (B, T) next-token targets (IGNORE on questions and padding)
     labels: torch.Tensor       # (B, L) aux multi-label targets
-    cells: torch.Tensor        # (B, 9, 4) per-cell targets (CellClasses.targets)
+    cells: torch.Tensor        # (B, 9, 3) per-cell targets (CellClasses.targets)
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:

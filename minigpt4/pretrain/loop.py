@@ -7,6 +7,7 @@ appends to `log.jsonl`, redraws `loss.png`, and refreshes the small export in `e
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -26,7 +27,8 @@ from minigpt4.pretrain.model import Stage0Model
 from minigpt4.utils import atomic_write_bytes, atomic_write_text
 
 STATE = "state.pt"
-NEW_HEADS = ("cell_",)  # heads added after the first shipped export: a warm start initialises them
+# Parts added after the first shipped export: a warm start initialises them when the export lacks them.
+NEW_HEADS = ("cell_", "qformer.image_pos")
 LOG = "log.jsonl"
 
 
@@ -38,6 +40,8 @@ class Run:
         self.preset = get_config(cfg.model)
         if self.preset.qformer is None:
             raise ValueError(f"preset '{cfg.model}' has no Q-Former; stage 0 trains ViT + Q-Former")
+        if cfg.qformer:  # the export records the result, and the default model is built from that
+            self.preset.qformer = dataclasses.replace(self.preset.qformer, **cfg.qformer)
         self.vocab = vocab
         torch.manual_seed(cfg.seed)
         self.model = Stage0Model(self.preset.vision, self.preset.qformer, cfg.text, vocab.size, len(vocab.labels),
@@ -121,6 +125,10 @@ class Run:
         meta = json.loads((export_dir / "stage0.json").read_text())
         run = cls(cfg, Vocab.from_state(meta["vocab"]))
         weights = {**load_file(export_dir / "vision.safetensors"), **load_file(export_dir / "heads.safetensors")}
+        own = run.model.state_dict()
+        # A head the export predates, or holds in an older shape, starts fresh.
+        weights = {k: v for k, v in weights.items()
+                   if not (k.startswith(NEW_HEADS) and (k not in own or own[k].shape != v.shape))}
         missing, unexpected = run.model.load_state_dict(weights, strict=False)
         missing = [k for k in missing if not k.startswith(NEW_HEADS)]
         if missing or unexpected:
@@ -132,15 +140,14 @@ class Run:
         for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
             group["lr"] = base * run.lr_factor(run.step)
         run.scheduler._last_lr = [g["lr"] for g in run.optimizer.param_groups]  # what get_last_lr reads
-        if cfg.restart_step and run.step == cfg.restart_step:
-            run.seed_pos_embed()
+        run.seed_pos_embed(only_if_weak=True)
         return run
 
-    def seed_pos_embed(self) -> None:
-        """Start the position table as sin-cos at its configured scale (model.seed_pos_embed),
-        measured on the first batch this run trains on."""
+    def seed_pos_embed(self, only_if_weak: bool = False) -> None:
+        """Start the position tables as sin-cos at their configured scale (model.seed_pos_embed),
+        measured on the first batch this run trains on; `only_if_weak`: never a trained table."""
         if self.cfg.pos_embed_scale > 0:
-            self.model.seed_pos_embed(self.batch(self.step).pixels, self.cfg.pos_embed_scale)
+            self.model.seed_pos_embed(self.batch(self.step).pixels, self.cfg.pos_embed_scale, only_if_weak)
 
 
 # --- logs and plot -------------------------------------------------------------------------
@@ -174,7 +181,7 @@ def plot(log_path: Path, png_path: Path) -> None:
         if pts:
             ax1.plot(*zip(*pts), label=key)
     ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.set_yscale("log"), ax1.legend(), ax1.set_title("stage-0 training loss")
-    for key in ("itc_r1", "qa", "qa_position", "qa_count", "cell_count", "cell_obj", "cell_color"):
+    for key in ("itc_r1", "qa", "qa_position", "qa_count", "cell_count", "cell_color", "cell_size"):
         pts = [(r["step"], r["probe"][key]) for r in probes if key in r["probe"]]
         if pts:
             ax2.plot(*zip(*pts), marker="o", label=key)

@@ -10,13 +10,14 @@ signal the world gives for free:
   * aux  - multi-label heads on the mean query output for the world's ground truth (object
            names, colours, counts, positions, ...): a legitimate supervised pretraining signal
            on a procedural world, and a cheap probe.
-  * cell - where and how many: each of the scene's 3x3 cells has a learned key that attends over
-           the query outputs; from what it reads, heads name the cell's count (0 = empty),
-           object, colour and size. The aux labels above are an unordered bag over the mean
-           query, so they never tie an object to its place or count, and after 4k steps without
-           this head a linear probe found position and count absent from the queries (14% vs
-           14% majority class). Reading them through attention over the queries is also how the
-           LLM will later read them.
+  * cell - where and how many: a linear head on all query outputs (flattened) names each of the
+           scene's 3x3 cells' count (0 = empty), colour and size. The aux labels above are an
+           unordered bag over the mean query, so they never tie an object to its place or count:
+           after 4k steps without this head a linear probe found position and count absent from
+           the queries (14% vs 14% majority class). Linear on the flattened queries, because the
+           LLM later reads them through one linear projection per query, and because a first try
+           (a learned key per cell attending over the queries) sat at its symmetric start: every
+           cell read the same mix and the head learned only the class frequencies.
 ITM (hard-negative matching) is left out: on 2 CPU cores its extra forward passes cost more than
 they teach here. Parameter names of the vision side equal `MiniGPT4`'s (`visual_encoder.*`,
 `ln_vision.*`, `qformer.*`) so the export is a plain key filter.
@@ -99,15 +100,14 @@ class Stage0Model(nn.Module):
         super().__init__()
         self.visual_encoder = VisionTransformer(vision)
         self.ln_vision = nn.LayerNorm(vision.width)
-        self.qformer = QFormer(qformer, vision.width)
+        self.qformer = QFormer(qformer, vision.width, vision.num_patches + 1)
         self.text = TextTower(text, vocab_size, qformer.hidden, qformer.num_query_tokens)
         self.itc_image = nn.Linear(qformer.hidden, text.embed_dim)
         self.itc_text = nn.Linear(text.width, text.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # BLIP-2's temp 0.07
         self.aux = nn.Linear(qformer.hidden, max(1, num_labels))
         self.cell_sizes = [max(1, n) for n in cell_sizes]
-        self.cell_keys = nn.Parameter(torch.randn(len(CELL_NAMES), qformer.hidden) * 0.02)
-        self.cell_head = nn.Linear(qformer.hidden, sum(self.cell_sizes))
+        self.cell_head = nn.Linear(qformer.num_query_tokens * qformer.hidden, len(CELL_NAMES) * sum(self.cell_sizes))
         self._init_vision()
 
     def _init_vision(self) -> None:
@@ -120,16 +120,25 @@ class Stage0Model(nn.Module):
                     nn.init.zeros_(m.bias)
 
     @torch.no_grad()
-    def seed_pos_embed(self, pixels: torch.Tensor, scale: float) -> float:
-        """Set the ViT's (learned) position table to a 2D sin-cos table with `scale` times the std
-        of these pixels' patch embeddings; returns that std. Why: with ViT's usual init (std 0.02)
-        the table stayed ~1% of the patch tokens through 4,000 steps (0.066 vs 5.7), so the tokens
-        barely knew where they were, and a linear probe found no position in the queries."""
-        ve = self.visual_encoder
-        patch_std = float(ve.patch_embed(pixels).std())
-        grid = int(round((ve.pos_embed.shape[1] - 1) ** 0.5))
-        ve.pos_embed.copy_(sincos_pos_embed(grid, ve.pos_embed.shape[2]) * scale * patch_std)
-        return patch_std
+    def seed_pos_embed(self, pixels: torch.Tensor, scale: float, only_if_weak: bool = False) -> list[str]:
+        """Set the position tables (the ViT's, and the Q-Former's image table when it has one) to
+        2D sin-cos at `scale` times the std of the tokens they are added to, measured on these
+        pixels; `only_if_weak`: only tables under a tenth of that (new, or from an export made
+        before seeding existed). Returns the names of the tables set. Why: with ViT's usual init
+        (std 0.02) the table stayed ~1% of the patch tokens through 4,000 steps (0.066 vs 5.7), so
+        the tokens barely knew where they were and a linear probe found no position in the queries."""
+        ve, done = self.visual_encoder, []
+        tables = [("visual_encoder.pos_embed", ve.pos_embed, lambda: ve.patch_embed(pixels))]
+        if getattr(self.qformer, "image_pos", None) is not None:
+            tables.append(("qformer.image_pos", self.qformer.image_pos, lambda: self.ln_vision(ve(pixels))))
+        for name, table, tokens in tables:
+            target = scale * float(tokens().std())
+            if only_if_weak and float(table[0, 1:].std()) >= target / 10:
+                continue
+            grid = int(round((table.shape[1] - 1) ** 0.5))
+            table.copy_(sincos_pos_embed(grid, table.shape[2]) * target)
+            done.append(name)
+        return done
 
     def queries(self, pixels: torch.Tensor) -> torch.Tensor:
         """What MiniGPT-4 will see: pixels -> ViT -> ln_vision -> Q-Former outputs."""
@@ -137,8 +146,8 @@ class Stage0Model(nn.Module):
 
     def cell_logits(self, q: torch.Tensor) -> list[torch.Tensor]:
         """Per-cell logits from the query outputs: one (B, 9, classes) tensor per CELL_FIELDS."""
-        attn = torch.einsum("ch,bqh->bcq", self.cell_keys, q).div(q.shape[-1] ** 0.5).softmax(-1)
-        return list(self.cell_head(attn @ q).split(self.cell_sizes, dim=-1))
+        logits = self.cell_head(q.flatten(1)).view(q.shape[0], len(CELL_NAMES), -1)
+        return list(logits.split(self.cell_sizes, dim=-1))
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         q = self.queries(batch.pixels)

@@ -5,7 +5,7 @@
                 per question type (presence, count, color, position, ...) and overall `qa`
   * aux_f1_<group> - F1 of the aux heads (threshold 0.5) per label group (obj, color, count, pos)
   * cell_<field> - accuracy of the per-cell heads on scene cells: count (every cell, 0 = empty),
-                obj / color / size (occupied cells)
+                colour / size (occupied cells)
 These say whether the query outputs carry identity, colour, count and position before any LLM
 sees them; the stage-0 decoder is far weaker than the LLM, so they are lower bounds.
 """

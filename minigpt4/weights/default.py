@@ -82,8 +82,17 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
     return state
 
 
-def default_config():
-    return get_config("small")
+def default_config(cfg=None, root: Path = DEFAULT_DIR):
+    """The `small` preset with the Q-Former settings the shipped stage-0 export was trained with
+    (its stage0.json records them), so an export's architecture travels with its weights."""
+    import dataclasses
+    cfg = cfg or get_config("small")
+    meta = root / "stage0" / "stage0.json"
+    recorded = json.loads(meta.read_text()).get("qformer_config") if meta.exists() else None
+    if recorded:
+        known = {f.name for f in dataclasses.fields(cfg.qformer)}
+        cfg.qformer = dataclasses.replace(cfg.qformer, **{k: v for k, v in recorded.items() if k in known})
+    return cfg
 
 
 def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR) -> Path:
