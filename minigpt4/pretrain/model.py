@@ -1,7 +1,7 @@
 """Stage-0 model: our ViT + ln_vision + Q-Former, and a small text tower used only here.
 
-BLIP-2's first stage trains the Q-Former with three objectives; we keep two and add a third
-signal the world gives for free:
+BLIP-2's first stage trains the Q-Former with three objectives; we keep two and add two
+signals the world gives for free:
   * ITC  - image-text contrastive: each Q-Former query output vs the caption's [first-token]
            encoding, similarity = max over queries (as BLIP-2), in-batch negatives.
   * ITG  - image-grounded text generation: a small causal decoder reads the projected query
