@@ -32,7 +32,7 @@ class MiniGPT4(nn.Module):
         self.cfg = cfg
         self.visual_encoder = VisionTransformer(cfg.vision)
         self.ln_vision = nn.LayerNorm(cfg.vision.width)  # BLIP-2's ln_vision: default eps 1e-5
-        self.qformer = QFormer(cfg.qformer, cfg.vision.width, cfg.vision.num_patches + 1) if cfg.qformer is not None else None
+        self.qformer = QFormer.for_vision(cfg.qformer, cfg.vision) if cfg.qformer is not None else None
         llm_hidden = llm.get_input_embeddings().weight.shape[1]
         if llm_hidden != cfg.llm.hidden_size:
             raise ValueError(f"config says llm.hidden_size={cfg.llm.hidden_size} but the loaded LLM has "

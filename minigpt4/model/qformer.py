@@ -75,6 +75,11 @@ class QFormer(nn.Module):
             for i in range(cfg.layers))
         nn.init.normal_(self.query_tokens, std=0.02)
 
+    @classmethod
+    def for_vision(cls, cfg: QFormerConfig, vision) -> "QFormer":
+        """The Q-Former that reads this ViT's tokens (its patches + CLS)."""
+        return cls(cfg, vision.width, vision.num_patches + 1)
+
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         """(B, tokens, vision_width) -> (B, num_query_tokens, hidden)."""
         if self.cfg.image_pos_embed:

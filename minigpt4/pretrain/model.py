@@ -100,7 +100,7 @@ class Stage0Model(nn.Module):
         super().__init__()
         self.visual_encoder = VisionTransformer(vision)
         self.ln_vision = nn.LayerNorm(vision.width)
-        self.qformer = QFormer(qformer, vision.width, vision.num_patches + 1)
+        self.qformer = QFormer.for_vision(qformer, vision)
         self.text = TextTower(text, vocab_size, qformer.hidden, qformer.num_query_tokens)
         self.itc_image = nn.Linear(qformer.hidden, text.embed_dim)
         self.itc_text = nn.Linear(text.width, text.embed_dim)
@@ -120,25 +120,24 @@ class Stage0Model(nn.Module):
                     nn.init.zeros_(m.bias)
 
     @torch.no_grad()
-    def seed_pos_embed(self, pixels: torch.Tensor, scale: float, only_if_weak: bool = False) -> list[str]:
+    def seed_pos_embed(self, pixels: torch.Tensor, scale: float, only_if_weak: bool = False) -> None:
         """Set the position tables (the ViT's, and the Q-Former's image table when it has one) to
         2D sin-cos at `scale` times the std of the tokens they are added to, measured on these
         pixels; `only_if_weak`: only tables under a tenth of that (new, or from an export made
-        before seeding existed). Returns the names of the tables set. Why: with ViT's usual init
+        before seeding existed). Why: with ViT's usual init
         (std 0.02) the table stayed ~1% of the patch tokens through 4,000 steps (0.066 vs 5.7), so
         the tokens barely knew where they were and a linear probe found no position in the queries."""
-        ve, done = self.visual_encoder, []
-        tables = [("visual_encoder.pos_embed", ve.pos_embed, lambda: ve.patch_embed(pixels))]
+        ve = self.visual_encoder
+        # Each table with the tokens it is added to (the ViT's is set first: the Q-Former reads its output).
+        tables = [(ve.pos_embed, lambda: ve.patch_embed(pixels))]
         if getattr(self.qformer, "image_pos", None) is not None:
-            tables.append(("qformer.image_pos", self.qformer.image_pos, lambda: self.ln_vision(ve(pixels))))
-        for name, table, tokens in tables:
+            tables.append((self.qformer.image_pos, lambda: self.ln_vision(ve(pixels))))
+        for table, tokens in tables:
             target = scale * float(tokens().std())
             if only_if_weak and float(table[0, 1:].std()) >= target / 10:
                 continue
             grid = int(round((table.shape[1] - 1) ** 0.5))
             table.copy_(sincos_pos_embed(grid, table.shape[2]) * target)
-            done.append(name)
-        return done
 
     def queries(self, pixels: torch.Tensor) -> torch.Tensor:
         """What MiniGPT-4 will see: pixels -> ViT -> ln_vision -> Q-Former outputs."""

@@ -76,7 +76,7 @@ def skeleton(cfg: MiniGPT4Config) -> nn.Module:
         m = nn.Module()
         m.visual_encoder = VisionTransformer(cfg.vision)
         m.ln_vision = nn.LayerNorm(cfg.vision.width)
-        m.qformer = QFormer(cfg.qformer, cfg.vision.width, cfg.vision.num_patches + 1) if cfg.qformer is not None else None
+        m.qformer = QFormer.for_vision(cfg.qformer, cfg.vision) if cfg.qformer is not None else None
         m.proj = nn.Linear(cfg.proj_in_features, cfg.llm.hidden_size)
     return m
 
