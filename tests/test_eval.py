@@ -208,6 +208,20 @@ def test_cli_compare_writes_side_by_side_table(tmp_path, capsys):
     assert (out / "1-tiny" / "report.md").exists() and (out / "2-tiny-no-image" / "report.md").exists()
 
 
+def test_compare_specs_name_the_bare_llm_and_the_int8_llm():
+    import argparse
+
+    from minigpt4.eval.cli import _load, parse_spec
+    from minigpt4.model.quantize import Int8Linear
+    assert parse_spec("runs/s2") == ("runs/s2", False, False)
+    assert parse_spec("runs/s2:no-image") == ("runs/s2", True, False)
+    assert parse_spec("default@stage2:int8") == ("default@stage2", False, True)
+    assert parse_spec("x:int8:no-image") == parse_spec("x:no-image:int8") == ("x", True, True)
+    args = argparse.Namespace(model="tiny", llm=None, device="cpu", dtype=None, quantize=None)
+    assert any(isinstance(m, Int8Linear) for m in _load(args, "tiny", int8=True).modules())
+    assert not any(isinstance(m, Int8Linear) for m in _load(args, "tiny").modules())
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--tasks", "qa,translate"], "unknown eval task"),
     (["--model", "no/such/folder"], "no/such/folder"),

@@ -86,3 +86,41 @@ def test_autocast_bf16_path_matches_plain_under_autocast():
     la.backward()
     lb.backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=5e-2, atol=5e-3)
+
+
+@pytest.mark.parametrize("block_elems", [1 << 23, 97 * 4])
+def test_row_weighted_fused_loss_and_grad_match_plain(block_elems):
+    head, hidden, targets = setup()
+    w = torch.rand(hidden.shape[0], generator=torch.Generator().manual_seed(1)) + 0.1
+    a = hidden.clone().requires_grad_()
+    b = hidden.clone().requires_grad_()
+    la = head_cross_entropy(head, a, targets, w, block_elems=block_elems)
+    lb = (F.cross_entropy(head(b).float(), targets, reduction="none") * w).sum() / w.sum()
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    # Equal weights are the plain mean.
+    torch.testing.assert_close(head_cross_entropy(head, hidden, targets, torch.full_like(w, 3.0)),
+                               plain(head, hidden, targets), rtol=1e-5, atol=1e-5)
+
+
+def test_sample_average_is_the_mean_of_each_samples_mean(tiny_model):
+    """average=sample: a 2-token answer weighs as much as a 5-token one; token: by tokens."""
+    torch.manual_seed(0)
+    n_img = tiny_model.cfg.num_image_tokens
+    ids = torch.tensor([[1] + [-200] * n_img + [5, 6, 7, 8, 9], [1] + [-200] * n_img + [9, 10, 0, 0, 0]])
+    labels = ids.clone()
+    labels[:, : 1 + n_img] = IGNORE_INDEX
+    labels[1, -3:] = IGNORE_INDEX  # label tokens: sample 0 five, sample 1 two
+    mask = (labels != IGNORE_INDEX) | (torch.arange(ids.shape[1]) <= n_img)
+    feats = torch.randn(2, n_img, tiny_model.cfg.proj_in_features)
+    with torch.no_grad():
+        each = [tiny_model(ids[i:i + 1], mask[i:i + 1].long(), labels[i:i + 1], features=feats[i:i + 1])
+                for i in range(2)]
+        by_sample = tiny_model(ids, mask.long(), labels, features=feats, average="sample")
+        by_token = tiny_model(ids, mask.long(), labels, features=feats)
+    torch.testing.assert_close(by_sample, (each[0] + each[1]) / 2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(by_token, (5 * each[0] + 2 * each[1]) / 7, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="average"):
+        tiny_model(ids, mask.long(), labels, features=feats, average="turn")

@@ -212,6 +212,24 @@ def test_stage2_with_lora_starts_from_stage1_and_saves_only_adapters(data, tmp_p
         load_config(str(RECIPES / "tiny_stage2.yaml"), [f"init=[{s1}, {tmp_path / 'nope'}]"])
 
 
+def test_sample_averaged_loss_gives_the_same_update_in_any_micro_batch_split(data, tmp_path):
+    """loss_average=sample weights micro-batches by their samples, so 1 x 4 == 4 x 1 (bad images
+    skipped), and it trains differently from the token average on answers of different lengths."""
+    def run(name, **kw):
+        cfg = load_config(str(RECIPES / "tiny_stage2.yaml"),
+                          [f"output_dir={tmp_path / name}", "max_steps=2", "batch_size=4", "checkpoint_every=2",
+                           f"data.0.path={data['cc_sbu_align']}", f"data.1.path={data['llava']}",
+                           "progress=false", "tensorboard=false"] + [f"{k}={v}" for k, v in kw.items()])
+        summary = train(cfg)
+        return params(tmp_path / name), summary
+    whole, s1 = run("whole", loss_average="sample")
+    split, s4 = run("split", loss_average="sample", micro_batch_size=1)
+    assert_same(whole, split)
+    assert s1["final_loss"] == pytest.approx(s4["final_loss"], abs=1e-5)
+    by_token, _ = run("token")
+    assert any(not torch.allclose(whole[k], by_token[k]) for k in whole)
+
+
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(data, tmp_path):
     kw = dict(max_steps=6, checkpoint_every=2, batch_size=4)
     train(load_config(recipe(data, tmp_path / "ref", **kw)))

@@ -8,6 +8,7 @@ from pathlib import Path
 from minigpt4.cli_common import CLIError, add_model_args
 
 NO_IMAGE_SUFFIX = ":no-image"
+INT8_SUFFIX = ":int8"
 
 
 def register(subparsers) -> None:
@@ -35,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--speed-runs", type=int, default=3, help="timed runs of the speed task (default: 3)")
     p.add_argument("--compare", nargs="+", metavar="MODEL", default=None,
                    help=f"evaluate several models (presets or folders; add '{NO_IMAGE_SUFFIX}' for the bare "
-                        f"LLM, e.g. stage1/ stage2/ stage2/{NO_IMAGE_SUFFIX}) into one side-by-side table")
+                        f"LLM, '{INT8_SUFFIX}' for the int8 LLM, e.g. stage1/ stage2/ stage2/{NO_IMAGE_SUFFIX} "
+                        f"stage2/{INT8_SUFFIX}) into one side-by-side table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -53,17 +55,24 @@ def config_from_args(args: argparse.Namespace, no_image: bool | None = None):
         raise CLIError(str(e)) from None
 
 
-def parse_spec(spec: str) -> tuple[str, bool]:
-    """'folder:no-image' -> ('folder', True)."""
-    if spec.endswith(NO_IMAGE_SUFFIX):
-        return spec[: -len(NO_IMAGE_SUFFIX)], True
-    return spec, False
+def parse_spec(spec: str) -> tuple[str, bool, bool]:
+    """'folder:no-image' -> ('folder', True, False); 'folder:int8' -> ('folder', False, True);
+    the two suffixes combine in either order."""
+    no_image = int8 = False
+    while True:
+        if spec.endswith(NO_IMAGE_SUFFIX) and not no_image:
+            spec, no_image = spec[: -len(NO_IMAGE_SUFFIX)], True
+        elif spec.endswith(INT8_SUFFIX) and not int8:
+            spec, int8 = spec[: -len(INT8_SUFFIX)], True
+        else:
+            return spec, no_image, int8
 
 
-def _load(args: argparse.Namespace, spec: str):
+def _load(args: argparse.Namespace, spec: str, int8: bool = False):
     from minigpt4.cli_common import load_model_from_args
+    over = {"model": spec, **({"quantize": "int8"} if int8 else {})}
     try:
-        return load_model_from_args(argparse.Namespace(**{**vars(args), "model": spec}))
+        return load_model_from_args(argparse.Namespace(**{**vars(args), **over}))
     except FileNotFoundError as e:
         raise CLIError(f"model '{spec}' not found ({e}); pass a preset name or a model folder") from None
 
@@ -77,14 +86,15 @@ def run(args: argparse.Namespace) -> int:
     from minigpt4.eval.report import folder_name, headline_rows, write_compare, write_report
     from minigpt4.eval.runner import run_eval
     config_from_args(args)  # flag errors before a model loads
-    specs = [parse_spec(s) for s in args.compare] if args.compare else [(args.model, args.no_image)]
+    specs = [parse_spec(s) for s in args.compare] if args.compare else [(args.model, args.no_image, False)]
     out = Path(args.out)
     reports = []
-    for i, (spec, no_image) in enumerate(specs):
+    for i, (spec, no_image, int8) in enumerate(specs):
         cfg = config_from_args(args, no_image or args.no_image)
-        _say(f"[eval] loading {spec}", args.quiet)
-        model = _load(args, spec)
-        report = run_eval(model, cfg, name=spec)
+        _say(f"[eval] loading {spec}{INT8_SUFFIX if int8 else ''}", args.quiet)
+        model = _load(args, spec, int8)
+        label = spec + (INT8_SUFFIX if int8 else f":{args.quantize}" if args.quantize else "")
+        report = run_eval(model, cfg, name=label)
         del model
         target = out / folder_name(report, i) if args.compare else out
         md = write_report(report, target)

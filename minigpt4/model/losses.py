@@ -31,9 +31,10 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
 
 class _FrozenHeadCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, want_grad: bool,
-                block_elems: int):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, row_weights,
+                want_grad: bool, block_elems: int):
         n, vocab = hidden.shape[0], weight.shape[0]
+        denom = n if row_weights is None else row_weights.sum()
         rows = max(1, block_elems // vocab)
         loss = hidden.new_zeros((), dtype=torch.float32)
         grad = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if want_grad else None
@@ -54,30 +55,37 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
             # log-sum-exp without another pass: softmax is 1/sum(exp(l - max)) at the max, and
             # that value is >= 1/vocab, so its log never underflows.
             lse = top - p.amax(1).log()
-            loss += (lse - target_logit).sum()
+            w = None if row_weights is None else row_weights[s:s + rows].unsqueeze(1)
+            loss += (lse - target_logit).sum() if w is None else ((lse - target_logit) * w[:, 0]).sum()
             if want_grad:
                 p[r, t] -= 1.0
+                if w is not None:
+                    p.mul_(w)
                 grad[s:s + rows] = p.to(weight.dtype) @ weight
         if want_grad:
-            ctx.save_for_backward(grad.div_(n))
+            ctx.save_for_backward(grad.div_(denom))
         ctx.hidden_dtype = hidden.dtype
-        return loss / n
+        return loss / denom
 
     @staticmethod
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_out).to(ctx.hidden_dtype), None, None, None, None
+        return (grad * grad_out).to(ctx.hidden_dtype), None, None, None, None, None
 
 
 def head_cross_entropy(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                       block_elems: int = BLOCK_ELEMS) -> torch.Tensor:
-    """Mean cross-entropy of `head(hidden)` against `targets` (N rows, all valid labels).
+                       row_weights: torch.Tensor | None = None, block_elems: int = BLOCK_ELEMS) -> torch.Tensor:
+    """Mean cross-entropy of `head(hidden)` against `targets` (N rows, all valid labels), or with
+    `row_weights` (N, >= 0) the weighted mean sum(w * ce) / sum(w).
     Uses the fused path when the head is a frozen bias-free Linear (the LM head of a frozen LLM);
     otherwise (a trained or LoRA-wrapped head) the plain one, which gives the head its gradient."""
     # type(...) is: a sharded/wrapped head (FSDP class swap, DTensor weight, LoRA) keeps its own forward.
     fused = (type(head) is nn.Linear and type(head.weight.data) is torch.Tensor and head.bias is None
              and not head.weight.requires_grad and hidden.shape[0] > 0)
+    if row_weights is not None:
+        row_weights = row_weights.to(device=hidden.device, dtype=torch.float32)
     if not fused:
-        return F.cross_entropy(head(hidden).float(), targets)
+        ce = F.cross_entropy(head(hidden).float(), targets, reduction="none" if row_weights is not None else "mean")
+        return ce if row_weights is None else (ce * row_weights).sum() / row_weights.sum()
     want_grad = torch.is_grad_enabled() and hidden.requires_grad
-    return _FrozenHeadCrossEntropy.apply(hidden, head.weight, targets, want_grad, block_elems)
+    return _FrozenHeadCrossEntropy.apply(hidden, head.weight, targets, row_weights, want_grad, block_elems)

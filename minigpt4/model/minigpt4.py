@@ -154,9 +154,11 @@ class MiniGPT4(nn.Module):
     # --- training forward ----------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 pixels: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
-                features: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean next-token loss over label positions. Give pixels (runs the encoders), `features`
-        (cached frozen vision outputs, projected here) or ready `image_embeds`."""
+                features: torch.Tensor | None = None, average: str = "token") -> torch.Tensor:
+        """Mean next-token loss over label positions (`average="token"`, the original), or the mean
+        over samples of each sample's mean (`"sample"`: a 2-token answer weighs as much as a
+        600-token one). Give pixels (runs the encoders), `features` (cached frozen vision outputs,
+        projected here) or ready `image_embeds`."""
         if image_embeds is None:
             if features is not None:
                 image_embeds = self.project(features.to(self.device))
@@ -168,7 +170,13 @@ class MiniGPT4(nn.Module):
         # a frozen head runs fused with the loss (minigpt4.model.losses).
         targets = labels.to(self.device)[:, 1:]
         keep = targets != IGNORE_INDEX
-        return head_cross_entropy(self.llm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
+        row_weights = None
+        if average == "sample":
+            per_sample = keep.sum(1, keepdim=True).clamp(min=1)
+            row_weights = (1.0 / per_sample).expand_as(keep)[keep]
+        elif average != "token":
+            raise ValueError(f"average must be 'token' or 'sample', not {average!r}")
+        return head_cross_entropy(self.llm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep], row_weights)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.named_parameters() if v.requires_grad}

@@ -57,6 +57,8 @@ class TrainConfig:
     lora: dict[str, Any] | None = None       # r, alpha, dropout, target_modules (default: r 64, alpha 16, q/v)
     max_txt_len: int = 32                    # caption/answer tokens kept (original: 32 stage 1, 160 stage 2)
     max_len: int = 2048                      # conversation tokens kept (llava)
+    loss_average: str = "token"              # token: mean over answer tokens (the original) | sample: each
+                                             # sample's mean, then the mean over samples (short answers count)
     max_words: int = 50                      # caption cleaning keeps this many words
     instructions: str | None = None          # stage-2 instruction file, one per line (default: original list)
     batch_size: int = 4                      # GLOBAL samples per optimizer step (all processes, all micro-batches)
@@ -89,7 +91,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {"stage": (1, 2), "amp": ("bf16", "fp16", None), "distributed": ("ddp", "fsdp"),
+CHOICES = {"stage": (1, 2), "amp": ("bf16", "fp16", None), "loss_average": ("token", "sample"), "distributed": ("ddp", "fsdp"),
            "feature_cache": ("auto", "on", "off", True, False), "data.type": ("webdataset", "folder", "cc_sbu_align", "llava")}
 PATH_FIELDS = ("path", "image_folder")  # inside data entries; plus top-level init / instructions
 

@@ -26,6 +26,7 @@ from minigpt4.chat.templates import get_template
 from minigpt4.data.datasets import (Batch, DataStream, ExampleBuilder, SkipSample, build_source, collate)
 from minigpt4.data.features import FeatureCache, vision_fingerprint
 from minigpt4.data.image import ImageError, load_image, preprocess
+from minigpt4.model.minigpt4 import IGNORE_INDEX, IMAGE_TOKEN_ID
 from minigpt4.train import checkpoint as ckpt
 from minigpt4.train import distributed as D
 from minigpt4.train.config import ConfigError, TrainConfig
@@ -255,7 +256,10 @@ class Trainer:
 
     def train_step(self) -> float:
         micro = [self._micro_batch(items) for items in self._take_step_items()]
-        tokens = [m.batch.num_label_tokens if m else 0 for m in micro]
+        # What the step's loss averages over: label tokens, or samples that have any (loss_average).
+        by_sample = self.cfg.loss_average == "sample"
+        tokens = [0 if m is None else m.batch.num_label_tokens if not by_sample
+                  else int((m.batch.labels[:, 1:] != IGNORE_INDEX).any(1).sum()) for m in micro]
         n_samples = sum(len(m.batch.keys) for m in micro if m)
         total_tokens, total_samples, total_skipped = D.all_reduce_sum(
             [sum(tokens), n_samples, len(self._local_skips)], self.dist, self.device)
@@ -268,8 +272,9 @@ class Trainer:
                     self._idle_forward()  # FSDP ranks must run the same collectives
                 continue
             with self._autocast():
-                loss = self.model(m.batch.input_ids, m.batch.attention_mask, m.batch.labels, **m.vision)
-            # Weight by this micro-batch's share of the global label tokens; x world because the
+                loss = self.model(m.batch.input_ids, m.batch.attention_mask, m.batch.labels, **m.vision,
+                                  average=self.cfg.loss_average)
+            # Weight by this micro-batch's share of the global label tokens (or samples); x world because the
             # gradient sync averages over processes.
             scaled = loss * (n / total_tokens) * self.dist.world
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -298,7 +303,6 @@ class Trainer:
     def _idle_forward(self) -> None:
         """A zero-weighted forward/backward for a rank whose micro-batch was all skipped samples:
         FSDP gathers parameters inside forward/backward, so every rank has to take part."""
-        from minigpt4.model.minigpt4 import IGNORE_INDEX, IMAGE_TOKEN_ID
         bos, n = self.model.tokenizer.bos_token_id or 0, self.model.cfg.num_image_tokens
         # One (zero) image, so the backward passes through the sharded layers as on the other ranks.
         ids = torch.tensor([[bos] + [IMAGE_TOKEN_ID] * n + [bos, bos]])
