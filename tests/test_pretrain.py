@@ -230,7 +230,7 @@ def test_second_chunk_on_the_same_run_is_refused(tmp_path):
 
 
 def test_linear_probe_finds_what_features_hold_and_not_what_they_lack():
-    from minigpt4.pretrain.linear_probe import probe_attribute, run
+    from minigpt4.pretrain.linear_probe import probe_attribute, run, run_cells
     g = torch.Generator().manual_seed(0)
     labels = [["a", "b", "c"][i % 3] for i in range(300)]
     signal = torch.nn.functional.one_hot(torch.tensor([i % 3 for i in range(300)]), 3).float()
@@ -242,6 +242,11 @@ def test_linear_probe_finds_what_features_hold_and_not_what_they_lack():
     for where in ("queries", "vit"):  # real world scenes through a real (random) model
         out = run(model, n=120, where=where)
         assert set(out) >= {"position", "count"} and all(0 <= r["probe"] <= 1 and r["n"] >= 8 for r in out.values())
+    # Multi-object binding: per region, the colour / count of the group there. Most regions of a
+    # scene are empty, so the majority class ("none" / 0) holds well over half of each region's rows.
+    cells = run_cells(model, n=60)
+    assert set(cells) == {"color", "count"}
+    assert all(r["n"] > 9 * 40 and 0.5 < r["majority"] < 1 and 0 <= r["probe"] <= 1 for r in cells.values())
 
 
 def test_qformer_image_position_table_is_optional_and_recorded_with_the_export(tmp_path):

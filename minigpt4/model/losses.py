@@ -55,12 +55,12 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
             # log-sum-exp without another pass: softmax is 1/sum(exp(l - max)) at the max, and
             # that value is >= 1/vocab, so its log never underflows.
             lse = top - p.amax(1).log()
-            w = None if row_weights is None else row_weights[s:s + rows].unsqueeze(1)
-            loss += (lse - target_logit).sum() if w is None else ((lse - target_logit) * w[:, 0]).sum()
+            w = None if row_weights is None else row_weights[s:s + rows]
+            loss += (lse - target_logit).sum() if w is None else ((lse - target_logit) * w).sum()
             if want_grad:
                 p[r, t] -= 1.0
                 if w is not None:
-                    p.mul_(w)
+                    p.mul_(w.unsqueeze(1))
                 grad[s:s + rows] = p.to(weight.dtype) @ weight
         if want_grad:
             ctx.save_for_backward(grad.div_(denom))

@@ -91,8 +91,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {"stage": (1, 2), "amp": ("bf16", "fp16", None), "loss_average": ("token", "sample"), "distributed": ("ddp", "fsdp"),
-           "feature_cache": ("auto", "on", "off", True, False), "data.type": ("webdataset", "folder", "cc_sbu_align", "llava")}
+CHOICES = {"stage": (1, 2), "amp": ("bf16", "fp16", None), "loss_average": ("token", "sample"),
+           "distributed": ("ddp", "fsdp"), "feature_cache": ("auto", "on", "off", True, False),
+           "data.type": ("webdataset", "folder", "cc_sbu_align", "llava")}
 PATH_FIELDS = ("path", "image_folder")  # inside data entries; plus top-level init / instructions
 
 

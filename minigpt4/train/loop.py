@@ -256,33 +256,33 @@ class Trainer:
 
     def train_step(self) -> float:
         micro = [self._micro_batch(items) for items in self._take_step_items()]
-        # What the step's loss averages over: label tokens, or samples that have any (loss_average).
+        # The units the step's loss averages over (loss_average): label tokens, or samples with any.
         by_sample = self.cfg.loss_average == "sample"
-        tokens = [0 if m is None else m.batch.num_label_tokens if not by_sample
-                  else int((m.batch.labels[:, 1:] != IGNORE_INDEX).any(1).sum()) for m in micro]
+        units = [0 if m is None else m.batch.num_label_tokens if not by_sample
+                 else int((m.batch.labels[:, 1:] != IGNORE_INDEX).any(1).sum()) for m in micro]
         n_samples = sum(len(m.batch.keys) for m in micro if m)
-        total_tokens, total_samples, total_skipped = D.all_reduce_sum(
-            [sum(tokens), n_samples, len(self._local_skips)], self.dist, self.device)
+        total_units, total_samples, total_skipped = D.all_reduce_sum(
+            [sum(units), n_samples, len(self._local_skips)], self.dist, self.device)
         self._record_skips(int(total_skipped))
         loss_sum = 0.0
         fault = int(os.environ.get(FAULT_ENV, "0"))
-        for m, n in zip(micro, tokens):
+        for m, n in zip(micro, units):
             if m is None or n == 0:
-                if self.fsdp and total_tokens > 0:
+                if self.fsdp and total_units > 0:
                     self._idle_forward()  # FSDP ranks must run the same collectives
                 continue
             with self._autocast():
                 loss = self.model(m.batch.input_ids, m.batch.attention_mask, m.batch.labels, **m.vision,
                                   average=self.cfg.loss_average)
-            # Weight by this micro-batch's share of the global label tokens (or samples); x world because the
+            # Weight by this micro-batch's share of the global units; x world because the
             # gradient sync averages over processes.
-            scaled = loss * (n / total_tokens) * self.dist.world
+            scaled = loss * (n / total_units) * self.dist.world
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            loss_sum += loss.item() * n / total_tokens
+            loss_sum += loss.item() * n / total_units
             if fault == self.step + 1:
                 os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die mid-step, mid-epoch
         (global_loss,) = D.all_reduce_sum([loss_sum], self.dist, self.device)
-        if total_tokens > 0:
+        if total_units > 0:
             D.sync_grads(self.sync_params, self.dist)
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
