@@ -95,7 +95,7 @@ def run_cells(model, n: int = 3000, seed: int = 7, size: int | None = None, wher
             for f, sc in zip(feats, scenes):
                 here = [o for o in sc.truth["objects"] if o.get("type") != "text" and o.get("position") == cell]
                 if len(here) <= 1:
-                    rows.append((f, str(here[0].get(attr)) if here else empty))
+                    rows.append((f, str(here[0].get(attr) or "uncoloured") if here else empty))  # emoji: no colour
             if len({v for _, v in rows}) > 1:
                 per_cell.append(probe_attribute(torch.stack([f for f, _ in rows]), [v for _, v in rows]))
         if per_cell:
