@@ -400,6 +400,12 @@ class Batch:
         # The model predicts labels[:, 1:] (shifted), so that is what the loss averages over.
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
+    def loss_units(self, average: str) -> int:
+        """What the loss averages over (MiniGPT4.forward's `average`): label tokens, or samples with any."""
+        if average == "token":
+            return self.num_label_tokens
+        return int((self.labels[:, 1:] != IGNORE_INDEX).any(1).sum())
+
 
 def collate(examples: Sequence[Example], pad_id: int) -> Batch:
     """Right padding: pad id, label IGNORE_INDEX, attention 0. One tensor fill, no model-side loops."""

@@ -87,15 +87,15 @@ def run_cells(model, n: int = 3000, seed: int = 7, size: int | None = None, wher
     size = size or model.cfg.vision.image_size
     scenes = list(mixture(seed, n, "val", ("scene",), None, size))
     feats = encode(model.eval(), scenes, where=where)
+    # occupants[i][cell]: the object groups scene i has in that region
+    occupants = [{cell: [o for o in sc.truth["objects"] if o.get("type") != "text" and o.get("position") == cell]
+                  for cell in POSITION_NAMES} for sc in scenes]
     out = {}
     for attr, empty in (("color", "none"), ("count", "0")):
         per_cell = []
         for cell in POSITION_NAMES:
-            rows = []
-            for f, sc in zip(feats, scenes):
-                here = [o for o in sc.truth["objects"] if o.get("type") != "text" and o.get("position") == cell]
-                if len(here) <= 1:
-                    rows.append((f, str(here[0].get(attr) or "uncoloured") if here else empty))  # emoji: no colour
+            rows = [(f, str(occ[cell][0].get(attr) or "uncoloured") if occ[cell] else empty)  # emoji: no colour
+                    for f, occ in zip(feats, occupants) if len(occ[cell]) <= 1]
             if len({v for _, v in rows}) > 1:
                 per_cell.append(probe_attribute(torch.stack([f for f, _ in rows]), [v for _, v in rows]))
         if per_cell:

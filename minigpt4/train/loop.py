@@ -256,10 +256,7 @@ class Trainer:
 
     def train_step(self) -> float:
         micro = [self._micro_batch(items) for items in self._take_step_items()]
-        # The units the step's loss averages over (loss_average): label tokens, or samples with any.
-        by_sample = self.cfg.loss_average == "sample"
-        units = [0 if m is None else m.batch.num_label_tokens if not by_sample
-                 else int((m.batch.labels[:, 1:] != IGNORE_INDEX).any(1).sum()) for m in micro]
+        units = [m.batch.loss_units(self.cfg.loss_average) if m else 0 for m in micro]
         n_samples = sum(len(m.batch.keys) for m in micro if m)
         total_units, total_samples, total_skipped = D.all_reduce_sum(
             [sum(units), n_samples, len(self._local_skips)], self.dist, self.device)
