@@ -117,6 +117,26 @@ def test_merged_lora_matches_the_adapters_it_came_from():
     assert not any("lora_" in n for n, _ in plain.named_parameters())  # and leave a plain LLM behind
 
 
+def test_saving_a_model_with_merged_adapters_stores_its_llm(tmp_path):
+    """A folder normally references the default GGUF instead of copying it; once adapters are
+    merged the GGUF no longer holds this LLM, so the folder must store it (before: it was silently
+    dropped, and the folder loaded the LLM without its stage-2 adapters)."""
+    from minigpt4.model.lora import merge_lora
+    from minigpt4.weights import load_model, save_pretrained
+    trained = _lora_model()
+    lora = {k: v for k, v in trained.state_dict().items() if "lora_" in k}
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    for merged in (False, True):
+        model = load_model("tiny").eval()
+        if merged:
+            merge_lora(model, lora, trained.cfg.lora)
+        model.cfg.llm.source, model.cfg.llm.path = "gguf", None  # as if loaded from the bundled GGUF
+        out = save_pretrained(model, tmp_path / f"merged-{merged}")
+        assert (out / "llm").is_dir() == merged
+    back = load_model(tmp_path / "merged-True").eval()
+    torch.testing.assert_close(_logits(back, ids), _logits(trained, ids), atol=1e-5, rtol=1e-5)
+
+
 def test_lora_files_that_do_not_fit_are_refused_by_name():
     from minigpt4.model.lora import merge_lora
     from minigpt4.weights import load_model

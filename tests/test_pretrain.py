@@ -221,6 +221,52 @@ def test_warm_start_adds_heads_the_export_predates_and_refuses_other_gaps(traine
         open_run(tiny_cfg(tmp_path, "from-broken", init_from=str(old)))
 
 
+def test_binding_options_prefer_questions_weigh_occupied_cells_and_grow_the_text_table(trained, tmp_path):
+    """stage0-binding.yaml's knobs: ITG draws the preferred question types first; the cell loss
+    weighs occupied cells up (and only that changes it); a warm start with a longer text.max_len
+    keeps the trained position rows; bf16 autocast trains."""
+    import random
+    from minigpt4.pretrain.data import SEP, itg_sequence
+    from minigpt4.world import mixture
+    src, summary = trained
+    run = open_run(tiny_cfg(tmp_path, "bind", init_from=str(src / "run-export")))
+    scene = next(s for s in mixture(11, 20, "train", ("scene",), None, 64)
+                 if sum(q["type"] == "presence" for q in s.qa) >= 2 and sum(q["type"] == "position" for q in s.qa) >= 2)
+    def asked(seed, prefer=()):  # the types of the questions whose token ids open the sequence's lines
+        ids = itg_sequence(run.vocab, scene, random.Random(seed), 2, 512, prefer)[0]
+        lines = [[]]
+        for i in ids:
+            lines[-1].append(i)
+            if i == SEP:
+                lines.append([])
+        qs = run.vocab.encode([q["question"] for q in scene.qa])
+        return [next(q["type"] for q, enc in zip(scene.qa, qs) if line[:len(enc)] == enc) for line in lines[:2]]
+    assert all(asked(seed, ("position",)) == ["position", "position"] for seed in range(10))
+    assert {t for seed in range(30) for t in asked(seed)} >= {"presence", "position"}
+    # Occupied cells weighted up: the same batch, a different cell loss, the other losses equal.
+    batch = run.batch(16)
+    model = run.model.eval()
+    torch.manual_seed(0)
+    plain = model.losses(batch)
+    torch.manual_seed(0)
+    weighted = model.losses(batch, cell_occupied=4.0)
+    assert all(torch.equal(plain[k], weighted[k]) for k in ("itc", "itg", "aux"))
+    assert not torch.isclose(plain["cell"], weighted["cell"])
+    # A longer decoder sequence keeps the export's position rows.
+    longer = open_run(tiny_cfg(tmp_path, "long", init_from=str(src / "run-export"),
+                               text=dict(width=32, heads=2, encoder_layers=1, decoder_layers=1, max_len=64,
+                                         embed_dim=16, qa_pairs=4, qa_prefer=["position", "count"])))
+    old_rows = run.model.text.pos.shape[1]
+    assert longer.model.text.pos.shape[1] == old_rows + 16
+    assert torch.equal(longer.model.text.pos[:, :old_rows], run.model.text.pos)
+    bf16 = tiny_cfg(tmp_path, "bf16", init_from=str(src / "run-export"), amp="bf16",
+                    loss_weights=dict(cell_occupied=4.0))
+    out = train(bf16, max_steps=2, progress=False, run_probe=False)
+    assert out["step"] == 18 and all(torch.isfinite(p).all() for p in open_run(bf16).model.parameters())
+    with pytest.raises(Stage0ConfigError, match="amp 'fp8'"):
+        tiny_cfg(tmp_path, "bad", amp="fp8")
+
+
 def test_second_chunk_on_the_same_run_is_refused(tmp_path):
     cfg = tiny_cfg(tmp_path, "locked")
     (tmp_path / "locked").mkdir()
@@ -245,8 +291,22 @@ def test_linear_probe_finds_what_features_hold_and_not_what_they_lack():
     # Multi-object binding: per region, the colour / count of the group there. Most regions of a
     # scene are empty, so the majority class ("none" / 0) holds well over half of each region's rows.
     cells = run_cells(model, n=60)
-    assert set(cells) == {"color", "count"}
-    assert all(r["n"] > 9 * 40 and 0.5 < r["majority"] < 1 and 0 <= r["probe"] <= 1 for r in cells.values())
+    assert set(cells) == {"color", "count", "color, coloured groups", "count, occupied regions"}
+    for attr, subset in (("color", "coloured groups"), ("count", "occupied regions")):
+        whole, occupied = cells[attr], cells[f"{attr}, {subset}"]
+        assert whole["n"] > 9 * 40 and 0.5 < whole["majority"] < 1 and 0 <= whole["probe"] <= 1
+        # scored on the test rows that are not "empty": far fewer, and no empty majority to lean on
+        assert 0 < occupied["n"] < whole["n"] / 2 and 0 < occupied["majority"] < 1 and 0 <= occupied["probe"] <= 1
+    # The occupied score tells a probe that only knows "empty" from one that knows the objects.
+    region = ["none"] * 200 + ["red"] * 50 + ["blue"] * 50
+    order = torch.randperm(300, generator=g)
+    region = [region[i] for i in order]
+    empty_bit = torch.tensor([[float(v == "none")] for v in region])
+    colour_bits = torch.tensor([[float(v == "red"), float(v == "blue")] for v in region])
+    knows_empty = probe_attribute(torch.cat([empty_bit, noise], 1), region, blank=("none",))
+    knows_colour = probe_attribute(torch.cat([colour_bits, noise], 1), region, blank=("none",))
+    assert knows_empty["probe"] > 0.6 and knows_empty["occupied"]["probe"] < 0.75
+    assert knows_colour["occupied"]["probe"] > 0.9 and knows_colour["occupied"]["n"] == 100
 
 
 def test_qformer_image_position_table_is_optional_and_recorded_with_the_export(tmp_path):

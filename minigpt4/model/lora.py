@@ -53,4 +53,6 @@ def merge_lora(model, tensors: dict, spec: dict) -> int:
                              f"{tuple(w.shape)}: the adapters belong to another LLM")
         with torch.no_grad():
             w.add_((delta * scale).to(w.dtype))
+    # The LLM no longer equals the file it was loaded from: saving must store it, not reference it.
+    getattr(model, "llm", model).minigpt4_adapters_merged = True
     return len(pairs)

@@ -179,10 +179,16 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-def itg_sequence(vocab: Vocab, sample, rng: random.Random, qa_pairs: int, max_len: int):
+def itg_sequence(vocab: Vocab, sample, rng: random.Random, qa_pairs: int, max_len: int,
+                 prefer: tuple[str, ...] = ()):
     """[q1 a1 SEP q2 a2 SEP caption SEP]: loss on answers and caption, not on questions (the
-    questions are the prompt, as in MiniGPT-4's instruction data)."""
-    picked = rng.sample(sample.qa, min(qa_pairs, len(sample.qa)))
+    questions are the prompt, as in MiniGPT-4's instruction data). Question types in `prefer` are
+    drawn before the others (random order within each group)."""
+    if prefer:
+        shuffled = rng.sample(sample.qa, len(sample.qa))
+        picked = sorted(shuffled, key=lambda q: q["type"] not in prefer)[:qa_pairs]
+    else:  # the draw the shipped stage 0 was trained with
+        picked = rng.sample(sample.qa, min(qa_pairs, len(sample.qa)))
     questions = vocab.encode([q["question"] for q in picked])
     answers = vocab.encode([" " + q["answer"] for q in picked])
     caption = vocab.encode([sample.caption])[0]
@@ -199,11 +205,11 @@ def itg_sequence(vocab: Vocab, sample, rng: random.Random, qa_pairs: int, max_le
 
 
 def make_batch(vocab: Vocab, samples, size: int, qa_pairs: int, max_len: int, seed: int,
-               mean=CLIP_MEAN, std=CLIP_STD) -> Batch:
+               mean=CLIP_MEAN, std=CLIP_STD, prefer: tuple[str, ...] = ()) -> Batch:
     rng = random.Random(f"stage0-itg:{seed}")
     pixels = preprocess([s.image for s in samples], size, mean, std)
     captions = [c[:max_len] for c in vocab.encode([s.caption for s in samples])]
-    seqs = [itg_sequence(vocab, s, rng, qa_pairs, max_len) for s in samples]
+    seqs = [itg_sequence(vocab, s, rng, qa_pairs, max_len, prefer) for s in samples]
     return Batch(pixels=pixels, caption_ids=_pad(captions, PAD),
                  itg_ids=_pad([ids for ids, _ in seqs], PAD),
                  itg_labels=_pad([lab for _, lab in seqs], IGNORE),
@@ -216,4 +222,5 @@ def train_batch(vocab: Vocab, step: int, cfg, size: int) -> Batch:
     from minigpt4.world import mixture
     seed = cfg.seed * 100_000_000 + step
     samples = list(mixture(seed, cfg.batch_size, "train", cfg.kinds, cfg.weights, size))
-    return make_batch(vocab, samples, size, cfg.text.qa_pairs, cfg.text.max_len, seed)
+    return make_batch(vocab, samples, size, cfg.text.qa_pairs, cfg.text.max_len, seed,
+                      prefer=tuple(cfg.text.qa_prefer))

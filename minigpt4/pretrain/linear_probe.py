@@ -37,8 +37,11 @@ def encode(model, samples, batch_size: int = 64, where: str = "queries") -> torc
     return torch.cat(out).float()
 
 
-def probe_attribute(feats: torch.Tensor, labels: list[str], steps: int = 300, seed: int = 0) -> dict:
-    """Logistic regression (standardised inputs, Adam) on the first 75%, scored on the last 25%."""
+def probe_attribute(feats: torch.Tensor, labels: list[str], steps: int = 300, seed: int = 0,
+                    blank: tuple[str, ...] = ()) -> dict:
+    """Logistic regression (standardised inputs, Adam) on the first 75%, scored on the last 25%.
+    With `blank` (labels such as "empty region"), also scored on the test rows with another label:
+    most region rows are empty, a majority a probe reaches knowing nothing of the objects."""
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(v) for v in labels])
     cut = int(len(y) * 0.75)
@@ -54,9 +57,18 @@ def probe_attribute(feats: torch.Tensor, labels: list[str], steps: int = 300, se
             F.cross_entropy(x[:cut] @ w + b, y[:cut]).backward()
             opt.step()
     with torch.no_grad():
-        acc = float(((x[cut:] @ w + b).argmax(1) == y[cut:]).float().mean())
-    majority = Counter(labels[cut:]).most_common(1)[0][1] / max(1, len(labels) - cut)
-    return {"n": len(labels), "classes": len(classes), "probe": round(acc, 3), "majority": round(majority, 3)}
+        hit = (x[cut:] @ w + b).argmax(1) == y[cut:]
+    test = labels[cut:]
+    majority = Counter(test).most_common(1)[0][1] / max(1, len(test))
+    out = {"n": len(labels), "classes": len(classes), "probe": round(float(hit.float().mean()), 3),
+           "majority": round(majority, 3)}
+    if blank:
+        occupied = torch.tensor([v not in blank for v in test])
+        if occupied.any():
+            filled = [v for v in test if v not in blank]
+            out["occupied"] = {"n": sum(v not in blank for v in labels), "probe": round(float(hit[occupied].float().mean()), 3),
+                               "majority": round(Counter(filled).most_common(1)[0][1] / len(filled), 3)}
+    return out
 
 
 def run(model, n: int = 3000, seed: int = 7, size: int | None = None, where: str = "queries") -> dict[str, dict]:
@@ -81,7 +93,8 @@ def run_cells(model, n: int = 3000, seed: int = 7, size: int | None = None, wher
     count of the object group there ("none" / 0 where the region is empty), on all val scenes.
     The single-object probes above cannot tell whether the features keep which colour goes with
     which object; a question like "What color is the car?" needs exactly that. Scores are averaged
-    over the regions (scenes with two groups in one region are left out of that region's probe)."""
+    over the regions, weighted by their samples (scenes with two groups in one region are left out
+    of that region's probe); each attribute has a second row scored only where the region holds a (coloured) group."""
     from minigpt4.world import mixture
     from minigpt4.world.textgen import POSITION_NAMES
     size = size or model.cfg.vision.image_size
@@ -91,18 +104,30 @@ def run_cells(model, n: int = 3000, seed: int = 7, size: int | None = None, wher
     occupants = [{cell: [o for o in sc.truth["objects"] if o.get("type") != "text" and o.get("position") == cell]
                   for cell in POSITION_NAMES} for sc in scenes]
     out = {}
-    for attr, empty in (("color", "none"), ("count", "0")):
+    # The second row of each attribute: regions holding a group (for colour: a coloured one; emoji
+    # have no colour and are most groups, so "uncoloured" would be the majority there).
+    for attr, empty, subset in (("color", "none", "coloured groups"), ("count", "0", "occupied regions")):
         per_cell = []
         for cell in POSITION_NAMES:
             rows = [(f, str(occ[cell][0].get(attr) or "uncoloured") if occ[cell] else empty)  # emoji: no colour
                     for f, occ in zip(feats, occupants) if len(occ[cell]) <= 1]
             if len({v for _, v in rows}) > 1:
-                per_cell.append(probe_attribute(torch.stack([f for f, _ in rows]), [v for _, v in rows]))
+                per_cell.append(probe_attribute(torch.stack([f for f, _ in rows]), [v for _, v in rows],
+                                                blank=(empty, "uncoloured")))
         if per_cell:
-            out[attr] = {"n": sum(r["n"] for r in per_cell), "classes": max(r["classes"] for r in per_cell),
-                         "probe": round(sum(r["probe"] for r in per_cell) / len(per_cell), 3),
-                         "majority": round(sum(r["majority"] for r in per_cell) / len(per_cell), 3)}
+            out[attr] = _mean_over_regions(per_cell)
+            filled = [r["occupied"] for r in per_cell if "occupied" in r]
+            if filled:  # the same probes, scored on the occupied regions only
+                out[f"{attr}, {subset}"] = _mean_over_regions(filled, classes=out[attr]["classes"])
     return out
+
+
+def _mean_over_regions(rows: list[dict], classes: int | None = None) -> dict:
+    """Region probes -> one row: samples summed, accuracies averaged (sample-weighted)."""
+    n = sum(r["n"] for r in rows)
+    return {"n": n, "classes": classes or max(r["classes"] for r in rows),
+            "probe": round(sum(r["probe"] * r["n"] for r in rows) / n, 3),
+            "majority": round(sum(r["majority"] * r["n"] for r in rows) / n, 3)}
 
 
 def main(argv=None) -> int:

@@ -75,7 +75,9 @@ class Run:
 
     def train_step(self, batch) -> dict[str, float]:
         self.model.train()
-        losses = self.model.losses(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
+            losses = self.model.losses(batch, self.cfg.loss_weights.cell_occupied)
+        losses = {k: v.float() for k, v in losses.items()}
         w = self.cfg.loss_weights
         total = sum(getattr(w, name) * value for name, value in losses.items())
         self.optimizer.zero_grad(set_to_none=True)
@@ -120,12 +122,17 @@ class Run:
     def warm_start(cls, cfg: Stage0Config, export_dir: Path) -> "Run":
         """Weights and step from a committed export (no optimizer state: Adam restarts cold,
         the schedule continues from the saved step). Heads the export predates (NEW_HEADS) start
-        fresh; any other missing or unexpected key is an error."""
+        fresh, a longer text.max_len grows the text position table; any other missing or
+        unexpected key is an error."""
         from safetensors.torch import load_file
         meta = json.loads((export_dir / "stage0.json").read_text())
         run = cls(cfg, Vocab.from_state(meta["vocab"]))
         weights = {**load_file(export_dir / "vision.safetensors"), **load_file(export_dir / "heads.safetensors")}
         own = run.model.state_dict()
+        # A longer text.max_len keeps the trained position rows; the new ones start at their init.
+        pos = weights.get("text.pos")
+        if pos is not None and pos.shape[1] < own["text.pos"].shape[1]:
+            weights["text.pos"] = torch.cat([pos, own["text.pos"][:, pos.shape[1]:]], dim=1)
         # A head the export predates, or holds in an older shape, starts fresh.
         weights = {k: v for k, v in weights.items()
                    if not (k.startswith(NEW_HEADS) and (k not in own or own[k].shape != v.shape))}

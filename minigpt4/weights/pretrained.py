@@ -178,7 +178,8 @@ def write_folder_config(folder: Path, cfg: MiniGPT4Config, external: dict[str, s
 
 def save_pretrained(model, folder: str | Path, link_llm: bool = False, overwrite: bool = False) -> Path:
     """Write `model` as a converted folder. The LLM is stored inside (llm/) unless it is the default
-    GGUF, or `link_llm` and it comes from a Hugging Face directory: then the folder references it."""
+    GGUF, or `link_llm` and it comes from a Hugging Face directory: then the folder references it.
+    An LLM with LoRA adapters merged into it is always stored: the file it came from lacks them."""
     from minigpt4.utils import atomic_save_safetensors
     from minigpt4.weights.hf import save_llm
     if getattr(model.llm, "minigpt4_quantized", None):
@@ -191,7 +192,8 @@ def save_pretrained(model, folder: str | Path, link_llm: bool = False, overwrite
         cfg.trainable = list(model.trainable)  # set_trainable may have changed it after building
         atomic_save_safetensors(_non_llm_state(model), tmp / WEIGHTS_FILE, metadata={"format": FORMAT})
         src = cfg.llm.source
-        if (src == "gguf" and cfg.llm.path is None) or (link_llm and src in ("hf", "gguf")):
+        merged = getattr(model.llm, "minigpt4_adapters_merged", False)
+        if not merged and ((src == "gguf" and cfg.llm.path is None) or (link_llm and src in ("hf", "gguf"))):
             if cfg.llm.path:
                 cfg.llm.path = str(Path(cfg.llm.path).resolve())
         else:
