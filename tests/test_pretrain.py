@@ -263,6 +263,10 @@ def test_binding_options_prefer_questions_weigh_occupied_cells_and_grow_the_text
                     loss_weights=dict(cell_occupied=4.0))
     out = train(bf16, max_steps=2, progress=False, run_probe=False)
     assert out["step"] == 18 and all(torch.isfinite(p).all() for p in open_run(bf16).model.parameters())
+    # Resuming that run's state with another text length is refused by name, not a torch size error.
+    with pytest.raises(ValueError, match=r"text.pos.*another shape.*recipe that run was started with"):
+        open_run(tiny_cfg(tmp_path, "bf16", init_from=str(src / "run-export"), amp="bf16",
+                          text=dict(width=32, heads=2, encoder_layers=1, decoder_layers=1, max_len=64, embed_dim=16)))
     with pytest.raises(Stage0ConfigError, match="amp 'fp8'"):
         tiny_cfg(tmp_path, "bad", amp="fp8")
 

@@ -110,6 +110,13 @@ class Run:
             raise ValueError(f"'{path}' was saved before the stage-0 model had its {NEW_HEADS} heads, so its "
                              f"optimizer state cannot resume; move it away and set init_from to that run's "
                              f"export_dir: a warm start keeps the weights and adds the new heads")
+        own = run.model.state_dict()
+        changed = [k for k, v in state["model"].items() if k in own and own[k].shape != v.shape]
+        if changed:  # e.g. text.max_len or the preset changed between chunks of one run
+            raise ValueError(f"'{path}' holds {changed[:3]} in another shape than this recipe builds "
+                             f"({tuple(state['model'][changed[0]].shape)} vs {tuple(own[changed[0]].shape)}): "
+                             f"resume with the recipe that run was started with, or move the run away and "
+                             f"warm-start a new one from its export (init_from)")
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
