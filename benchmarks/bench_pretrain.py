@@ -2,8 +2,9 @@
 
   original-style - BLIP-2 decodes ITG over the tokenizer's full vocabulary (here SmolLM2: 49,152)
   ours           - the compact vocabulary of ids the world's texts use (a few thousand)
-Same model sizes (recipes/default/stage0.yaml), same world batch, fp32 on CPU. Also prints how fast
-the world renders training images, to show the data side is not the bottleneck.
+Same model sizes (recipes/default/stage0.yaml), same world batch, fp32 on CPU; "ours" also with
+`amp: bf16` (autocast, the session-6 recipe), which pays off on CPUs with AVX512-BF16 / AMX. Also
+prints how fast the world renders training images, to show the data side is not the bottleneck.
 
     python benchmarks/bench_pretrain.py [--steps 3] [--batch 32]
 """
@@ -20,10 +21,11 @@ from minigpt4.pretrain.data import Vocab, make_batch
 from minigpt4.pretrain.model import Stage0Model
 
 
-def step_rate(model: Stage0Model, batch, steps: int) -> float:
+def step_rate(model: Stage0Model, batch, steps: int, bf16: bool = False) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     def one():
-        loss = sum(model.losses(batch).values())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = sum(v.float() for v in model.losses(batch).values())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -51,15 +53,14 @@ def main() -> None:
     batch = make_batch(vocab, samples, size, cfg.text.qa_pairs, cfg.text.max_len, seed=0)
     print(f"world rendering at {size}px: {gen_rate:.0f} images/s (one thread)")
     print(f"compact vocabulary: {vocab.size} ids (scan of {args.scan} samples), {len(vocab.labels)} aux labels")
-    print(f"{'variant':<16} {'ITG vocab':>10} {'params':>8} {'images/s':>9}")
+    print(f"{'variant':<16} {'ITG vocab':>10} {'params':>8} {'precision':>9} {'images/s':>9}")
     full = len(vocab.tokenizer)
-    for name, vsize in (("original-style", full), ("ours", vocab.size)):
+    for name, vsize, bf16 in (("original-style", full, False), ("ours", vocab.size, False), ("ours", vocab.size, True)):
         torch.manual_seed(0)
-        model = Stage0Model(preset.vision, preset.qformer, cfg.text, vsize, len(vocab.labels))
-        rate = step_rate(model, batch, args.steps)
+        model = Stage0Model(preset.vision, preset.qformer, cfg.text, vsize, len(vocab.labels), vocab.cells.sizes)
+        rate = step_rate(model, batch, args.steps, bf16)
         n = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"{name:<16} {vsize:>10} {n:>7.1f}M {rate:>9.2f}", flush=True)
-
+        print(f"{name:<16} {vsize:>10} {n:>7.1f}M {'bf16' if bf16 else 'fp32':>9} {rate:>9.2f}", flush=True)
 
 if __name__ == "__main__":
     main()
