@@ -267,6 +267,9 @@ def test_binding_options_prefer_questions_weigh_occupied_cells_and_grow_the_text
     with pytest.raises(ValueError, match=r"text.pos.*another shape.*recipe that run was started with"):
         open_run(tiny_cfg(tmp_path, "bf16", init_from=str(src / "run-export"), amp="bf16",
                           text=dict(width=32, heads=2, encoder_layers=1, decoder_layers=1, max_len=64, embed_dim=16)))
+    # An export already past a recipe's last step is finished for that recipe: said, not retrained.
+    with pytest.raises(ValueError, match="already past this recipe's total_steps=10"):
+        open_run(tiny_cfg(tmp_path, "done", init_from=str(src / "run-export"), total_steps=10))
     with pytest.raises(Stage0ConfigError, match="amp 'fp8'"):
         tiny_cfg(tmp_path, "bad", amp="fp8")
 

@@ -133,6 +133,10 @@ class Run:
         unexpected key is an error."""
         from safetensors.torch import load_file
         meta = json.loads((export_dir / "stage0.json").read_text())
+        if meta["step"] >= cfg.total_steps:
+            raise ValueError(f"the export in '{export_dir}' is at step {meta['step']}, already past this recipe's "
+                             f"total_steps={cfg.total_steps}: it is finished; to train on, use the recipe that "
+                             f"continues it (e.g. recipes/default/stage0-binding.yaml) or raise total_steps")
         run = cls(cfg, Vocab.from_state(meta["vocab"]))
         weights = {**load_file(export_dir / "vision.safetensors"), **load_file(export_dir / "heads.safetensors")}
         own = run.model.state_dict()
