@@ -55,12 +55,14 @@ def main() -> None:
     print(f"compact vocabulary: {vocab.size} ids (scan of {args.scan} samples), {len(vocab.labels)} aux labels")
     print(f"{'variant':<16} {'ITG vocab':>10} {'params':>8} {'precision':>9} {'images/s':>9}")
     full = len(vocab.tokenizer)
-    for name, vsize, bf16 in (("original-style", full, False), ("ours", vocab.size, False), ("ours", vocab.size, True)):
+    variants = (("original-style", full, False), ("ours", vocab.size, False), ("ours", vocab.size, True))
+    for name, vsize, bf16 in variants:
         torch.manual_seed(0)
         model = Stage0Model(preset.vision, preset.qformer, cfg.text, vsize, len(vocab.labels), vocab.cells.sizes)
         rate = step_rate(model, batch, args.steps, bf16)
         n = sum(p.numel() for p in model.parameters()) / 1e6
         print(f"{name:<16} {vsize:>10} {n:>7.1f}M {'bf16' if bf16 else 'fp32':>9} {rate:>9.2f}", flush=True)
+
 
 if __name__ == "__main__":
     main()

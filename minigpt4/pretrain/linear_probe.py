@@ -109,14 +109,16 @@ def run_cells(model, n: int = 3000, seed: int = 7, size: int | None = None, wher
     out = {}
     # The second row of each attribute: regions holding a group (for colour: a coloured one; emoji
     # have no colour and are most groups, so "uncoloured" would be the majority there).
-    for attr, empty, subset in (("color", "none", "coloured groups"), ("count", "0", "occupied regions")):
+    for attr, blank, subset in (("color", ("none", "uncoloured"), "coloured groups"),
+                                ("count", ("0",), "occupied regions")):
+        empty = blank[0]  # the label of an empty region
         per_cell = []
         for cell in POSITION_NAMES:
             rows = [(f, str(occ[cell][0].get(attr) or "uncoloured") if occ[cell] else empty)  # emoji: no colour
                     for f, occ in zip(feats, occupants) if len(occ[cell]) <= 1]
             if len({v for _, v in rows}) > 1:
                 per_cell.append(probe_attribute(torch.stack([f for f, _ in rows]), [v for _, v in rows],
-                                                blank=(empty, "uncoloured")))
+                                                blank=blank))
         if per_cell:
             out[attr] = _mean_over_regions(per_cell)
             filled = [r["occupied"] for r in per_cell if "occupied" in r]
