@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from minigpt4.chat.engine import ChatEngine
 from minigpt4.cli import main
@@ -232,3 +233,18 @@ def test_cli_errors_are_clear(argv, message, tmp_path, capsys):
     rc = main(["eval", *argv, "--out", str(tmp_path), "--quiet"])
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+def test_image_signal_share_separates_constant_from_image_specific_tokens(tiny_model, capsys):
+    from minigpt4.eval.image_signal import main as signal_main, measure, specific_share
+    g = torch.Generator().manual_seed(0)
+    const = torch.randn(1, 4, 8, generator=g).expand(16, 4, 8)
+    noise = torch.randn(16, 4, 8, generator=g)
+    assert specific_share(const) == pytest.approx(0.0, abs=1e-9)
+    assert specific_share(noise - noise.mean(0)) == pytest.approx(1.0, abs=1e-9)
+    assert specific_share(3 * const + noise) < 0.2 < specific_share(const + noise)  # the constant's weight counts
+    images = [generate("scene", i, "val", 64).image for i in range(4)]
+    r = measure(tiny_model, images)
+    assert 0 < r["queries"] < 1 and 0 < r["tokens"] < 1 and r["token_norm"] > 0 and r["text_norm"] > 0
+    assert signal_main(["tiny", "--n", "3"]) == 0
+    assert "| tiny |" in capsys.readouterr().out

@@ -279,3 +279,39 @@ def test_resume_onto_a_changed_vision_side_is_refused(data, tmp_path):
 def ckpt_meta(out: Path) -> dict:
     from minigpt4.train.checkpoint import latest_checkpoint, read_meta
     return read_meta(latest_checkpoint(out))
+
+
+def test_conditioned_projection_starts_at_text_norm_saves_a_plain_linear_and_resumes_exactly(data, tmp_path):
+    kw = dict(max_steps=4, checkpoint_every=2, proj_conditioning=True)
+    with pytest.raises(ConfigError, match="proj_conditioning.*feature_cache"):
+        Trainer(load_config(recipe(data, tmp_path / "x", feature_cache="off", **kw)))
+    t = Trainer(load_config(recipe(data, tmp_path / "ref", **kw)))
+    t.build_cache()
+    feats = torch.from_numpy(t.cache.rows(64))
+    raw_w = t.model.proj.weight.detach().clone()
+    t.condition_projection()
+    text = t.model.llm.get_input_embeddings().weight.norm(dim=-1).mean()
+    with torch.no_grad():
+        assert t.model.project(feats).norm(dim=-1).mean() == pytest.approx(float(text), rel=0.1)
+    assert not torch.equal(t.model.proj.weight, raw_w)  # a fresh start: re-initialised
+    t.run()
+    # The checkpoint is the plain Linear on raw features that the conditioned one computes.
+    saved = params(tmp_path / "ref")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.nn.functional.linear(feats, saved["proj.weight"], saved["proj.bias"]),
+                                   t.model.project(feats), atol=1e-4, rtol=1e-4)
+    # Stopped after 2 steps, then resumed to 4: the same weights as one run.
+    stopped = Trainer(load_config(recipe(data, tmp_path / "two", **kw)))
+    stopped.build_cache()
+    stopped.condition_projection()
+    stopped.train_step(), stopped.train_step(), stopped.save()
+    s = train(load_config(recipe(data, tmp_path / "two", **kw)))
+    assert s["resumed_from"].endswith("step_2")
+    assert_same(params(tmp_path / "two"), saved)
+    # A given projection (init) keeps its outputs: conditioning re-expresses it, it does not re-initialise.
+    t2 = Trainer(load_config(recipe(data, tmp_path / "init", init=str(tmp_path / "ref"), **kw)))
+    t2.build_cache()
+    with torch.no_grad():
+        before = t2.model.project(feats)
+        t2.condition_projection()
+        torch.testing.assert_close(t2.model.project(feats), before, atol=1e-4, rtol=1e-4)

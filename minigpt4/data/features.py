@@ -76,6 +76,15 @@ class FeatureCache:
             raise ImageError(row[2])
         return self._shard(row[0])[row[1]]
 
+    def rows(self, n: int) -> np.ndarray:
+        """Up to n cached feature rows in build order (statistics of the frozen features)."""
+        out, i, have = [], 0, 0
+        while have < n and (self.dir / f"shard_{i:05d}.npy").exists():
+            part = np.asarray(self._shard(i)[: n - have])
+            out.append(part)
+            have, i = have + len(part), i + 1
+        return np.concatenate(out) if out else np.zeros((0,), dtype=self.dtype)
+
     # --- build -------------------------------------------------------------------------------
     def _next_shard(self) -> int:
         row = self.db.execute("SELECT MAX(shard) FROM feats").fetchone()

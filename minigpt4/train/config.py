@@ -54,6 +54,8 @@ class TrainConfig:
     init: str | list[str] | None = None      # start from these trainable weights (checkpoint dirs or .safetensors;
                                              # a list loads each in turn, e.g. a projection, then adapters)
     trainable: list[str] = field(default_factory=lambda: ["proj"])  # proj, qformer, vision, lora
+    proj_conditioning: bool = False          # fit the projection on standardised cached features, starting at
+                                             # text-token norm; checkpoints store the plain Linear (conditioning.py)
     lora: dict[str, Any] | None = None       # r, alpha, dropout, target_modules (default: r 64, alpha 16, q/v)
     max_txt_len: int = 32                    # caption/answer tokens kept (original: 32 stage 1, 160 stage 2)
     max_len: int = 2048                      # conversation tokens kept (llava)

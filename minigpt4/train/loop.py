@@ -29,6 +29,7 @@ from minigpt4.data.image import ImageError, load_image, preprocess
 from minigpt4.model.minigpt4 import IGNORE_INDEX, IMAGE_TOKEN_ID
 from minigpt4.train import checkpoint as ckpt
 from minigpt4.train import distributed as D
+from minigpt4.train.conditioning import ProjectionConditioning
 from minigpt4.train.config import ConfigError, TrainConfig
 from minigpt4.train.logs import RunLog, format_summary
 from minigpt4.train.schedule import build_optimizer, build_scheduler
@@ -74,8 +75,12 @@ class Trainer:
         if cfg.lora:
             self.model.cfg.lora = {**self.model.cfg.lora, **cfg.lora}
         self.model.set_trainable(cfg.trainable)
+        self.proj_given = False  # a projection came from `init` (conditioning keeps it, re-expressed)
         for path in cfg.init_paths:
-            self._load_trainable(ckpt.load_trainable(path), f"init '{path}'")
+            tensors = ckpt.load_trainable(path)
+            self._load_trainable(tensors, f"init '{path}'")
+            self.proj_given |= "proj.weight" in tensors
+        self.conditioning: ProjectionConditioning | None = None
         self.fsdp = cfg.distributed == "fsdp" and self.dist.world > 1
         if self.fsdp:
             D.wrap_fsdp(self.model, device)
@@ -125,6 +130,10 @@ class Trainer:
             raise ConfigError(f"config field 'batch_size': {cfg.batch_size} is not a multiple of micro_batch_size "
                               f"({micro}) x processes ({world}); change batch_size or micro_batch_size")
         self.micro, self.accum = micro, cfg.batch_size // (micro * world)
+        if cfg.proj_conditioning and ("proj" not in cfg.trainable or not self.use_cache()):
+            raise ConfigError("config field 'proj_conditioning': it standardises the projection's inputs with "
+                              "statistics of the cached frozen features, so it needs 'proj' in trainable and "
+                              "a frozen vision side with feature_cache auto or on")
         if cfg.distributed == "fsdp" and "lora" in cfg.trainable and world > 1:
             raise ConfigError("config field 'distributed': fsdp with trainable lora is not supported yet "
                               "(checkpoints would need the sharded adapters gathered); use ddp")
@@ -183,6 +192,13 @@ class Trainer:
         self.step, self.samples, self.skipped = state["step"], state["samples"], state["skipped"]
         self.skipped_examples = state["skipped_examples"]
         self._rng_to_restore = state["rng"]
+        if self.cfg.proj_conditioning and state.get("proj_conditioning"):
+            c = state["proj_conditioning"]
+            self.conditioning = ProjectionConditioning(c["mean"], c["std"])
+            self.conditioning.attach(self.model.proj)
+            with torch.no_grad():  # the raw parameters, not the folded copy: the resume is exact
+                self.model.proj.weight.copy_(c["weight"])
+                self.model.proj.bias.copy_(c["bias"])
         return str(path)
 
     # --- feature cache ---------------------------------------------------------------------
@@ -202,6 +218,25 @@ class Trainer:
             cache.db.close()
         D.barrier(self.dist)
         self.cache = FeatureCache(root, self.vision_fp)
+
+    def condition_projection(self, n_images: int = 4096) -> None:
+        """Standardise the projection's inputs (train/conditioning.py). A fresh projection (no
+        `init`, no checkpoint) starts at the LLM's text-token norm; a given one keeps its outputs."""
+        feats = self.cache.rows(n_images)
+        if len(feats) == 0:
+            raise ConfigError("config field 'proj_conditioning': the feature cache holds no features to "
+                              "measure; check the data paths")
+        self.conditioning = ProjectionConditioning.measure(feats)
+        proj = self.model.proj
+        with torch.no_grad():
+            if self.proj_given or self.resumed_from:
+                w, b = self.conditioning.unfold(proj.weight, proj.bias)
+                proj.weight.copy_(w)
+                proj.bias.copy_(b)
+            else:
+                text_norm = float(self.model.llm.get_input_embeddings().weight.float().norm(dim=-1).mean())
+                self.conditioning.init_(proj, feats, text_norm, self.cfg.seed)
+        self.conditioning.attach(proj)
 
     # --- data -> inputs --------------------------------------------------------------------
     def _image_input(self, read) -> np.ndarray | torch.Tensor:
@@ -317,7 +352,11 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.params}
+        """What checkpoints store: a conditioned projection folded back into the plain Linear."""
+        state = {n: p.detach() for n, p in self.params}
+        if self.conditioning is not None:
+            state["proj.weight"], state["proj.bias"] = self.conditioning.fold(state["proj.weight"], state["proj.bias"])
+        return state
 
     def save(self) -> Path | None:
         path = None
@@ -325,7 +364,8 @@ class Trainer:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
                      "rng": ckpt.rng_state(), "data": self.stream.state_dict(), "samples": self.samples,
-                     "skipped": self.skipped, "skipped_examples": self.skipped_examples}
+                     "skipped": self.skipped, "skipped_examples": self.skipped_examples,
+                     "proj_conditioning": self.conditioning.state(self.model.proj) if self.conditioning else None}
             meta = {"step": self.step, "model": self.cfg.model, "trainable": self.cfg.trainable,
                     "recipe": self.cfg.to_dict()}
             if "lora" in self.cfg.trainable:
@@ -342,6 +382,8 @@ class Trainer:
         cfg, main = self.cfg, self.dist.main
         if self.use_cache():
             self.build_cache()
+        if cfg.proj_conditioning and self.conditioning is None:
+            self.condition_projection()
         log = RunLog(self.out, self.step, tensorboard=cfg.tensorboard) if main else None
         if getattr(self, "_rng_to_restore", None) is not None:
             ckpt.set_rng_state(self._rng_to_restore)  # last: nothing above may draw after this
