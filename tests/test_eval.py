@@ -248,3 +248,22 @@ def test_image_signal_share_separates_constant_from_image_specific_tokens(tiny_m
     assert 0 < r["queries"] < 1 and 0 < r["tokens"] < 1 and r["token_norm"] > 0 and r["text_norm"] > 0
     assert signal_main(["tiny", "--n", "3"]) == 0
     assert "| tiny |" in capsys.readouterr().out
+
+
+def test_image_signal_reliance_is_zero_when_the_tokens_ignore_the_image(tiny_model, capsys):
+    import copy
+    from minigpt4.eval.image_signal import answer_reliance, main as signal_main
+    samples = [generate("scene", i, "val", 64) for i in range(3)]
+    reads = answer_reliance(tiny_model, samples)
+    n_questions = sum(len(s.qa) for s in samples)
+    assert reads["all"]["n"] == n_questions and {q["type"] for s in samples for q in s.qa} <= set(reads)
+    assert abs(reads["all"]["gap"]) > 1e-4  # random tokens differ per image, so the answers' loss does
+    blind = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        blind.proj.weight.zero_()  # every image now gives the bias: nothing to read
+    ignores = answer_reliance(blind, samples)
+    assert all(abs(r["gap"]) < 1e-6 for r in ignores.values())
+    assert ignores["all"]["matched"] == pytest.approx(ignores["all"]["shuffled"])
+    assert signal_main(["tiny", "--n", "2", "--reliance"]) == 0
+    out = capsys.readouterr().out
+    assert "Answer loss" in out and out.count("| tiny |") == 2

@@ -204,6 +204,20 @@ def test_export_writes_instruction_conversations_from_the_ground_truth(tmp_path)
     assert (again / "instructions.jsonl").read_bytes() == (out / "instructions.jsonl").read_bytes()
     records = list(LlavaSource("world", out / "instructions.jsonl").epoch(0))
     assert len(records) == 24 and all(r.turns and len(r.images) == 1 for r in records)
+    # qa.jsonl: every image's questions (up to 12) in one conversation, first turns varied
+    drills = [json.loads(l) for l in open(out / "qa.jsonl")]
+    assert [d["id"] for d in drills] == [i for i, r in recs.items() if r["qa"]]
+    firsts = set()
+    for d in drills:
+        rec, turns = recs[d["id"]], d["conversations"]
+        truth = {f"{q['question']} {SHORT_ANSWER}": q["answer"] for q in rec["qa"]}
+        asked = [t["value"].replace("<image>\n", "") for t in turns[0::2]]
+        assert turns[0]["value"].startswith("<image>\n") and sum("<image>" in t["value"] for t in turns) == 1
+        assert len(asked) == min(12, len(rec["qa"])) == len(set(asked))
+        assert all(truth[q] == t["value"] for q, t in zip(asked, turns[1::2]))
+        firsts.add(rec["qa"].index(next(q for q in rec["qa"] if f"{q['question']} {SHORT_ANSWER}" == asked[0])))
+    assert len(firsts) > 1  # shuffled: the first question asked is not always the world's first
+    assert (again / "qa.jsonl").read_bytes() == (out / "qa.jsonl").read_bytes()
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):

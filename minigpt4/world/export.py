@@ -9,7 +9,7 @@ import os
 from minigpt4.utils import atomic_write_bytes
 
 from .core import KINDS, mixture
-from .instruct import conversation
+from .instruct import conversation, qa_drill
 
 
 def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KINDS, weights=None,
@@ -23,7 +23,8 @@ def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KIND
       {"annotations": [{"image_id", "caption"}]} with ``caption_field`` as the caption
       (the stage-2 dataset layout of the original MiniGPT-4);
     - ``{out_dir}/instructions.jsonl``: one LLaVA conversation per image for the product's tasks
-      (`minigpt4.world.instruct`: questions, description, alt text, recipe, HTML, prompt).
+      (`minigpt4.world.instruct`: questions, description, alt text, recipe, HTML, prompt);
+    - ``{out_dir}/qa.jsonl``: one multi-turn conversation per image with up to 12 of its questions.
 
     Every file is written atomically. Returns {"n", "jsonl", "filter_cap", "instructions"}."""
     ext = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}[image_format.lower()]
@@ -35,7 +36,7 @@ def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KIND
     if progress:
         from tqdm import tqdm
         it = tqdm(it, total=n, desc=f"world export ({split})", unit="img")
-    lines, anns, convs = [], [], []
+    lines, anns, convs, drills = [], [], [], []
     for s in it:
         buf = io.BytesIO()
         rel = f"images/{s.image_id}.{ext}"
@@ -53,10 +54,15 @@ def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KIND
         cap = getattr(s, caption_field) or s.description
         anns.append({"image_id": s.image_id, "caption": cap})
         convs.append(json.dumps(conversation(s, rel, seed), ensure_ascii=False))
+        drill = qa_drill(s.image_id, rec["qa"], rel, seed)
+        if drill:
+            drills.append(json.dumps(drill, ensure_ascii=False))
     jsonl = os.path.join(out_dir, "data.jsonl")
     atomic_write_bytes(jsonl, ("\n".join(lines) + "\n").encode("utf-8"))
     fc = os.path.join(out_dir, "cc_sbu_align", "filter_cap.json")
     atomic_write_bytes(fc, json.dumps({"annotations": anns}, ensure_ascii=False, indent=1).encode("utf-8"))
     instructions = os.path.join(out_dir, "instructions.jsonl")
     atomic_write_bytes(instructions, ("\n".join(convs) + "\n").encode("utf-8"))
-    return {"n": len(lines), "jsonl": jsonl, "filter_cap": fc, "instructions": instructions}
+    qa_path = os.path.join(out_dir, "qa.jsonl")
+    atomic_write_bytes(qa_path, ("\n".join(drills) + "\n").encode("utf-8"))
+    return {"n": len(lines), "jsonl": jsonl, "filter_cap": fc, "instructions": instructions, "qa": qa_path}

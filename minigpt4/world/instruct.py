@@ -11,6 +11,10 @@ answer instruction the eval appends to questions):
   * describe  - the detailed description       * alt-text - the alt text
   * recipe    - dishes: the recipe              * website  - sketches: the HTML in a code block
   * prompt    - prompt images: the text-to-image prompt
+
+`qa_drill` writes a second set: every image's questions in one multi-turn conversation. Questions
+are where the image must be read (the others mostly have a fixed form), and one image's tokens
+then carry a dozen answers instead of one task's.
 """
 from __future__ import annotations
 
@@ -51,3 +55,17 @@ def conversation(sample, image: str, seed: int, max_questions: int = 6) -> dict:
         conv.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + question})
         conv.append({"from": "gpt", "value": answer})
     return {"id": sample.image_id, "image": image, "task": task, "conversations": conv}
+
+
+def qa_drill(image_id: str, qa: list[dict], image: str, seed: int, max_questions: int = 12) -> dict | None:
+    """One LLaVA record with up to `max_questions` of the image's questions (a seeded shuffle, so
+    the first turn, the one asked without history at chat time, varies), or None without any."""
+    if not qa:
+        return None
+    rng = random.Random(f"qa-drill:{seed}:{image_id}")
+    picked = rng.sample(qa, min(max_questions, len(qa)))
+    conv = []
+    for i, q in enumerate(picked):
+        conv.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + f"{q['question']} {SHORT_ANSWER}"})
+        conv.append({"from": "gpt", "value": q["answer"]})
+    return {"id": image_id, "image": image, "task": "qa", "conversations": conv}
