@@ -41,13 +41,14 @@ def measure(model, images, batch_size: int = 32) -> dict:
 
 
 @torch.no_grad()
-def answer_reliance(model, samples) -> dict[str, dict[str, float]]:
+def answer_reliance(model, samples, batch_size: int = 32) -> dict[str, dict[str, float]]:
     """Per question type (and "all"): mean answer loss with the matched image, with the next
     sample's image instead, and their gap. `samples`: world samples with `.image` and `.qa`."""
     from minigpt4.chat.presets import SHORT_ANSWER
     from minigpt4.chat.templates import Message, encode_conversation, get_template
     tmpl = get_template(model.cfg.template)
-    tokens = torch.cat([model.encode_pixels(model.preprocess([s.image])) for s in samples]).float()
+    tokens = torch.cat([model.encode_pixels(model.preprocess([s.image for s in samples[i:i + batch_size]]))
+                        for i in range(0, len(samples), batch_size)]).float()
     sums: dict[str, list[float]] = {}
     for i, s in enumerate(samples):
         for q in s.qa:

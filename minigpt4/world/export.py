@@ -26,7 +26,7 @@ def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KIND
       (`minigpt4.world.instruct`: questions, description, alt text, recipe, HTML, prompt);
     - ``{out_dir}/qa.jsonl``: one multi-turn conversation per image with up to 12 of its questions.
 
-    Every file is written atomically. Returns {"n", "jsonl", "filter_cap", "instructions"}."""
+    Every file is written atomically. Returns {"n", "jsonl", "filter_cap", "instructions", "qa"}."""
     ext = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}[image_format.lower()]
     img_dir = os.path.join(out_dir, "images")
     cc_dir = os.path.join(out_dir, "cc_sbu_align", "image")
@@ -57,12 +57,13 @@ def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KIND
         drill = qa_drill(s.image_id, rec["qa"], rel, seed)
         if drill:
             drills.append(json.dumps(drill, ensure_ascii=False))
-    jsonl = os.path.join(out_dir, "data.jsonl")
-    atomic_write_bytes(jsonl, ("\n".join(lines) + "\n").encode("utf-8"))
+    def write_jsonl(name: str, rows: list[str]) -> str:
+        path = os.path.join(out_dir, name)
+        atomic_write_bytes(path, ("\n".join(rows) + "\n").encode("utf-8"))
+        return path
+
+    jsonl = write_jsonl("data.jsonl", lines)
     fc = os.path.join(out_dir, "cc_sbu_align", "filter_cap.json")
     atomic_write_bytes(fc, json.dumps({"annotations": anns}, ensure_ascii=False, indent=1).encode("utf-8"))
-    instructions = os.path.join(out_dir, "instructions.jsonl")
-    atomic_write_bytes(instructions, ("\n".join(convs) + "\n").encode("utf-8"))
-    qa_path = os.path.join(out_dir, "qa.jsonl")
-    atomic_write_bytes(qa_path, ("\n".join(drills) + "\n").encode("utf-8"))
-    return {"n": len(lines), "jsonl": jsonl, "filter_cap": fc, "instructions": instructions, "qa": qa_path}
+    return {"n": len(lines), "jsonl": jsonl, "filter_cap": fc, "instructions": write_jsonl("instructions.jsonl", convs),
+            "qa": write_jsonl("qa.jsonl", drills)}

@@ -50,11 +50,16 @@ def conversation(sample, image: str, seed: int, max_questions: int = 6) -> dict:
         turns = [(f"{q['question']} {SHORT_ANSWER}", q["answer"]) for q in qa]
     else:
         turns = [(get_preset(task).build_prompt(), _answer(sample, task))]
+    return _record(sample.image_id, image, task, turns)
+
+
+def _record(image_id: str, image: str, task: str, turns: list[tuple[str, str]]) -> dict:
+    """A LLaVA record: the image tag opens the first question, then human/gpt turns alternate."""
     conv = []
     for i, (question, answer) in enumerate(turns):
         conv.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + question})
         conv.append({"from": "gpt", "value": answer})
-    return {"id": sample.image_id, "image": image, "task": task, "conversations": conv}
+    return {"id": image_id, "image": image, "task": task, "conversations": conv}
 
 
 def qa_drill(image_id: str, qa: list[dict], image: str, seed: int, max_questions: int = 12) -> dict | None:
@@ -64,8 +69,4 @@ def qa_drill(image_id: str, qa: list[dict], image: str, seed: int, max_questions
         return None
     rng = random.Random(f"qa-drill:{seed}:{image_id}")
     picked = rng.sample(qa, min(max_questions, len(qa)))
-    conv = []
-    for i, q in enumerate(picked):
-        conv.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + f"{q['question']} {SHORT_ANSWER}"})
-        conv.append({"from": "gpt", "value": q["answer"]})
-    return {"id": image_id, "image": image, "task": "qa", "conversations": conv}
+    return _record(image_id, image, "qa", [(f"{q['question']} {SHORT_ANSWER}", q["answer"]) for q in picked])
