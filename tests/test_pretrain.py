@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from minigpt4.model.llm import build_random_llm
 from minigpt4.model.minigpt4 import MiniGPT4, build_model
 from minigpt4.pretrain.export import stored
 from minigpt4.pretrain import Stage0Config, Stage0ConfigError, load_recipe, load_vision, train
-from minigpt4.pretrain.loop import Run, open_run
+from minigpt4.pretrain.loop import Run, open_run, read_log
 
 
 def tiny_cfg(tmp_path, name: str, **kw) -> Stage0Config:
@@ -130,6 +131,10 @@ def test_warm_restart_from_the_committed_export(trained, tmp_path):
     assert run.scheduler.get_last_lr()[0] == pytest.approx(cfg.lr * run.lr_factor(16))
     out = train(cfg, max_steps=1, progress=False, run_probe=False)
     assert out["step"] == 17
+    # The new run's log starts with the export's history, so its plot covers steps 1-17.
+    steps = [r["step"] for r in read_log(Path(cfg.output_dir) / "log.jsonl") if "loss" in r]
+    assert steps[0] < 16 and steps[-1] == 17
+    assert steps == [r["step"] for r in read_log(src / "run-export" / "log.jsonl") if "loss" in r] + [17]
 
 
 def test_warm_restart_schedule_reruns_warmup_and_cosine_from_restart_step(tmp_path):

@@ -181,6 +181,15 @@ def trim_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def carry_log(cfg: Stage0Config, log_path: Path) -> None:
+    """A run warm-started from an export begins with that export's history, so its log, plot and
+    the export it writes cover every step, not only this run's (trim_log then drops rows past the
+    step it starts from)."""
+    src = Path(cfg.init_from) / LOG if cfg.init_from else None
+    if not log_path.exists() and src is not None and src.exists() and src.resolve() != log_path.resolve():
+        atomic_write_bytes(log_path, src.read_bytes())
+
+
 def append_log(path: Path, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -268,6 +277,8 @@ def _train_chunk(cfg: Stage0Config, out: Path, minutes, max_steps, fresh, progre
     from tqdm import tqdm
     run = open_run(cfg, fresh)
     log_path = out / LOG
+    if not fresh:
+        carry_log(cfg, log_path)
     trim_log(log_path, run.step)
     start_step, t0 = run.step, time.time()
     deadline = t0 + minutes * 60 if minutes is not None else None
