@@ -220,6 +220,40 @@ def test_export_writes_instruction_conversations_from_the_ground_truth(tmp_path)
     assert (again / "qa.jsonl").read_bytes() == (out / "qa.jsonl").read_bytes()
 
 
+def test_attribute_drills_from_an_export_keep_only_the_asked_types(tmp_path):
+    from minigpt4.chat.presets import SHORT_ANSWER
+    from minigpt4.data.datasets import LlavaSource
+    from minigpt4.world.__main__ import main
+    from minigpt4.world.export import drills
+    out = tmp_path / "ds"
+    export(str(out), 24, "train", seed=3, size=96, kinds=["scene", "dish"])
+    recs = {r["image_id"]: r for r in map(json.loads, open(out / "data.jsonl"))}
+    dest = tmp_path / "elsewhere" / "attr.jsonl"
+    dest.parent.mkdir()
+    assert main(["drill", str(out / "data.jsonl"), "--out", str(dest), "--types", "color,position"]) == 0
+    rows = [json.loads(l) for l in open(dest)]
+    keep = {i for i, r in recs.items() if r["kind"] == "scene" and any(q["type"] in ("color", "position") for q in r["qa"])}
+    assert {d["id"] for d in rows} == keep and len(keep) >= 3
+    for d in rows:
+        truth = {f"{q['question']} {SHORT_ANSWER}": q for q in recs[d["id"]]["qa"]}
+        turns = d["conversations"]
+        asked = [truth[t["value"].replace("<image>\n", "")] for t in turns[0::2]]
+        assert {q["type"] for q in asked} <= {"color", "position"}
+        assert len(asked) == sum(q["type"] in ("color", "position") for q in truth.values())
+        assert all(q["answer"] == t["value"] for q, t in zip(asked, turns[1::2]))
+    # Paths are relative to the drill file, so the training loader finds the images.
+    records = list(LlavaSource("attr", dest).epoch(0))
+    assert len(records) == len(rows) and all(r.turns and len(r.images) == 1 for r in records)
+    assert all(os.path.exists(dest.parent / d["image"]) for d in rows)
+    assert drills(str(out / "data.jsonl"), str(tmp_path / "again.jsonl"), ["color", "position"], ["scene"]) == len(rows)
+    assert [json.loads(l)["conversations"] for l in open(tmp_path / "again.jsonl")] == [d["conversations"] for d in rows]
+    with pytest.raises(ValueError, match="no image .* has questions of types"):
+        drills(str(out / "data.jsonl"), str(tmp_path / "none.jsonl"), ["html-tag"])
+    (tmp_path / "bad.jsonl").write_text('{"kind": "scene"\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1: not JSON"):
+        drills(str(tmp_path / "bad.jsonl"), str(tmp_path / "x.jsonl"))
+
+
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "f.bin"
     atomic_write_bytes(str(target), b"old")

@@ -1,5 +1,6 @@
 """CLI: ``python -m minigpt4.world export --out DIR --n 100 --split train --seed 0``
-and ``python -m minigpt4.world sheet --kind scene --out sheet.png`` (a contact sheet)."""
+``python -m minigpt4.world drill DIR/data.jsonl --out DIR/qa-attr.jsonl`` (attribute-question
+drills from an export) and ``python -m minigpt4.world sheet --kind scene --out sheet.png`` (a contact sheet)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ def main(argv=None) -> int:
     e.add_argument("--format", default="png", choices=["png", "jpg"])
     e.add_argument("--caption-field", default="description",
                    choices=["caption", "description", "alt_text", "recipe", "html", "prompt"])
+    d = sub.add_parser("drill", help="question drills (qa.jsonl-style) from an export's data.jsonl, "
+                                     "only some question types")
+    d.add_argument("data", help="data.jsonl of an export")
+    d.add_argument("--out", required=True, help="the JSONL to write (e.g. next to data.jsonl)")
+    d.add_argument("--types", default="presence,object,color,count,position",
+                   help="comma list of question types to keep (default: the eval's attribute types)")
+    d.add_argument("--kinds", default="scene", help="comma list of image kinds (default: scene)")
+    d.add_argument("--max-questions", type=int, default=12)
     s = sub.add_parser("sheet", help="save a 4x4 contact sheet of one kind")
     s.add_argument("--kind", default="scene", choices=KINDS)
     s.add_argument("--out", required=True)
@@ -35,6 +44,11 @@ def main(argv=None) -> int:
         weights = [float(w) for w in a.weights.split(",")] if a.weights else None
         r = export(a.out, a.n, a.split, a.seed, kinds, weights, a.size, a.format, a.caption_field, progress=True)
         print(f"wrote {r['n']} samples: {r['jsonl']}, {r['filter_cap']} and {r['instructions']}")
+    elif a.cmd == "drill":
+        from .export import drills
+        split = lambda v: [x.strip() for x in v.split(",") if x.strip()]
+        n = drills(a.data, a.out, split(a.types), split(a.kinds), a.max_questions)
+        print(f"wrote {n} drills: {a.out}")
     else:
         from PIL import Image
         sheet = Image.new("RGB", (224 * 4, 224 * 4))

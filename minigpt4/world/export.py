@@ -67,3 +67,34 @@ def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KIND
     atomic_write_bytes(fc, json.dumps({"annotations": anns}, ensure_ascii=False, indent=1).encode("utf-8"))
     return {"n": len(lines), "jsonl": jsonl, "filter_cap": fc, "instructions": write_jsonl("instructions.jsonl", convs),
             "qa": write_jsonl("qa.jsonl", drills)}
+
+
+def drills(data_jsonl: str, out: str, types=None, kinds=None, max_questions: int = 12) -> int:
+    """Question drills from an existing export, without rendering again: one `qa_drill` per image
+    of `kinds` in `data_jsonl` (its images stay where they are: paths are made relative to `out`'s
+    folder), keeping only question `types`; each record's own seed orders its questions, so the
+    file is reproducible. Written atomically; returns the number of drills."""
+    base, dest = os.path.dirname(os.path.abspath(data_jsonl)), os.path.dirname(os.path.abspath(out))
+    rows = []
+    with open(data_jsonl, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{data_jsonl}:{line_no}: not JSON ({e.msg}); pass the data.jsonl "
+                                 f"that `python -m minigpt4.world export` wrote") from None
+            if kinds and rec.get("kind") not in kinds:
+                continue
+            image = os.path.relpath(os.path.join(base, rec["image"]), dest)
+            drill = qa_drill(rec["image_id"], rec.get("qa") or [], image, rec["seed"], max_questions,
+                             set(types) if types else None)
+            if drill:
+                rows.append(json.dumps(drill, ensure_ascii=False))
+    if not rows:
+        raise ValueError(f"no image in {data_jsonl} has questions of types {sorted(types or [])} "
+                         f"(kinds {sorted(kinds or []) or 'all'}); check --types and --kinds")
+    atomic_write_bytes(out, ("\n".join(rows) + "\n").encode("utf-8"))
+    return len(rows)
+

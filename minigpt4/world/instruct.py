@@ -62,9 +62,13 @@ def _record(image_id: str, image: str, task: str, turns: list[tuple[str, str]]) 
     return {"id": image_id, "image": image, "task": task, "conversations": conv}
 
 
-def qa_drill(image_id: str, qa: list[dict], image: str, seed: int, max_questions: int = 12) -> dict | None:
+def qa_drill(image_id: str, qa: list[dict], image: str, seed: int, max_questions: int = 12,
+             types: set[str] | None = None) -> dict | None:
     """One LLaVA record with up to `max_questions` of the image's questions (a seeded shuffle, so
-    the first turn, the one asked without history at chat time, varies), or None without any."""
+    the first turn, the one asked without history at chat time, varies), or None without any.
+    `types`: keep only these question types (e.g. the attribute ones), so more turns are on them."""
+    if types is not None:
+        qa = [q for q in qa if q.get("type") in types]
     if not qa:
         return None
     rng = random.Random(f"qa-drill:{seed}:{image_id}")
