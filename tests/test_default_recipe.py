@@ -21,7 +21,7 @@ def test_make_sh_runs_the_whole_chain_at_tiny_scale(tmp_path):
                        timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     runs = tmp_path / "runs"
-    for stage in ("stage1", "stage2"):
+    for stage in ("stage1", "stage2", "stage2-attr"):
         assert (runs / stage / "checkpoints" / "latest").exists(), stage
         assert (runs / stage / "loss.png").exists()
     from minigpt4.train.checkpoint import load_trainable, lora_spec
@@ -34,7 +34,9 @@ def test_make_sh_runs_the_whole_chain_at_tiny_scale(tmp_path):
     report = (runs / "curate" / "report.md").read_text()
     assert "described" in report and "review" in report.lower()
     compare = (runs / "eval" / "compare.md").read_text()
-    assert "stage1" in compare and "stage2" in compare and "no image" in compare.lower()
+    assert "stage1" in compare and "stage2-attr" in compare and "no image" in compare.lower()
+    drills = [json.loads(l) for l in open(runs / "world-train" / "qa-attr.jsonl")]
+    assert drills and all(d["task"] == "qa" and d["id"].startswith("scene") for d in drills)
     assert _shipped() == before, "the tiny chain must not touch the shipped weights"
     # resumable: a second run skips finished work (the eval too) and succeeds again
     r2 = subprocess.run(["bash", str(ROOT / "recipes/default/make.sh")], env=env, capture_output=True, text=True,

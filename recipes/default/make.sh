@@ -12,7 +12,8 @@
 #                fixer cleans them, the paper's filters drop bad ones, a ground-truth reviewer
 #                edits out hallucinated objects or rejects (the paper's manual check)
 #   3. stage 2   finetune the projection + LoRA on the curated descriptions and the world's
-#                instruction conversations (instruction template)
+#                instruction conversations (instruction template); then 2b: drills of the attribute
+#                questions, 3 of 4 samples (recipes/default/stage2-attr.yaml)
 #   4. eval      held-out images: bare LLM vs stage 1 vs stage 2 -> runs/default/eval/report.md
 # Each trained stage is published into checkpoints/default/stageN/ (what `--model default` loads).
 # SCALE=tiny runs the same chain in a few minutes (what CI runs): a few images and steps, into
@@ -67,13 +68,19 @@ minigpt4 curate export "$RUNS/curate"
 say "stage 2: curated detailed descriptions + world instruction conversations"
 minigpt4 train recipes/default/stage2.yaml output_dir="$RUNS/stage2" init="$RUNS/stage1" \
   data.0.path="$RUNS/curate" data.1.path="$RUNS/world-train/instructions.jsonl" ${STAGE2_ARGS:-}
-if [ "$PUBLISH" = 1 ]; then python -m minigpt4.weights.default publish "$RUNS/stage2" stage2; fi
+
+say "stage 2b: attribute-question drills (presence, object, color, count, position)"
+[ -f "$RUNS/world-train/qa-attr.jsonl" ] || python -m minigpt4.world drill "$RUNS/world-train/data.jsonl" \
+  --out "$RUNS/world-train/qa-attr.jsonl"
+minigpt4 train recipes/default/stage2-attr.yaml output_dir="$RUNS/stage2-attr" init="$RUNS/stage2" \
+  data.0.path="$RUNS/world-train/qa-attr.jsonl" data.1.path="$RUNS/world-train/instructions.jsonl" ${STAGE2_ARGS:-}
+if [ "$PUBLISH" = 1 ]; then python -m minigpt4.weights.default publish "$RUNS/stage2-attr" stage2; fi
 
 say "eval: bare LLM vs stage 1 vs stage 2 on held-out images"
-if [ "$RUNS/eval/compare.md" -nt "$RUNS/stage2/checkpoints/latest" ]; then
+if [ "$RUNS/eval/compare.md" -nt "$RUNS/stage2-attr/checkpoints/latest" ]; then
   echo "up to date: $RUNS/eval/compare.md (delete it to evaluate again)"
 else
-  minigpt4 eval --compare "default@$RUNS/stage1:no-image" "default@$RUNS/stage1" "default@$RUNS/stage2" \
+  minigpt4 eval --compare "default@$RUNS/stage1:no-image" "default@$RUNS/stage1" "default@$RUNS/stage2-attr" \
     --n "$EVAL_N" --out "$RUNS/eval" ${EVAL_ARGS:-}
 fi
 say "done: $RUNS/eval/compare.md; shipped weights in checkpoints/default/"
