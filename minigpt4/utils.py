@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -44,6 +44,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def read_jsonl(path: str | Path, hint: str = "each line must be one JSON value") -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) per non-empty line; a broken line fails naming file:line and `hint`."""
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno} is not valid JSON ({e}); {hint}") from None
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,

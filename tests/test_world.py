@@ -250,7 +250,7 @@ def test_attribute_drills_from_an_export_keep_only_the_asked_types(tmp_path):
     with pytest.raises(ValueError, match="no image .* has questions of types"):
         drills(str(out / "data.jsonl"), str(tmp_path / "none.jsonl"), ["html-tag"])
     (tmp_path / "bad.jsonl").write_text('{"kind": "scene"\n')
-    with pytest.raises(ValueError, match="bad.jsonl:1: not JSON"):
+    with pytest.raises(ValueError, match="bad.jsonl:1 is not valid JSON"):
         drills(str(tmp_path / "bad.jsonl"), str(tmp_path / "x.jsonl"))
 
 

@@ -14,6 +14,8 @@ import tarfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from minigpt4.utils import read_jsonl as utils_read_jsonl
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 JSONL_IMAGE_KEYS = ("image", "image_path", "path", "file", "filename")
 JSONL_ID_KEYS = ("image_id", "id", "key", "__key__")
@@ -59,15 +61,7 @@ def iter_folder(root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) per non-empty line; a broken line fails naming file:line."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({e}); each line must be an object "
-                                 f'like {{"image": "path/to/img.jpg"}}') from None
+    return utils_read_jsonl(path, 'each line must be an object like {"image": "path/to/img.jpg"}')
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

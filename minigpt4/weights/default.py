@@ -80,7 +80,7 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
     if stage is not None and not is_vision_stage(stage) and parts["proj"] is None:
         raise CheckpointError(f"the default model has no {stage} projection at {root / stage}: train it "
                               f"(recipes/default/make.sh) or use --model default")
-    if parts["vision"] is None and stage is not None and stage != "stage0" and is_vision_stage(stage):
+    if parts["vision"] is None and stage != "stage0" and is_vision_stage(stage):
         raise CheckpointError(f"no stage-0 export at {vision_dir(root, stage)}: name a folder under {root} "
                               f"that holds vision.safetensors (e.g. default@stage0-binding)")
     if parts["vision"] is None:

@@ -6,7 +6,7 @@ import io
 import json
 import os
 
-from minigpt4.utils import atomic_write_bytes
+from minigpt4.utils import atomic_write_bytes, read_jsonl
 
 from .core import KINDS, mixture
 from .instruct import conversation, qa_drill
@@ -57,16 +57,18 @@ def export(out_dir: str, n: int, split: str = "train", seed: int = 0, kinds=KIND
         drill = qa_drill(s.image_id, rec["qa"], rel, seed)
         if drill:
             drills.append(json.dumps(drill, ensure_ascii=False))
-    def write_jsonl(name: str, rows: list[str]) -> str:
-        path = os.path.join(out_dir, name)
-        atomic_write_bytes(path, ("\n".join(rows) + "\n").encode("utf-8"))
-        return path
-
-    jsonl = write_jsonl("data.jsonl", lines)
+    jsonl = write_jsonl(os.path.join(out_dir, "data.jsonl"), lines)
     fc = os.path.join(out_dir, "cc_sbu_align", "filter_cap.json")
     atomic_write_bytes(fc, json.dumps({"annotations": anns}, ensure_ascii=False, indent=1).encode("utf-8"))
-    return {"n": len(lines), "jsonl": jsonl, "filter_cap": fc, "instructions": write_jsonl("instructions.jsonl", convs),
-            "qa": write_jsonl("qa.jsonl", drills)}
+    return {"n": len(lines), "jsonl": jsonl, "filter_cap": fc,
+            "instructions": write_jsonl(os.path.join(out_dir, "instructions.jsonl"), convs),
+            "qa": write_jsonl(os.path.join(out_dir, "qa.jsonl"), drills)}
+
+
+def write_jsonl(path: str, rows: list[str]) -> str:
+    """Already-serialised JSON lines, written atomically; returns the path."""
+    atomic_write_bytes(path, ("\n".join(rows) + "\n").encode("utf-8"))
+    return path
 
 
 def drills(data_jsonl: str, out: str, types=None, kinds=None, max_questions: int = 12) -> int:
@@ -76,25 +78,16 @@ def drills(data_jsonl: str, out: str, types=None, kinds=None, max_questions: int
     file is reproducible. Written atomically; returns the number of drills."""
     base, dest = os.path.dirname(os.path.abspath(data_jsonl)), os.path.dirname(os.path.abspath(out))
     rows = []
-    with open(data_jsonl, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{data_jsonl}:{line_no}: not JSON ({e.msg}); pass the data.jsonl "
-                                 f"that `python -m minigpt4.world export` wrote") from None
-            if kinds and rec.get("kind") not in kinds:
-                continue
-            image = os.path.relpath(os.path.join(base, rec["image"]), dest)
-            drill = qa_drill(rec["image_id"], rec.get("qa") or [], image, rec["seed"], max_questions,
-                             set(types) if types else None)
-            if drill:
-                rows.append(json.dumps(drill, ensure_ascii=False))
+    for _, rec in read_jsonl(data_jsonl, "pass the data.jsonl that `python -m minigpt4.world export` wrote"):
+        if kinds and rec.get("kind") not in kinds:
+            continue
+        image = os.path.relpath(os.path.join(base, rec["image"]), dest)
+        drill = qa_drill(rec["image_id"], rec.get("qa") or [], image, rec["seed"], max_questions,
+                         set(types) if types else None)
+        if drill:
+            rows.append(json.dumps(drill, ensure_ascii=False))
     if not rows:
         raise ValueError(f"no image in {data_jsonl} has questions of types {sorted(types or [])} "
                          f"(kinds {sorted(kinds or []) or 'all'}); check --types and --kinds")
-    atomic_write_bytes(out, ("\n".join(rows) + "\n").encode("utf-8"))
+    write_jsonl(out, rows)
     return len(rows)
-
