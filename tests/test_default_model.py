@@ -189,6 +189,10 @@ def test_lora_runs_load_merged_and_publish_with_their_settings(tmp_path):
     adapters, spec = default_lora(root)
     assert spec == trained.cfg.lora and set(adapters) == {k for k in tensors if "lora_" in k}
     assert all(v.dtype == torch.float16 for v in adapters.values())  # shipped in fp16
+    # MODEL@STAGE_FOLDER: a published stage loads like the run it came from (adapters rounded to fp16)
+    published = load_model(f"tiny@{root / 'stage2'}")
+    torch.testing.assert_close(_logits(published, ids), _logits(trained, ids), atol=5e-3, rtol=5e-3)
+    assert not torch.equal(_logits(published, ids), _logits(load_model("tiny"), ids))
     save_checkpoint(tmp_path / "plain", 5, {k: v for k, v in tensors.items() if k.startswith("proj.")}, {}, {})
     publish(tmp_path / "plain", "stage2", root)  # a projection-only stage drops the older adapters
     assert default_lora(root) is None and default_parts(root, "stage1")["lora"] is None

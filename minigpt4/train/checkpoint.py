@@ -100,24 +100,40 @@ def trainable_file(path: str | Path) -> Path:
         else:
             ck = latest_checkpoint(p)
             if ck is None:
-                raise FileNotFoundError(f"'{path}' holds no checkpoint; give a checkpoints/step_N folder or a "
-                                        f".safetensors file")
+                raise FileNotFoundError(f"'{path}' holds no checkpoint; give a checkpoints/step_N folder, a "
+                                        f"published stage folder (proj.safetensors) or a .safetensors file")
             p = ck / "trainable.safetensors"
     return p
 
 
+def trainable_files(path: str | Path) -> list[Path]:
+    """Where a run's trainable weights are: one trainable.safetensors, or, for a published stage folder
+    (checkpoints/default/stageN, written by `weights.default publish`), its projection and adapters."""
+    p = Path(path)
+    if p.is_dir() and (p / "proj.safetensors").exists() and not (p / "trainable.safetensors").exists():
+        return [f for f in (p / "proj.safetensors", p / "lora.safetensors") if f.exists()]
+    return [trainable_file(p)]
+
+
 def load_trainable(path: str | Path) -> dict[str, torch.Tensor]:
-    """Trainable weights from a checkpoint folder, an output dir (its latest checkpoint) or a file."""
+    """Trainable weights from a checkpoint folder, an output dir (its latest checkpoint), a published
+    stage folder or a file."""
     from safetensors.torch import load_file
-    return load_file(str(trainable_file(path)))
+    tensors = {}
+    for f in trainable_files(path):
+        for k, v in load_file(str(f)).items():  # older published projections lack the proj. prefix
+            tensors[f"proj.{k}" if f.name == "proj.safetensors" and not k.startswith("proj.") else k] = v
+    return tensors
 
 
 def lora_spec(path: str | Path) -> dict | None:
     """The LoRA settings (r, alpha, ...) saved with a checkpoint's adapters, or None."""
     from safetensors import safe_open
-    with safe_open(str(trainable_file(path)), framework="pt") as f:
-        spec = (f.metadata() or {}).get("lora")
-    return json.loads(spec) if spec else None
+    for f in trainable_files(path):
+        with safe_open(str(f), framework="pt") as st:
+            if spec := (st.metadata() or {}).get("lora"):
+                return json.loads(spec)
+    return None
 
 
 def load_state(ckpt: Path) -> dict:

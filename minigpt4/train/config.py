@@ -51,8 +51,9 @@ class TrainConfig:
     output_dir: str
     stage: int = 1                           # 1: caption pretraining layout; 2: instruction layout
     weights: dict[str, str] = field(default_factory=dict)  # released presets: llm, eva, blip2, ckpt paths
-    init: str | list[str] | None = None      # start from these trainable weights (checkpoint dirs or .safetensors;
-                                             # a list loads each in turn, e.g. a projection, then adapters)
+    init: str | list[str] | None = None      # start from these trainable weights (checkpoint dirs, .safetensors or
+                                             # a published stage folder; a list loads each in turn, e.g. a
+                                             # projection, then adapters)
     trainable: list[str] = field(default_factory=lambda: ["proj"])  # proj, qformer, vision, lora
     proj_conditioning: bool = False          # fit the projection on standardised cached features, starting at
                                              # text-token norm; checkpoints store the plain Linear (conditioning.py)

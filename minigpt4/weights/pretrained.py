@@ -307,7 +307,8 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
     if "@" in spec_s and not Path(spec_s).exists():
         base, run = spec_s.rsplit("@", 1)  # default@stage0@RUN: the run on a pinned base
         if not (base == "default" and not os.sep in run and run.startswith("stage")):
-            # MODEL@RUN: a model plus the trainable weights of a training run (its latest checkpoint)
+            # MODEL@RUN: a model plus the trainable weights of a training run (its latest checkpoint,
+            # a checkpoint, a .safetensors file or a published stage folder such as checkpoints/default/stage2)
             # A run of the default model carries its own projection (and adapters): load it on the
             # shipped vision side only, never on a published stage whose adapters are already merged.
             base = "default@stage0" if base == "default" else base
