@@ -140,6 +140,18 @@ def test_sketch_html_and_structure_match():
     assert "header>h1" in html_structure(a.html)
 
 
+def test_sketch_filler_text_follows_the_drawing():
+    """Scribbled lines carry no readable text, so the HTML text behind them must follow from what is
+    drawn (one fixed sentence per paragraph line) and end on its own, never a random window of lorem."""
+    import re
+    from minigpt4.world.sketch import FILLER
+    paragraphs = [b for s in range(40) for b in generate("sketch", s).truth["blocks"] if b["type"] == "paragraph"]
+    assert {b["lines"] for b in paragraphs} == {2, 3, 4}
+    for b in paragraphs:
+        assert b["text"] == " ".join(FILLER[:b["lines"]])
+        assert len(re.findall(r"[.!?](?:\s|$)", b["text"])) == b["lines"]
+
+
 def test_prompt_render_and_similarity():
     p = "a red cat and two blue cars on a sunset beach, flat illustration"
     assert render_prompt(p, 3).tobytes() == render_prompt(p, 3).tobytes()

@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 from PIL import Image, ImageDraw
 
 from . import render
-from .textgen import NUMBER_WORDS, a, cap, join_list, pick
+from .textgen import NUMBER_WORDS, a, join_list, pick
 
 TITLES = ["My Blog", "Pet Shop", "Travel Notes", "Coffee House", "Portfolio", "Recipes", "Green Garden",
           "Bike Club", "Music Fest", "Photo Gallery", "Book Club", "Yoga Studio", "Bakery", "Tech News",
@@ -21,18 +21,17 @@ BUTTONS = ["Sign up", "Buy now", "Send", "Learn more", "Subscribe", "Go", "Book 
            "Order", "Search", "Start"]
 LABELS = ["Name", "Email", "Password", "Phone", "City", "Message"]
 HEADINGS = ["News", "Prices", "Team", "Photos", "Events", "Offers", "Ideas", "Tips", "Plans", "Reviews"]
-LOREM = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. Sed do eiusmod tempor incididunt ut labore "
-         "et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation.").split()
+# Scribbled lines stand for text the sketch cannot show. Their HTML text is a fixed function of what is
+# drawn (a paragraph: one sentence per scribbled line), so a reader of the sketch can write it exactly
+# and knows where it ends. (A random window of a running lorem text, as before, can only be ended by
+# counting words: the model looped it until the token budget cut the page.)
+FILLER = ["Lorem ipsum dolor sit amet.", "Consectetur adipiscing elit.", "Sed do eiusmod tempor.",
+          "Ut labore et dolore magna aliqua."]
+SUBTITLE_TEXT = "Ut enim ad minim veniam."
+COLUMN_TEXT = "Quis nostrud exercitation."
 
 INK = [(40, 40, 45), (30, 45, 110), (60, 60, 60), (25, 25, 25)]
 PAPER = [(252, 251, 245), (248, 248, 248), (250, 246, 232), (244, 247, 252)]
-
-
-def _lorem(rng, n):
-    i = rng.randrange(len(LOREM))
-    words = [LOREM[(i + k) % len(LOREM)] for k in range(n)]
-    s = " ".join(words).strip(",.")
-    return cap(s) + "."
 
 
 def make_truth(rng: random.Random) -> dict:
@@ -67,12 +66,12 @@ def make_truth(rng: random.Random) -> dict:
         blocks.append({"type": "footer"})
     for b in blocks:  # placeholder texts used in the HTML (drawn as squiggles)
         if b["type"] == "paragraph":
-            b["text"] = _lorem(rng, 8 * b["lines"])
+            b["text"] = " ".join(FILLER[:b["lines"]])
         if b["type"] == "header" and b["subtitle"]:
-            b["subtitle_text"] = _lorem(rng, 6)
+            b["subtitle_text"] = SUBTITLE_TEXT
         if b["type"] == "columns":
             for c in b["columns"]:
-                c["text"] = _lorem(rng, 10)
+                c["text"] = COLUMN_TEXT
         if b["type"] == "footer":
             b["text"] = "© 2024 " + pick(rng, TITLES)
     return {"kind": "sketch", "blocks": blocks}
