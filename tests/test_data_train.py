@@ -104,6 +104,26 @@ def test_llava_multi_turn_multi_image_and_streaming_json(tiny_data, tmp_path):
     assert list(LlavaSource("l", broken).epoch(0))[0].turns is None  # 2 images, 1 tag: a bad sample
 
 
+def test_llava_tasks_select_conversations_by_their_task(tmp_path):
+    """`tasks:` in a data entry keeps only the conversations a world export tagged with those tasks."""
+    from minigpt4.data.datasets import build_source
+    from minigpt4.train.config import load_config
+    path = tmp_path / "instructions.jsonl"
+    rows = [{"id": f"s{i}", "image": "a.jpg", "task": task,
+             "conversations": [{"from": "human", "value": "<image> q"}, {"from": "gpt", "value": "a"}]}
+            for i, task in enumerate(["qa", "website", "recipe", "website"])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r.key for r in build_source("llava", "w", path, tasks=["website"]).epoch(0)] == ["s1", "s3"]
+    assert len(list(build_source("llava", "all", path).epoch(0))) == 4
+    with pytest.raises(ValueError, match="tasks filter"):
+        next(DataStream([build_source("llava", "none", path, tasks=["sketch"])]))
+    with pytest.raises(ValueError, match="'tasks' selects conversations of a llava source"):
+        build_source("folder", "f", tmp_path, tasks=["website"])
+    cfg = load_config({"model": "tiny", "output_dir": str(tmp_path / "out"), "max_steps": 1,
+                       "data": [{"type": "llava", "path": str(path), "tasks": ["website", "recipe"]}]})
+    assert cfg.data[0].tasks == ["website", "recipe"]
+
+
 def test_stream_mix_follows_weights_and_resumes_exactly(tiny_data):
     def sources():
         return [WebDatasetSource("wds", expand_shards(tiny_data["shards"]), seed=3, weight=3.0),

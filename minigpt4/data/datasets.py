@@ -197,16 +197,20 @@ class LlavaSource(Source):
     kind = "llava"
     ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
-    def __init__(self, name, path: Path, image_folder: Path | None = None, **kw):
+    def __init__(self, name, path: Path, image_folder: Path | None = None, tasks: Sequence[str] | None = None,
+                 **kw):
         super().__init__(name, **kw)
         if not path.exists():
             raise FileNotFoundError(f"LLaVA file '{path}' does not exist; check the data path")
         self.path, self.image_folder = path, image_folder or path.parent
+        self.tasks = set(tasks) if tasks else None
 
     def epoch(self, epoch):
         objects = (json.loads(l) for l in open(self.path, encoding="utf-8") if l.strip()) \
             if self.path.suffix == ".jsonl" else iter_json_array(self.path)
         for i, obj in enumerate(objects):
+            if self.tasks is not None and obj.get("task") not in self.tasks:
+                continue
             images = obj.get("image") or []
             images = [images] if isinstance(images, str) else list(images)
             turns, bad = [], False
@@ -274,7 +278,7 @@ class DataStream:
                 return rec
             except StopIteration:
                 if pos.offset == 0:
-                    raise ValueError(f"data source '{src.name}' has no samples; check its path") from None
+                    raise ValueError(f"data source '{src.name}' has no samples; check its path (and its tasks filter)") from None
                 pos.epoch, pos.offset = pos.epoch + 1, 0
                 self._iters[src.name] = src.epoch(pos.epoch)
         raise AssertionError("unreachable")
@@ -422,8 +426,10 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
 
 
 def build_source(kind: str, name: str, path: Path, *, weight: float = 1.0, clean: bool | None = None,
-                 seed: int = 0, image_folder: Path | None = None) -> Source:
+                 seed: int = 0, image_folder: Path | None = None, tasks: Sequence[str] | None = None) -> Source:
     kw = dict(weight=weight, clean=clean)
+    if tasks and kind != "llava":
+        raise ValueError(f"data source '{name}': 'tasks' selects conversations of a llava source, not {kind}")
     if kind == "webdataset":
         return WebDatasetSource(name, expand_shards(str(path)), seed=seed, **kw)
     if kind == "folder":
@@ -431,5 +437,5 @@ def build_source(kind: str, name: str, path: Path, *, weight: float = 1.0, clean
     if kind == "cc_sbu_align":
         return CCSBUAlignSource(name, path, **kw)
     if kind == "llava":
-        return LlavaSource(name, path, image_folder=image_folder, **kw)
+        return LlavaSource(name, path, image_folder=image_folder, tasks=tasks, **kw)
     raise ValueError(f"unknown data source type '{kind}'; use webdataset, folder, cc_sbu_align or llava")

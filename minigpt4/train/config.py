@@ -29,6 +29,8 @@ class DataConfig:
     weight: float = 1.0
     clean: bool | None = None      # caption cleaning (lower-case, <= max_words); None: on in stage 1 only
     image_folder: str | None = None  # llava: where image paths point (default: the JSON's folder)
+    tasks: list[str] | None = None   # llava: only conversations whose "task" is one of these (world exports
+                                     # tag each: qa, describe, alt-text, recipe, prompt, website)
 
 
 @dataclass

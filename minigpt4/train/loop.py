@@ -98,7 +98,7 @@ class Trainer:
 
         # Data.
         self.sources = [build_source(d.type, d.name, Path(d.path), weight=d.weight, clean=d.clean, seed=cfg.seed,
-                                     image_folder=Path(d.image_folder) if d.image_folder else None)
+                                     image_folder=Path(d.image_folder) if d.image_folder else None, tasks=d.tasks)
                         for d in cfg.data]
         self.clean = {d.name: d.clean for d in cfg.data}
         self.stream = DataStream(self.sources, seed=cfg.seed)
