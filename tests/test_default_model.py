@@ -55,6 +55,38 @@ def test_another_stage0_export_beside_stage0_can_be_named(tmp_path):
         parse_spec("default@stage0-../elsewhere")
 
 
+def test_a_published_stage_loads_the_vision_side_it_was_fit_on(tmp_path):
+    """publish records the stage-0 export a run trained on (from its model spec, or --vision), and
+    default@stageN / default / default@RUN load that vision side with the projection, never another."""
+    import json
+    from minigpt4.weights.default import trained_on, vision_dir
+    root = _root(tmp_path, stages=("stage1",))
+    (root / "stage0-alt").mkdir()
+    save_file({"ln_vision.weight": torch.full((4,), 2.0)}, str(root / "stage0-alt" / "vision.safetensors"))
+    (root / "stage0-alt" / "stage0.json").write_text(json.dumps({"qformer_config": {"num_query_tokens": 8}}))
+    run = tmp_path / "run"
+    save_checkpoint(run, 5, {"proj.weight": torch.full((2, 4), 7.0)}, {}, {"model": "default@stage0-alt"})
+    assert trained_on(run, root) == "stage0-alt"
+    publish(run, "stage2", root)
+    for spec in (None, "stage2"):
+        state = load_default_state(root, spec)
+        assert float(state["ln_vision.weight"][0]) == 2.0 and float(state["proj.weight"][0, 0]) == 7.0
+        assert default_config(root=root, stage=spec).qformer.num_query_tokens == 8
+    assert trained_on(root / "stage2", root) == "stage0-alt"
+    # an older stage (no record) stays on stage0/; --vision overrides a run's spec; a bad name is refused
+    assert float(load_default_state(root, "stage1")["ln_vision.weight"][0]) == 1.0
+    assert vision_dir(root, "stage1").name == "stage0"
+    publish(run, "stage1", root, vision="stage0")
+    assert float(load_default_state(root, "stage1")["ln_vision.weight"][0]) == 1.0
+    with pytest.raises(CheckpointError, match="--vision stage0-binding"):
+        publish(run, "stage1", root, vision="stage0-missing")
+    # the export a stage was fit on is gone: say so instead of loading the projection on stage0/
+    import shutil
+    shutil.rmtree(root / "stage0-alt")
+    with pytest.raises(CheckpointError, match="no stage-0 export at .*stage0-alt"):
+        load_default_state(root, "stage2")
+
+
 def test_pinning_a_missing_stage_says_how_to_make_it(tmp_path):
     root = _root(tmp_path, stages=("stage1",))
     with pytest.raises(CheckpointError, match="no stage2 projection"):

@@ -47,15 +47,30 @@ def is_vision_stage(stage: str | None) -> bool:
     return stage is not None and (stage == "stage0" or stage.startswith("stage0-")) and "/" not in stage
 
 
+def projection_file(root: Path = DEFAULT_DIR, stage: str | None = None) -> Path | None:
+    """The projection a spec loads: the pinned stage's, or the newest stage's (None for vision-only specs)."""
+    stages = STAGES if stage is None else (() if is_vision_stage(stage) else (stage,))
+    return next((root / s / "proj.safetensors" for s in stages if (root / s / "proj.safetensors").exists()), None)
+
+
+def recorded_vision(proj: Path | None) -> str:
+    """The stage-0 export a published projection was fit on (publish records it; older ones: stage0)."""
+    if proj is None:
+        return "stage0"
+    from safetensors import safe_open
+    with safe_open(str(proj), framework="pt") as f:
+        return (f.metadata() or {}).get("vision", "stage0")
+
+
 def vision_dir(root: Path = DEFAULT_DIR, stage: str | None = None) -> Path:
-    """The stage-0 export a spec builds on: stage0/, or the one it names (default@stage0-binding)."""
-    return root / (stage if is_vision_stage(stage) else "stage0")
+    """The stage-0 export a spec builds on: the one it names (default@stage0-binding), else the one its
+    projection was fit on. A projection only makes sense on the features it was trained on."""
+    return root / (stage if is_vision_stage(stage) else recorded_vision(projection_file(root, stage)))
 
 
 def default_parts(root: Path = DEFAULT_DIR, stage: str | None = None) -> dict[str, Path | None]:
     vision = vision_dir(root, stage) / "vision.safetensors"
-    stages = STAGES if stage is None else (() if is_vision_stage(stage) else (stage,))
-    proj = next((root / s / "proj.safetensors" for s in stages if (root / s / "proj.safetensors").exists()), None)
+    proj = projection_file(root, stage)
     lora = proj.parent / "lora.safetensors" if proj is not None else None
     return {"vision": vision if vision.exists() else None, "proj": proj,
             "lora": lora if lora is not None and lora.exists() else None}
@@ -81,9 +96,10 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
     if stage is not None and not is_vision_stage(stage) and parts["proj"] is None:
         raise CheckpointError(f"the default model has no {stage} projection at {root / stage}: train it "
                               f"(recipes/default/make.sh) or use --model default")
-    if parts["vision"] is None and stage != "stage0" and is_vision_stage(stage):
-        raise CheckpointError(f"no stage-0 export at {vision_dir(root, stage)}: name a folder under {root} "
-                              f"that holds vision.safetensors (e.g. default@stage0-binding)")
+    if parts["vision"] is None and vision_dir(root, stage).name != "stage0":
+        raise CheckpointError(f"no stage-0 export at {vision_dir(root, stage)}, which default@{stage or 'newest'} "
+                              f"builds on: name a folder under {root} that holds vision.safetensors (e.g. "
+                              f"default@stage0-binding), or restore the one a published stage was fit on")
     if parts["vision"] is None:
         raise CheckpointError(f"the default model's weights are not at {root}: they ship with the source "
                               f"tree, so install from a checkout with `./setup.sh` (pip install -e .), or "
@@ -112,9 +128,32 @@ def default_config(cfg=None, root: Path = DEFAULT_DIR, stage: str | None = None)
     return cfg
 
 
-def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR) -> Path:
+def run_vision(ckpt: Path, root: Path = DEFAULT_DIR) -> str:
+    """The stage-0 export a run of the default model trained on, from the model spec it recorded."""
+    from minigpt4.train.checkpoint import read_meta
+    spec = read_meta(ckpt).get("model", "") if (ckpt / "meta.json").exists() else ""
+    if spec != "default" and not spec.startswith("default@"):
+        return "stage0"
+    stage = parse_spec("@".join(spec.split("@")[:2]))
+    return stage if is_vision_stage(stage) else recorded_vision(projection_file(root, stage))
+
+
+def trained_on(run: str | Path, root: Path = DEFAULT_DIR) -> str:
+    """The stage-0 export under `root` that a run (its latest checkpoint), a checkpoint or a published
+    stage folder was trained on; for a bare .safetensors file, the shipped model's."""
+    from minigpt4.train.checkpoint import latest_checkpoint
+    p = Path(run)
+    if p.is_dir() and (p / "proj.safetensors").exists() and not (p / "trainable.safetensors").exists():
+        return recorded_vision(p / "proj.safetensors")
+    ckpt = p if (p / "meta.json").exists() else latest_checkpoint(p) if p.is_dir() else None
+    return run_vision(ckpt, root) if ckpt is not None else vision_dir(root).name
+
+
+def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: str | None = None) -> Path:
     """Copy a training run's latest projection into checkpoints/default/<stage>/ (atomically), with
-    the run's loss plot, JSONL log and summary so the shipped weights carry their own record."""
+    the run's loss plot, JSONL log and summary so the shipped weights carry their own record. The
+    projection records the stage-0 export it was fit on (`vision`, default: the one the run's model
+    spec names), and `--model default@<stage>` loads that vision side with it."""
     import shutil
 
     from minigpt4.train.checkpoint import latest_checkpoint, load_trainable, lora_spec
@@ -135,9 +174,13 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR) -> Path:
         raise CheckpointError(f"{ckpt} must hold the projection (proj.*) and at most LoRA adapters with their "
                               f"settings; it has {extra[:5] or ('no proj' if not proj else 'adapters without r/alpha')}: "
                               f"the default model ships the projection and optional LoRA adapters")
+    vision = vision or run_vision(ckpt, root)
+    if not is_vision_stage(vision) or not (root / vision / "vision.safetensors").exists():
+        raise CheckpointError(f"vision side '{vision}' is not a stage-0 export under {root} (a stage0* folder with "
+                              f"vision.safetensors): pass the one the run trained on, e.g. --vision stage0-binding")
     out = root / stage
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"run": str(run), "checkpoint": ckpt.name}
+    meta = {"run": str(run), "checkpoint": ckpt.name, "vision": vision}
     atomic_save_safetensors(proj, out / "proj.safetensors", metadata=meta)
     if lora:  # fp16 halves the git history per publish; merging computes in fp32 anyway
         atomic_save_safetensors({k: v.half() for k, v in lora.items()}, out / "lora.safetensors",
@@ -151,7 +194,12 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR) -> Path:
 
 
 if __name__ == "__main__":
-    import sys
-    if len(sys.argv) != 4 or sys.argv[1] != "publish":
-        sys.exit("usage: python -m minigpt4.weights.default publish RUN_DIR stage1|stage2")
-    print(f"wrote {publish(sys.argv[2], sys.argv[3])}")
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m minigpt4.weights.default",
+                                 description="publish a training run's projection (+ adapters) as a stage")
+    ap.add_argument("command", choices=["publish"])
+    ap.add_argument("run_dir")
+    ap.add_argument("stage", choices=STAGES)
+    ap.add_argument("--vision", help="the stage-0 export the run trained on (default: from its model spec)")
+    args = ap.parse_args()
+    print(f"wrote {publish(args.run_dir, args.stage, vision=args.vision)}")

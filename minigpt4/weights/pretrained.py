@@ -309,9 +309,11 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
         if not (base == "default" and not os.sep in run and run.startswith("stage")):
             # MODEL@RUN: a model plus the trainable weights of a training run (its latest checkpoint,
             # a checkpoint, a .safetensors file or a published stage folder such as checkpoints/default/stage2)
-            # A run of the default model carries its own projection (and adapters): load it on the
-            # shipped vision side only, never on a published stage whose adapters are already merged.
-            base = "default@stage0" if base == "default" else base
+            # A run of the default model carries its own projection (and adapters): load it on a vision
+            # side only, never on a published stage whose adapters are already merged.
+            if base == "default":  # on the vision side the run was trained on
+                from minigpt4.weights.default import trained_on
+                base = f"default@{trained_on(run)}"
             # int8 comes after the run's weights: LoRA adapters are folded into fp32 weights first
             model = load_model(base, device, dtype, None if quantize == "int8" else quantize, llm, eva, blip2,
                                ckpt, seed)
