@@ -100,7 +100,10 @@ def test_publish_copies_the_latest_projection_with_its_record(tmp_path):
                         state={"step": step}, meta={"step": step})
     (run / "log.jsonl").write_text('{"step": 20, "loss": 1.0}\n')
     root = _root(tmp_path, stages=())
+    (root / "stage1").mkdir()
+    (root / "stage1" / "summary.json").write_text("{}")  # an older run's record: it must not stay
     out = publish(run, "stage1", root)
+    assert not (root / "stage1" / "summary.json").exists()
     got = load_file(str(out))
     assert set(got) == {"proj.weight", "proj.bias"} and float(got["proj.weight"][0, 0]) == 3.0
     assert (root / "stage1" / "log.jsonl").read_text().startswith('{"step": 20')

@@ -190,6 +190,8 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     for name in ("loss.png", "log.jsonl", "summary.json", "config.yaml"):
         if (run / name).exists():
             shutil.copyfile(run / name, out / name)
+        elif (out / name).exists():  # an older run's record would mislabel these weights
+            (out / name).unlink()
     return out / "proj.safetensors"
 
 
