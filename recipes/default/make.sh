@@ -6,14 +6,15 @@
 #   STAGE0=skip bash recipes/default/make.sh   # keep the committed stage-0 vision side
 #
 # Steps (the MiniGPT-4 paper's, on the procedural image world; see checkpoints/default/MODEL_CARD.md):
-#   0. stage 0   pretrain the small ViT + Q-Former (BLIP-2 style), 30-minute resumable chunks
+#   0. stage 0   pretrain the small ViT + Q-Former (BLIP-2 style), 30-minute resumable chunks, then
+#                continue it for binding (recipes/default/stage0-binding.yaml): the vision side that ships
 #   1. stage 1   export world image-caption pairs, train the projection (frozen vision + LLM)
 #   2. curate    the stage-1 model describes new images ("Continue" below 80 tokens), the rule
 #                fixer cleans them, the paper's filters drop bad ones, a ground-truth reviewer
 #                edits out hallucinated objects or rejects (the paper's manual check)
 #   3. stage 2   finetune the projection + LoRA on the curated descriptions and the world's
 #                instruction conversations (instruction template); then 2b: drills of the attribute
-#                questions, 3 of 4 samples (recipes/default/stage2-attr.yaml)
+#                questions (half the samples) with website practice (recipes/default/stage2-attr.yaml)
 #   4. eval      held-out images: bare LLM vs stage 1 vs stage 2 -> runs/default/eval/report.md
 # Each trained stage is published into checkpoints/default/stageN/ (what `--model default` loads).
 # SCALE=tiny runs the same chain in a few minutes (what CI runs): a few images and steps, into
@@ -43,13 +44,18 @@ world() {  # world OUT N SEED: export N world images (train split) unless alread
 }
 
 if [ "${STAGE0:-run}" != skip ]; then
-  say "stage 0: vision side"
-  stage0_done() {
-    python -c 'import json, sys, yaml
-total = yaml.safe_load(open("recipes/default/stage0.yaml"))["total_steps"]
-sys.exit(json.load(open("checkpoints/default/stage0/stage0.json"))["step"] < total)'
+  stage0_done() {  # stage0_done RECIPE: has its export reached the recipe's total_steps?
+    python -c 'import json, os, sys, yaml
+r = yaml.safe_load(open(sys.argv[1]))
+meta = os.path.join(os.path.dirname(sys.argv[1]), r["export_dir"], "stage0.json")
+sys.exit(not os.path.exists(meta) or json.load(open(meta))["step"] < r["total_steps"])' "$1"
   }
-  until stage0_done; do minigpt4 pretrain-vision recipes/default/stage0.yaml --minutes 30; done
+  say "stage 0: vision side"
+  until stage0_done recipes/default/stage0.yaml; do minigpt4 pretrain-vision recipes/default/stage0.yaml --minutes 30; done
+  say "stage 0, continued for binding (which object is where): the vision side that ships"
+  until stage0_done recipes/default/stage0-binding.yaml; do
+    minigpt4 pretrain-vision recipes/default/stage0-binding.yaml --minutes 30
+  done
 fi
 
 say "stage 1: world image-caption pairs"
@@ -73,7 +79,8 @@ say "stage 2b: attribute-question drills (presence, object, color, count, positi
 [ -f "$RUNS/world-train/qa-attr.jsonl" ] || python -m minigpt4.world drill "$RUNS/world-train/data.jsonl" \
   --out "$RUNS/world-train/qa-attr.jsonl"
 minigpt4 train recipes/default/stage2-attr.yaml output_dir="$RUNS/stage2-attr" init="$RUNS/stage2" \
-  data.0.path="$RUNS/world-train/qa-attr.jsonl" data.1.path="$RUNS/world-train/instructions.jsonl" ${STAGE2_ARGS:-}
+  data.0.path="$RUNS/world-train/qa-attr.jsonl" data.1.path="$RUNS/world-train/instructions.jsonl" \
+  data.2.path="$RUNS/world-train/instructions.jsonl" ${STAGE2_ARGS:-}
 if [ "$PUBLISH" = 1 ]; then python -m minigpt4.weights.default publish "$RUNS/stage2-attr" stage2; fi
 
 say "eval: bare LLM vs stage 1 vs stage 2 on held-out images"
