@@ -106,11 +106,17 @@ def trainable_file(path: str | Path) -> Path:
     return p
 
 
-def trainable_files(path: str | Path) -> list[Path]:
-    """Where a run's trainable weights are: one trainable.safetensors, or, for a published stage folder
-    (checkpoints/default/stageN, written by `weights.default publish`), its projection and adapters."""
+def is_published_stage(path: str | Path) -> bool:
+    """A published stage folder (checkpoints/default/stageN, written by `weights.default publish`)."""
     p = Path(path)
-    if p.is_dir() and (p / "proj.safetensors").exists() and not (p / "trainable.safetensors").exists():
+    return p.is_dir() and (p / "proj.safetensors").exists() and not (p / "trainable.safetensors").exists()
+
+
+def trainable_files(path: str | Path) -> list[Path]:
+    """Where a run's trainable weights are: one trainable.safetensors, or, for a published stage
+    folder, its projection and adapters."""
+    p = Path(path)
+    if is_published_stage(p):
         return [f for f in (p / "proj.safetensors", p / "lora.safetensors") if f.exists()]
     return [trainable_file(p)]
 

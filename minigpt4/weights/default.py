@@ -141,9 +141,9 @@ def run_vision(ckpt: Path, root: Path = DEFAULT_DIR) -> str:
 def trained_on(run: str | Path, root: Path = DEFAULT_DIR) -> str:
     """The stage-0 export under `root` that a run (its latest checkpoint), a checkpoint or a published
     stage folder was trained on; for a bare .safetensors file, the shipped model's."""
-    from minigpt4.train.checkpoint import latest_checkpoint
+    from minigpt4.train.checkpoint import is_published_stage, latest_checkpoint
     p = Path(run)
-    if p.is_dir() and (p / "proj.safetensors").exists() and not (p / "trainable.safetensors").exists():
+    if is_published_stage(p):
         return recorded_vision(p / "proj.safetensors")
     ckpt = p if (p / "meta.json").exists() else latest_checkpoint(p) if p.is_dir() else None
     return run_vision(ckpt, root) if ckpt is not None else vision_dir(root).name
