@@ -37,6 +37,8 @@ class LossWeights:
     itg: float = 1.0
     aux: float = 1.0           # ground-truth attribute heads (see data.labels_of)
     cell: float = 1.0          # per-cell count/object/colour/size heads (see model.cell_logits)
+    cell_name: float = 0.0     # per-cell object-name head (model.cell_name_logits; 0 = off: the
+                               # exports up to stage0-binding were trained without it)
     cell_occupied: float = 1.0 # weight of an occupied cell against an empty one in the cell loss
                                # (3/4 of the cells are empty: at 1 the head can sit at "empty")
 

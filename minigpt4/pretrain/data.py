@@ -133,15 +133,32 @@ CELL_FIELDS = ("count", "color", "size")  # per-cell targets, in this order
 
 class CellClasses:
     """Class lists of the per-cell heads, taken from the vocab's label set (so an export's vocab
-    fixes them): count 0 (empty) to MAX_COUNT, colours, sizes. Object names are not among them:
-    a name softmax per cell would cost ~15M head weights; the ITG questions tie names to places."""
+    fixes them): count 0 (empty) to MAX_COUNT, colours, sizes, and the object name ("empty" first,
+    then every `obj:` label; its own low-rank head, model.cell_name_logits)."""
     MAX_COUNT = 4
+    EMPTY = "empty"
 
     def __init__(self, labels: list[str]):
         group = lambda g: [name.split(":", 1)[1] for name in labels if name.startswith(g + ":")]
         self.classes = {"count": [str(i) for i in range(self.MAX_COUNT + 1)],
                         "color": group("color"), "size": group("size")}
         self.index = {f: {c: i for i, c in enumerate(cs)} for f, cs in self.classes.items()}
+        self.names = [self.EMPTY] + group("obj")
+        self.name_index = {n: i for i, n in enumerate(self.names)}
+
+    def name_targets(self, sample) -> torch.Tensor:
+        """(9,) class ids of the object name in each cell (0 = empty); IGNORE on non-scene images,
+        on a cell holding two groups, and for names outside the vocab's labels."""
+        out = torch.full((len(CELL_NAMES),), IGNORE, dtype=torch.long)
+        if sample.kind != "scene":
+            return out
+        out[:] = 0
+        seen: set[int] = set()
+        for o in sample.truth["objects"]:
+            cell = CELL_NAMES.index(o["position"])
+            out[cell] = IGNORE if cell in seen else self.name_index.get(o["name"], IGNORE)
+            seen.add(cell)
+        return out
 
     @property
     def sizes(self) -> list[int]:
@@ -172,6 +189,7 @@ class Batch:
     itg_labels: torch.Tensor   # (B, T) next-token targets (IGNORE on questions and padding)
     labels: torch.Tensor       # (B, L) aux multi-label targets
     cells: torch.Tensor        # (B, 9, 3) per-cell targets (CellClasses.targets)
+    cell_names: torch.Tensor   # (B, 9) per-cell object name ids (CellClasses.name_targets)
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -214,7 +232,8 @@ def make_batch(vocab: Vocab, samples, size: int, qa_pairs: int, max_len: int, se
                  itg_ids=_pad([ids for ids, _ in seqs], PAD),
                  itg_labels=_pad([lab for _, lab in seqs], IGNORE),
                  labels=torch.stack([vocab.label_vector(labels_of(s)) for s in samples]),
-                 cells=torch.stack([vocab.cells.targets(s) for s in samples]))
+                 cells=torch.stack([vocab.cells.targets(s) for s in samples]),
+                 cell_names=torch.stack([vocab.cells.name_targets(s) for s in samples]))
 
 
 def train_batch(vocab: Vocab, step: int, cfg, size: int) -> Batch:

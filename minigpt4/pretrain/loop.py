@@ -45,7 +45,7 @@ class Run:
         self.vocab = vocab
         torch.manual_seed(cfg.seed)
         self.model = Stage0Model(self.preset.vision, self.preset.qformer, cfg.text, vocab.size, len(vocab.labels),
-                                 vocab.cells.sizes)
+                                 vocab.cells.sizes, len(vocab.cells.names))
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos" not in n and "token" not in n]
         rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "pos" not in n and "token" not in n)]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -105,9 +105,9 @@ class Run:
     def resume(cls, cfg: Stage0Config, path: Path) -> "Run":
         state = torch.load(path, map_location="cpu", weights_only=False)
         run = cls(cfg, Vocab.from_state(state["vocab"]))
-        if any(k.startswith(NEW_HEADS) for k in run.model.state_dict()) and \
-                not any(k.startswith(NEW_HEADS) for k in state["model"]):
-            raise ValueError(f"'{path}' was saved before the stage-0 model had its {NEW_HEADS} heads, so its "
+        predates = [k for k in run.model.state_dict() if k.startswith(NEW_HEADS) and k not in state["model"]]
+        if predates:
+            raise ValueError(f"'{path}' was saved before the stage-0 model had its {predates[0]} head, so its "
                              f"optimizer state cannot resume; move it away and set init_from to that run's "
                              f"export_dir: a warm start keeps the weights and adds the new heads")
         own = run.model.state_dict()
@@ -203,12 +203,12 @@ def plot(log_path: Path, png_path: Path) -> None:
     train = [r for r in rows if "loss" in r]
     probes = [r for r in rows if "probe" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "itc", "itg", "aux", "cell"):
+    for key in ("loss", "itc", "itg", "aux", "cell", "cell_name"):
         pts = [(r["step"], r[key]) for r in train if key in r]
         if pts:
             ax1.plot(*zip(*pts), label=key)
     ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.set_yscale("log"), ax1.legend(), ax1.set_title("stage-0 training loss")
-    for key in ("itc_r1", "qa", "qa_position", "qa_count", "cell_count", "cell_color", "cell_size"):
+    for key in ("itc_r1", "qa", "qa_position", "qa_count", "cell_count", "cell_color", "cell_size", "cell_name"):
         pts = [(r["step"], r["probe"][key]) for r in probes if key in r["probe"]]
         if pts:
             ax2.plot(*zip(*pts), marker="o", label=key)

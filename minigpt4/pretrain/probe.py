@@ -5,7 +5,7 @@
                 per question type (presence, count, color, position, ...) and overall `qa`
   * aux_f1_<group> - F1 of the aux heads (threshold 0.5) per label group (obj, color, count, pos)
   * cell_<field> - accuracy of the per-cell heads on scene cells: count (every cell, 0 = empty),
-                colour / size (occupied cells)
+                colour / size (occupied cells); cell_name: the object kind of occupied cells
 These say whether the query outputs carry identity, colour, count and position before any LLM
 sees them; the stage-0 decoder is far weaker than the LLM, so they are lower bounds.
 """
@@ -108,6 +108,10 @@ def probe(model, vocab: Vocab, cfg, size: int, mean, std) -> dict[str, float]:
         keep = gold != IGNORE
         if keep.any():
             metrics[f"cell_{field}"] = float((logits.argmax(-1)[keep] == gold[keep]).float().mean())
+    occupied = batch.cell_names > 0  # the name head on cells holding one group ("empty" is easy)
+    if occupied.any():
+        metrics["cell_name"] = float((model.cell_name_logits(q).argmax(-1)[occupied]
+                                      == batch.cell_names[occupied]).float().mean())
     model.train(was_training)
     return {k: round(v, 4) for k, v in metrics.items()}
 
