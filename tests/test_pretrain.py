@@ -209,7 +209,7 @@ def test_cell_name_targets_name_each_cells_object_and_the_head_learns_them(train
     """stage0-names.yaml's head: every scene cell's target is "empty" or the name of the one group
     there (non-scene images are ignored), and with cell_name > 0 its loss falls on a repeated batch
     while the same steps at cell_name = 0 leave it where it was."""
-    from minigpt4.pretrain.data import CELL_NAMES, IGNORE
+    from minigpt4.pretrain.data import CELL_NAMES, IGNORE, train_samples
     src, _ = trained
     # the export's vocab comes from a 40-image scan: scenes and dishes, 24 a batch, so some of their names are in it
     run = open_run(tiny_cfg(tmp_path, "names", init_from=str(src / "run-export"), lr=3e-3, warmup_steps=0,
@@ -218,7 +218,7 @@ def test_cell_name_targets_name_each_cells_object_and_the_head_learns_them(train
     assert cells.names[0] == "empty" and len(cells.names) > 10
     batch = run.batch(16)
     seen = 0
-    for s, row in zip(train_samples(run, 16), batch.cell_names):
+    for s, row in zip(train_samples(16, run.cfg, run.size), batch.cell_names):
         if s.kind != "scene":
             assert (row == IGNORE).all()
             continue
@@ -244,13 +244,6 @@ def test_cell_name_targets_name_each_cells_object_and_the_head_learns_them(train
     for _ in range(3):
         off.train_step(batch)
     assert name_loss(off.model) > 0.9 * off_start
-
-
-def train_samples(run, step: int):
-    """The world samples of training batch `step` (the same draw as data.train_batch)."""
-    from minigpt4.world import mixture
-    cfg = run.cfg
-    return list(mixture(cfg.seed * 100_000_000 + step, cfg.batch_size, "train", cfg.kinds, cfg.weights, run.size))
 
 
 def test_warm_start_adds_heads_the_export_predates_and_refuses_other_gaps(trained, tmp_path):

@@ -238,8 +238,15 @@ def make_batch(vocab: Vocab, samples, size: int, qa_pairs: int, max_len: int, se
 
 def train_batch(vocab: Vocab, step: int, cfg, size: int) -> Batch:
     """Batch number `step` of the training stream (deterministic in (cfg.seed, step))."""
+    return make_batch(vocab, train_samples(step, cfg, size), size, cfg.text.qa_pairs, cfg.text.max_len,
+                      train_seed(step, cfg), prefer=tuple(cfg.text.qa_prefer))
+
+
+def train_seed(step: int, cfg) -> int:
+    return cfg.seed * 100_000_000 + step
+
+
+def train_samples(step: int, cfg, size: int) -> list:
+    """The world samples of training batch `step`."""
     from minigpt4.world import mixture
-    seed = cfg.seed * 100_000_000 + step
-    samples = list(mixture(seed, cfg.batch_size, "train", cfg.kinds, cfg.weights, size))
-    return make_batch(vocab, samples, size, cfg.text.qa_pairs, cfg.text.max_len, seed,
-                      prefer=tuple(cfg.text.qa_prefer))
+    return list(mixture(train_seed(step, cfg), cfg.batch_size, "train", cfg.kinds, cfg.weights, size))

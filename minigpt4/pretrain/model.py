@@ -98,6 +98,17 @@ class TextTower(nn.Module):
         return h[:, q.shape[1]:] @ self.tok.weight.T  # tied output head
 
 
+def _weighted_ce(logits: torch.Tensor, gold: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-cell cross-entropy (logits (B, 9, C), gold (B, 9)), a `weight`-weighted mean over the cells
+    whose target is not IGNORE; 0 (still in the graph) when there are none."""
+    logits, gold = logits.flatten(0, 1), gold.flatten()
+    keep = gold != IGNORE
+    if not keep.any():
+        return logits.sum() * 0
+    ce = F.cross_entropy(logits[keep], gold[keep], reduction="none")
+    return (ce * weight[keep]).sum() / weight[keep].sum()
+
+
 class Stage0Model(nn.Module):
     def __init__(self, vision: VisionConfig, qformer: QFormerConfig, text: TextTowerConfig,
                  vocab_size: int, num_labels: int, cell_sizes: list[int], num_names: int = 1,
@@ -184,24 +195,10 @@ class Stage0Model(nn.Module):
         # at equal weights the count head sat near "empty everywhere" (session-5 probe).
         occupied = (batch.cells[..., 0] > 0).flatten()
         weight = torch.where(occupied, cell_occupied, 1.0)
-        cell = 0
-        for j, logits in enumerate(self.cell_logits(q)):
-            gold = batch.cells[..., j].flatten()
-            keep = gold != IGNORE
-            if keep.any():
-                ce = F.cross_entropy(logits.flatten(0, 1)[keep], gold[keep], reduction="none")
-                cell = cell + (ce * weight[keep]).sum() / weight[keep].sum()
-            else:
-                cell = cell + logits.sum() * 0
-        cell = cell / len(CELL_FIELDS)
-        gold = batch.cell_names.flatten()
-        keep = gold != IGNORE
-        name_logits = self.cell_name_logits(q).flatten(0, 1)
-        if keep.any():  # occupied cells weigh more here too ("empty" is 3/4 of the targets)
-            w = torch.where(gold[keep] > 0, cell_occupied, 1.0)
-            cell_name = (F.cross_entropy(name_logits[keep], gold[keep], reduction="none") * w).sum() / w.sum()
-        else:
-            cell_name = name_logits.sum() * 0
+        cell = sum(_weighted_ce(logits, batch.cells[..., j], weight)
+                   for j, logits in enumerate(self.cell_logits(q))) / len(CELL_FIELDS)
+        # The name head is weighted the same way ("empty" is 3/4 of its targets too).
+        cell_name = _weighted_ce(self.cell_name_logits(q), batch.cell_names, weight)
         return {"itc": itc, "itg": itg, "aux": aux, "cell": cell, "cell_name": cell_name}
 
     def vision_state_dict(self) -> dict[str, torch.Tensor]:
