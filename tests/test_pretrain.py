@@ -67,9 +67,11 @@ def test_loss_drops_and_chunk_writes_everything(trained):
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
+    """...and batches drawn by worker processes (workers > 0, the GPU setting) are the same stream
+    as the helper thread's."""
     whole = train(tiny_cfg(tmp_path, "whole"), max_steps=4, progress=False, run_probe=False)
     train(tiny_cfg(tmp_path, "parts"), max_steps=2, progress=False, run_probe=False)
-    parts = train(tiny_cfg(tmp_path, "parts"), max_steps=2, progress=False, run_probe=False)
+    parts = train(tiny_cfg(tmp_path, "parts", workers=2), max_steps=2, progress=False, run_probe=False)
     assert parts["step"] == whole["step"] == 4 and parts["steps_this_chunk"] == 2
     a, b = params(whole["model"]), params(parts["model"])
     assert a.keys() == b.keys()

@@ -71,6 +71,9 @@ class Stage0Config:
     log_every: int = 10
     seed: int = 0
     threads: int | None = None            # torch intra-op threads (None: torch default)
+    device: str = "cpu"                   # cpu, cuda, cuda:N or auto; on cuda, amp: bf16 autocasts there
+    workers: int = 0                      # processes drawing the world's batches (0: one helper thread,
+                                          # enough for 2 CPU cores; a GPU eats ~100x faster: use ~cores-1)
     output_dir: str = "runs/stage0"       # full resumable state (model + optimizer + RNG)
     export_dir: str | None = None         # small committed copy: frozen vision side + plot + log
     init_from: str | None = None          # warm start from an export_dir when output_dir is empty
@@ -116,6 +119,8 @@ class Stage0Config:
             raise Stage0ConfigError("total_steps must be >= 1 and warmup_steps >= 0")
         if self.amp not in (None, "bf16"):
             raise Stage0ConfigError(f"amp '{self.amp}' is not supported; use bf16 or null")
+        if self.workers < 0:
+            raise Stage0ConfigError(f"workers must be >= 0 (0: a helper thread), got {self.workers}")
         if not 0 <= self.restart_step < self.total_steps:
             raise Stage0ConfigError(f"restart_step {self.restart_step} must be in [0, total_steps={self.total_steps})")
 

@@ -10,6 +10,7 @@ world's texts use (`Vocab`): a 49k-way softmax would cost more than the ViT on a
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -191,6 +192,15 @@ class Batch:
     cells: torch.Tensor        # (B, 9, 3) per-cell targets (CellClasses.targets)
     cell_names: torch.Tensor   # (B, 9) per-cell object name ids (CellClasses.name_targets)
 
+    def _map(self, fn) -> "Batch":
+        return Batch(**{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    def to(self, device) -> "Batch":
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "Batch":  # DataLoader(pin_memory=True) calls this on custom batch types
+        return self._map(lambda t: t.pin_memory())
+
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     width = max(1, max(len(r) for r in rows))
@@ -240,6 +250,20 @@ def train_batch(vocab: Vocab, step: int, cfg, size: int) -> Batch:
     """Batch number `step` of the training stream (deterministic in (cfg.seed, step))."""
     return make_batch(vocab, train_samples(step, cfg, size), size, cfg.text.qa_pairs, cfg.text.max_len,
                       train_seed(step, cfg), prefer=tuple(cfg.text.qa_prefer))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Training batches `start`, `start + 1`, ... as a dataset, so a DataLoader's worker processes
+    draw the world in parallel (item i is train_batch(start + i): the same stream as one thread)."""
+
+    def __init__(self, vocab: Vocab, cfg, size: int, start: int, stop: int):
+        self.vocab, self.cfg, self.size, self.start, self.stop = vocab, cfg, size, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> Batch:
+        return train_batch(self.vocab, self.start + i, self.cfg, self.size)
 
 
 def train_seed(step: int, cfg) -> int:

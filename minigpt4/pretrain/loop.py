@@ -21,10 +21,10 @@ import torch
 
 from minigpt4.config import get_config
 from minigpt4.pretrain.config import Stage0Config
-from minigpt4.pretrain.data import Vocab, train_batch
+from minigpt4.pretrain.data import StepBatches, Vocab, train_batch
 from minigpt4.pretrain.export import export
 from minigpt4.pretrain.model import Stage0Model
-from minigpt4.utils import atomic_write_bytes, atomic_write_text
+from minigpt4.utils import atomic_write_bytes, atomic_write_text, resolve_device
 
 STATE = "state.pt"
 # Parts added after the first shipped export: a warm start initialises them when the export lacks them.
@@ -43,9 +43,11 @@ class Run:
         if cfg.qformer:  # the export records the result, and the default model is built from that
             self.preset.qformer = dataclasses.replace(self.preset.qformer, **cfg.qformer)
         self.vocab = vocab
+        self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.model = Stage0Model(self.preset.vision, self.preset.qformer, cfg.text, vocab.size, len(vocab.labels),
                                  vocab.cells.sizes, len(vocab.cells.names))
+        self.model.to(self.device)  # before the optimizer: a resumed optimizer state follows its params
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos" not in n and "token" not in n]
         rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "pos" not in n and "token" not in n)]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -75,7 +77,8 @@ class Run:
 
     def train_step(self, batch) -> dict[str, float]:
         self.model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
+        batch = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
             losses = self.model.losses(batch, self.cfg.loss_weights.cell_occupied)
         losses = {k: v.float() for k, v in losses.items()}
         w = self.cfg.loss_weights
@@ -165,7 +168,8 @@ class Run:
         """Start the position tables as sin-cos at their configured scale (model.seed_pos_embed),
         measured on the first batch this run trains on; `only_if_weak`: never a trained table."""
         if self.cfg.pos_embed_scale > 0:
-            self.model.seed_pos_embed(self.batch(self.step).pixels, self.cfg.pos_embed_scale, only_if_weak)
+            pixels = self.batch(self.step).pixels.to(self.device)
+            self.model.seed_pos_embed(pixels, self.cfg.pos_embed_scale, only_if_weak)
 
 
 # --- logs and plot -------------------------------------------------------------------------
@@ -261,6 +265,31 @@ def open_run(cfg: Stage0Config, fresh: bool = False) -> Run:
     return run
 
 
+def batch_stream(run: Run, stop_at: int):
+    """Training batches run.step .. stop_at-1, made ahead of the step that trains on them: on one
+    helper thread (world rendering is PIL work, which frees the GIL), or with cfg.workers processes
+    (a DataLoader over StepBatches, in order) when one thread cannot keep a GPU busy."""
+    if run.step >= stop_at:
+        return
+    if run.cfg.workers > 0:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers are forked after its first use
+        data = StepBatches(run.vocab, run.cfg, run.size, run.step, stop_at)
+        yield from torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=run.cfg.workers,
+                                               prefetch_factor=4, pin_memory=run.device.type == "cuda")
+        return
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending = pool.submit(run.batch, run.step)
+    try:
+        for step in range(run.step, stop_at):
+            batch = pending.result()
+            pending = pool.submit(run.batch, step + 1) if step + 1 < stop_at else None
+            yield batch
+    finally:
+        if pending is not None:
+            pending.cancel()
+        pool.shutdown(wait=True)
+
+
 def train(cfg: Stage0Config, minutes: float | None = None, max_steps: int | None = None,
           fresh: bool = False, progress: bool = True, run_probe: bool = True) -> dict:
     """One chunk: train until `minutes` pass, `max_steps` more steps are done, or the schedule
@@ -286,40 +315,36 @@ def _train_chunk(cfg: Stage0Config, out: Path, minutes, max_steps, fresh, progre
     bar = tqdm(total=stop_at - run.step, desc=f"stage0 from step {run.step}", disable=not progress,
                unit="step", dynamic_ncols=True)
     window: list[dict] = []
-    # Make the next batch on a helper thread while this one trains (world rendering is PIL work).
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending = pool.submit(run.batch, run.step) if run.step < stop_at else None
+    stream = batch_stream(run, stop_at)
     interrupted = False
     try:
-        while pending is not None:
-            batch = pending.result()
-            nxt = run.step + 1
-            more = nxt < stop_at and (deadline is None or time.time() < deadline)
-            pending = pool.submit(run.batch, nxt) if more else None
+        for batch in stream:
             row = run.train_step(batch)
             window.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", itc=f"{row['itc']:.2f}", itg=f"{row['itg']:.2f}")
-            if run.step % cfg.log_every == 0 or pending is None:
+            last = run.step >= stop_at or (deadline is not None and time.time() >= deadline)
+            if run.step % cfg.log_every == 0 or last:
                 mean = {k: round(sum(r[k] for r in window) / len(window), 5) for k in window[0]}
                 elapsed = time.time() - t0
                 append_log(log_path, {"step": run.step, "images": run.images, **mean,
                                       "lr": run.scheduler.get_last_lr()[0],
                                       "img_per_s": round((run.step - start_step) * cfg.batch_size / elapsed, 3)})
                 window = []
+            if last:
+                break
     except KeyboardInterrupt:
         interrupted = True  # still checkpoint what was done, then exit cleanly
     finally:
         bar.close()
-        if pending is not None:
-            pending.cancel()
-        pool.shutdown(wait=True)
+        stream.close()
     elapsed = time.time() - t0
     run.save(out / STATE)
     summary = {"step": run.step, "images": run.images, "steps_this_chunk": run.step - start_step,
                "seconds": round(elapsed, 1),
                "img_per_s": round((run.step - start_step) * cfg.batch_size / max(elapsed, 1e-9), 3),
                "done": run.step >= cfg.total_steps, "interrupted": interrupted}
+    run.model.cpu()  # the probe and the export run on the CPU (small; the val batches are made there)
     metrics = None
     if run_probe and not interrupted:
         from minigpt4.pretrain.probe import probe
