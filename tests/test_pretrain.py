@@ -117,6 +117,13 @@ def test_bad_recipes_get_clear_errors(tmp_path):
         Stage0Config.from_dict({"kinds": ["cats"]})
     with pytest.raises(Stage0ConfigError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(Stage0ConfigError, match="not cpu, cuda"):
+        Stage0Config.from_dict({"device": "gpu"})
+    if not torch.cuda.is_available():  # the GPU recipe names the overrides that run it here
+        with pytest.raises(Stage0ConfigError, match="device=cpu amp=null workers=0"):
+            load_recipe("recipes/default/stage0-gpu.yaml")
+    with pytest.raises(Stage0ConfigError, match="workers must be"):
+        Stage0Config.from_dict({"workers": -1})
     with pytest.raises(FileNotFoundError, match="pretrain-vision"):
         load_vision(build_model(get_config("tiny")), tmp_path)
 

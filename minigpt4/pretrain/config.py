@@ -119,6 +119,12 @@ class Stage0Config:
             raise Stage0ConfigError("total_steps must be >= 1 and warmup_steps >= 0")
         if self.amp not in (None, "bf16"):
             raise Stage0ConfigError(f"amp '{self.amp}' is not supported; use bf16 or null")
+        import torch
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise Stage0ConfigError(f"device '{self.device}' is not cpu, cuda, cuda:N or auto")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise Stage0ConfigError(f"device: {self.device}, but torch sees no CUDA GPU here; run this recipe on a "
+                                    f"GPU machine, or on the CPU with the overrides device=cpu amp=null workers=0")
         if self.workers < 0:
             raise Stage0ConfigError(f"workers must be >= 0 (0: a helper thread), got {self.workers}")
         if not 0 <= self.restart_step < self.total_steps:
