@@ -66,6 +66,28 @@ def test_loss_drops_and_chunk_writes_everything(trained):
     assert json.loads((exp / "stage0.json").read_text())["step"] == 16
 
 
+def test_probe_export_runs_on_any_split_and_leaves_out_heads_the_export_lacks(trained, tmp_path):
+    import shutil
+    from safetensors.torch import load_file, save_file
+    from minigpt4.pretrain.probe import probe_export, _probe_samples
+    run_dir, summary = trained
+    val = probe_export(run_dir / "run-export", "val")
+    assert val.keys() == summary["probe"].keys()
+    # fp16 export vs the fp32 model: the same answers on the same 8 val images, up to a rare near-tie
+    assert abs(val["qa"] - summary["probe"]["qa"]) <= 0.25 and val["itc_r1"] == pytest.approx(summary["probe"]["itc_r1"], abs=0.25)
+    test_ids = {s.image_id for s in _probe_samples(8, ("scene",), 32, "test")}
+    assert not test_ids & {s.image_id for s in _probe_samples(8, ("scene",), 32, "val")}
+    assert 0.0 <= probe_export(run_dir / "run-export", "test", n=4)["qa"] <= 1.0
+    # An export made before the name head existed: its metric is left out, not reported as noise.
+    old = tmp_path / "old-export"
+    shutil.copytree(run_dir / "run-export", old)
+    heads = {k: v for k, v in load_file(old / "heads.safetensors").items() if not k.startswith("cell_name")}
+    save_file(heads, old / "heads.safetensors")
+    assert "cell_name" not in probe_export(old, "val") and "cell_count" in probe_export(old, "val")
+    with pytest.raises(FileNotFoundError, match="not a stage-0 export"):
+        probe_export(tmp_path)
+
+
 def test_resume_matches_uninterrupted_run(tmp_path):
     """...and batches drawn by worker processes (workers > 0, the GPU setting) are the same stream
     as the helper thread's."""

@@ -22,9 +22,9 @@ from minigpt4.pretrain.data import CELL_FIELDS, IGNORE, PAD, SEP, Vocab, labels_
 
 
 @lru_cache(maxsize=4)
-def _val_samples(n: int, kinds: tuple, size: int):
+def _probe_samples(n: int, kinds: tuple, size: int, split: str = "val"):
     from minigpt4.world import mixture
-    return list(mixture(0, n, "val", kinds, None, size))
+    return list(mixture(0, n, split, kinds, None, size))
 
 
 @torch.no_grad()
@@ -63,10 +63,10 @@ def _f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def probe(model, vocab: Vocab, cfg, size: int, mean, std) -> dict[str, float]:
+def probe(model, vocab: Vocab, cfg, size: int, mean, std, split: str = "val") -> dict[str, float]:
     was_training = model.training
     model.eval()
-    samples = _val_samples(cfg.probe_n, tuple(cfg.kinds), size)
+    samples = _probe_samples(cfg.probe_n, tuple(cfg.kinds), size, split)
     batch = make_batch(vocab, samples, size, cfg.text.qa_pairs, cfg.text.max_len, seed=0, mean=mean, std=std)
     q = model.queries(batch.pixels)
     metrics: dict[str, float] = {}
@@ -117,3 +117,56 @@ def probe(model, vocab: Vocab, cfg, size: int, mean, std) -> dict[str, float]:
 
 
 __all__ = ["probe", "greedy_answers", "labels_of"]
+
+
+# Metrics that a head the export predates would report as noise (see loop.NEW_HEADS).
+HEAD_METRICS = {"cell_name": ("cell_name",), "cell_head": ("cell_count", "cell_color", "cell_size")}
+
+
+def probe_export(export_dir, split: str = "val", n: int | None = None) -> dict[str, float]:
+    """The chunk-end probe of a committed export, on any world split: `test` has an object kind never
+    seen in training in every image (what `minigpt4 eval` scores), `val` only unseen seeds. Runs on
+    the CPU; metrics of heads the export predates are left out."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from minigpt4.pretrain.config import Stage0Config
+    from minigpt4.pretrain.loop import Run
+    export_dir = Path(export_dir)
+    if not (export_dir / "stage0.json").is_file():
+        raise FileNotFoundError(f"'{export_dir}' is not a stage-0 export (no stage0.json); pass a folder "
+                                f"written by `minigpt4 pretrain-vision`, e.g. checkpoints/default/stage0-gpu")
+    meta = json.loads((export_dir / "stage0.json").read_text())
+    cfg = Stage0Config.from_dict({**meta["config"], "device": "cpu", "amp": None, "workers": 0,
+                                  "init_from": None, "export_dir": None, "probe_n": n or meta["config"]["probe_n"]})
+    run = Run(cfg, Vocab.from_state(meta["vocab"]))
+    weights = {**load_file(export_dir / "vision.safetensors"), **load_file(export_dir / "heads.safetensors")}
+    missing, unexpected = run.model.load_state_dict(weights, strict=False)
+    absent = [p for p in HEAD_METRICS if any(k.startswith(p) for k in missing)]
+    rest = [k for k in missing if not k.startswith(tuple(HEAD_METRICS))]
+    if rest or unexpected:
+        raise ValueError(f"export '{export_dir}' does not fit its own recipe's model (missing {rest[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    metrics = probe(run.model, run.vocab, cfg, run.size, run.preset.image_mean, run.preset.image_std, split)
+    dropped = {m for p in absent for m in HEAD_METRICS[p]}
+    return {k: v for k, v in metrics.items() if k not in dropped}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    ap = argparse.ArgumentParser(prog="python -m minigpt4.pretrain.probe",
+                                 description="Probe a stage-0 export on a world split (val: training object "
+                                             "kinds; test: held-out kinds, as minigpt4 eval).")
+    ap.add_argument("export", help="a stage-0 export folder, e.g. checkpoints/default/stage0-gpu")
+    ap.add_argument("--split", default="val", choices=["val", "test"])
+    ap.add_argument("--n", type=int, help="images (default: the recipe's probe_n)")
+    a = ap.parse_args(argv)
+    print(json.dumps(probe_export(a.export, a.split, a.n), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
