@@ -13,32 +13,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from _machine import machine_line
-from bench_chat import SMOLLM2_135M, forced, image
+from bench_chat import SMOLLM2_135M, forced, image, timed
 from minigpt4.chat.engine import ChatEngine, Request
 from minigpt4.chat.templates import Message
 from minigpt4.config import GenerationConfig, LLMConfig, get_config
 from minigpt4.model.minigpt4 import build_model
 from minigpt4.utils import parse_dtype
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn):
-    sync()
-    t0 = time.perf_counter()
-    out = fn()
-    sync()
-    return time.perf_counter() - t0, out
 
 
 def row(device: str, dtype: str, quantize: str | None, tokens: int, picture: Image.Image) -> dict:

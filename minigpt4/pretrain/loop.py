@@ -134,28 +134,13 @@ class Run:
         the schedule continues from the saved step). Heads the export predates (NEW_HEADS) start
         fresh, a longer text.max_len grows the text position table; any other missing or
         unexpected key is an error."""
-        from safetensors.torch import load_file
         meta = json.loads((export_dir / "stage0.json").read_text())
         if meta["step"] >= cfg.total_steps:
             raise ValueError(f"the export in '{export_dir}' is at step {meta['step']}, already past this recipe's "
                              f"total_steps={cfg.total_steps}: it is finished; to train on, use the recipe that "
                              f"continues it (e.g. recipes/default/stage0-binding.yaml) or raise total_steps")
         run = cls(cfg, Vocab.from_state(meta["vocab"]))
-        weights = {**load_file(export_dir / "vision.safetensors"), **load_file(export_dir / "heads.safetensors")}
-        own = run.model.state_dict()
-        # A longer text.max_len keeps the trained position rows; the new ones start at their init.
-        pos = weights.get("text.pos")
-        if pos is not None and pos.shape[1] < own["text.pos"].shape[1]:
-            weights["text.pos"] = torch.cat([pos, own["text.pos"][:, pos.shape[1]:]], dim=1)
-        # A head the export predates, or holds in an older shape, starts fresh.
-        weights = {k: v for k, v in weights.items()
-                   if not (k.startswith(NEW_HEADS) and (k not in own or own[k].shape != v.shape))}
-        missing, unexpected = run.model.load_state_dict(weights, strict=False)
-        missing = [k for k in missing if not k.startswith(NEW_HEADS)]
-        if missing or unexpected:
-            raise ValueError(f"stage-0 export '{export_dir}' does not fit this model (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}); warm-start from an export of the same preset "
-                             f"and text tower, or delete init_from to start from scratch")
+        run.load_export_weights(export_dir)
         run.step, run.images = meta["step"], meta["images"]
         run.scheduler.last_epoch = run.step
         for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
@@ -163,6 +148,27 @@ class Run:
         run.scheduler._last_lr = [g["lr"] for g in run.optimizer.param_groups]  # what get_last_lr reads
         run.seed_pos_embed(only_if_weak=True)
         return run
+
+    def load_export_weights(self, export_dir: Path) -> list[str]:
+        """Load an export's vision + head weights into this run's model. Heads the export predates
+        (NEW_HEADS), or holds in an older shape, keep their init and are returned; a longer
+        text.max_len keeps the trained position rows; any other missing or unexpected key is an error."""
+        from safetensors.torch import load_file
+        weights = {**load_file(export_dir / "vision.safetensors"), **load_file(export_dir / "heads.safetensors")}
+        own = self.model.state_dict()
+        pos = weights.get("text.pos")
+        if pos is not None and pos.shape[1] < own["text.pos"].shape[1]:
+            weights["text.pos"] = torch.cat([pos, own["text.pos"][:, pos.shape[1]:]], dim=1)
+        weights = {k: v for k, v in weights.items()
+                   if not (k.startswith(NEW_HEADS) and (k not in own or own[k].shape != v.shape))}
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        fresh = [k for k in missing if k.startswith(NEW_HEADS)]
+        missing = [k for k in missing if not k.startswith(NEW_HEADS)]
+        if missing or unexpected:
+            raise ValueError(f"stage-0 export '{export_dir}' does not fit this model (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}); use an export of the same preset and text tower "
+                             f"(for a warm start: or delete init_from to start from scratch)")
+        return fresh
 
     def seed_pos_embed(self, only_if_weak: bool = False) -> None:
         """Start the position tables as sin-cos at their configured scale (model.seed_pos_embed),

@@ -11,9 +11,11 @@ sees them; the stage-0 decoder is far weaker than the LLM, so they are lower bou
 """
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -127,11 +129,6 @@ def probe_export(export_dir, split: str = "val", n: int | None = None) -> dict[s
     """The chunk-end probe of a committed export, on any world split: `test` has an object kind never
     seen in training in every image (what `minigpt4 eval` scores), `val` only unseen seeds. Runs on
     the CPU; metrics of heads the export predates are left out."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
     from minigpt4.pretrain.config import Stage0Config
     from minigpt4.pretrain.loop import Run
     export_dir = Path(export_dir)
@@ -142,13 +139,11 @@ def probe_export(export_dir, split: str = "val", n: int | None = None) -> dict[s
     cfg = Stage0Config.from_dict({**meta["config"], "device": "cpu", "amp": None, "workers": 0,
                                   "init_from": None, "export_dir": None, "probe_n": n or meta["config"]["probe_n"]})
     run = Run(cfg, Vocab.from_state(meta["vocab"]))
-    weights = {**load_file(export_dir / "vision.safetensors"), **load_file(export_dir / "heads.safetensors")}
-    missing, unexpected = run.model.load_state_dict(weights, strict=False)
-    absent = [p for p in HEAD_METRICS if any(k.startswith(p) for k in missing)]
-    rest = [k for k in missing if not k.startswith(tuple(HEAD_METRICS))]
-    if rest or unexpected:
-        raise ValueError(f"export '{export_dir}' does not fit its own recipe's model (missing {rest[:5]}, "
-                         f"unexpected {unexpected[:5]})")
+    fresh = run.load_export_weights(export_dir)
+    absent = [p for p in HEAD_METRICS if any(k.startswith(p) for k in fresh)]
+    rest = [k for k in fresh if not k.startswith(tuple(HEAD_METRICS))]
+    if rest:  # its own recipe builds these, so the export must hold them
+        raise ValueError(f"export '{export_dir}' lacks {rest[:5]}, which its own recipe's model has")
     metrics = probe(run.model, run.vocab, cfg, run.size, run.preset.image_mean, run.preset.image_std, split)
     dropped = {m for p in absent for m in HEAD_METRICS[p]}
     return {k: v for k, v in metrics.items() if k not in dropped}
@@ -156,7 +151,6 @@ def probe_export(export_dir, split: str = "val", n: int | None = None) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import json
     ap = argparse.ArgumentParser(prog="python -m minigpt4.pretrain.probe",
                                  description="Probe a stage-0 export on a world split (val: training object "
                                              "kinds; test: held-out kinds, as minigpt4 eval).")
