@@ -7,9 +7,10 @@
 #
 # Steps (the MiniGPT-4 paper's, on the procedural image world; see checkpoints/default/MODEL_CARD.md):
 #   0. stage 0   pretrain the small ViT + Q-Former (BLIP-2 style), 30-minute resumable chunks, then
-#                continue it for binding (recipes/default/stage0-binding.yaml): the vision side that ships.
-#                Not in this chain yet (no LLM side fit on them beats the shipped one): stage0-names.yaml
-#                and stage0-gpu.yaml continue it (checkpoints/default/eval-session13.md)
+#                continue it for binding (stage0-binding.yaml), then for object names (stage0-names.yaml),
+#                then on a GPU if there is one (stage0-gpu.yaml; ~9 min on an H200, ~19 h on 2 CPU cores):
+#                the vision side that ships since session 14. (The shipped export ran 2,481 steps past
+#                the recipe's total_steps as a warm restart: the command is in stage0-gpu.yaml's header.)
 #   1. stage 1   export world image-caption pairs, train the projection (frozen vision + LLM)
 #   2. curate    the stage-1 model describes new images ("Continue" below 80 tokens), the rule
 #                fixer cleans them, the paper's filters drop bad ones, a ground-truth reviewer
@@ -54,9 +55,18 @@ sys.exit(not os.path.exists(meta) or json.load(open(meta))["step"] < r["total_st
   }
   say "stage 0: vision side"
   until stage0_done recipes/default/stage0.yaml; do minigpt4 pretrain-vision recipes/default/stage0.yaml --minutes 30; done
-  say "stage 0, continued for binding (which object is where): the vision side that ships"
+  say "stage 0, continued for binding (which object is where), then for names"
   until stage0_done recipes/default/stage0-binding.yaml; do
     minigpt4 pretrain-vision recipes/default/stage0-binding.yaml --minutes 30
+  done
+  until stage0_done recipes/default/stage0-names.yaml; do
+    minigpt4 pretrain-vision recipes/default/stage0-names.yaml --minutes 30
+  done
+  say "stage 0 at GPU scale (256 images a step): the vision side that ships"
+  gpu_args=()
+  python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' || gpu_args=(device=cpu amp=null workers=0)
+  until stage0_done recipes/default/stage0-gpu.yaml; do
+    minigpt4 pretrain-vision recipes/default/stage0-gpu.yaml "${gpu_args[@]}" --minutes 30
   done
 fi
 
