@@ -232,6 +232,33 @@ def test_export_writes_instruction_conversations_from_the_ground_truth(tmp_path)
     assert (again / "qa.jsonl").read_bytes() == (out / "qa.jsonl").read_bytes()
 
 
+def test_existence_questions_come_before_any_question_that_names_their_target(tmp_path):
+    """"Is there a tulip?" after "What color is the tulip?" is answered by the conversation, not the
+    image; the eval asks it without history. Drills and qa conversations ask it first."""
+    from minigpt4.chat.presets import SHORT_ANSWER
+    from minigpt4.world.instruct import EXISTENCE_TYPES, presence_before_mentions
+    q = lambda t, target: {"type": t, "target": target, "question": f"{t} {target}", "answer": "x"}
+    shuffled = [q("color", "tulip"), q("presence", "axe"), q("count", "cat"), q("presence", "tulip"), q("presence", "cat")]
+    assert [(x["type"], x["target"]) for x in presence_before_mentions(shuffled)] == [
+        ("presence", "tulip"), ("color", "tulip"), ("presence", "axe"), ("presence", "cat"), ("count", "cat")]
+    out = tmp_path / "ds"
+    export(str(out), 48, "train", seed=5, size=96)
+    recs = {r["image_id"]: r for r in map(json.loads, open(out / "data.jsonl"))}
+    checked = 0
+    for name in ("qa.jsonl", "instructions.jsonl"):
+        for d in map(json.loads, open(out / name)):
+            if d["task"] != "qa":
+                continue
+            truth = {f"{x['question']} {SHORT_ANSWER}": x for x in recs[d["id"]]["qa"]}
+            asked = [truth[t["value"].replace("<image>\n", "")] for t in d["conversations"][0::2]]
+            for i, x in enumerate(asked):
+                if x["type"] in EXISTENCE_TYPES:
+                    named_before = [y for y in asked[:i] if y.get("target") == x["target"]]
+                    assert not named_before, (d["id"], x, named_before)
+                    checked += x["answer"] == "yes"
+    assert checked >= 20  # "yes" existence questions were checked, and all came first
+
+
 def test_attribute_drills_from_an_export_keep_only_the_asked_types(tmp_path):
     from minigpt4.chat.presets import SHORT_ANSWER
     from minigpt4.data.datasets import LlavaSource

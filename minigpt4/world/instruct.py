@@ -46,11 +46,31 @@ def conversation(sample, image: str, seed: int, max_questions: int = 6) -> dict:
     tasks = [t for t in weights if t == "qa" and sample.qa or t != "qa" and _answer(sample, t)]
     task = rng.choices(tasks, [weights[t] for t in tasks])[0]
     if task == "qa":
-        qa = rng.sample(sample.qa, min(max_questions, len(sample.qa)))
+        qa = presence_before_mentions(rng.sample(sample.qa, min(max_questions, len(sample.qa))))
         turns = [(f"{q['question']} {SHORT_ANSWER}", q["answer"]) for q in qa]
     else:
         turns = [(get_preset(task).build_prompt(), _answer(sample, task))]
     return _record(sample.image_id, image, task, turns)
+
+
+# Yes/no "is it there?" questions, per image kind: scene presence, prompt objects, dish ingredients, page elements.
+EXISTENCE_TYPES = {"presence", "object", "ingredient", "element"}
+
+
+def presence_before_mentions(questions: list[dict]) -> list[dict]:
+    """`questions` in the same order, except that each yes/no existence question moves just ahead of
+    the first other question that names its target. Asked after "What color is the tulip?", "Is there
+    a tulip?" is answered by the conversation, not the image (before this, 23% of the scene drills'
+    "yes" answers were), and the eval asks every question without history."""
+    first = {}
+    for i, q in enumerate(questions):
+        first.setdefault(q.get("target"), i)
+    def key(iq):
+        i, q = iq
+        if q.get("type") in EXISTENCE_TYPES and q.get("target") is not None:
+            return (first[q["target"]], 0, i)
+        return (i, 1, i)
+    return [q for _, q in sorted(enumerate(questions), key=key)]
 
 
 def _record(image_id: str, image: str, task: str, turns: list[tuple[str, str]]) -> dict:
@@ -72,5 +92,5 @@ def qa_drill(image_id: str, qa: list[dict], image: str, seed: int, max_questions
     if not qa:
         return None
     rng = random.Random(f"qa-drill:{seed}:{image_id}")
-    picked = rng.sample(qa, min(max_questions, len(qa)))
+    picked = presence_before_mentions(rng.sample(qa, min(max_questions, len(qa))))
     return _record(image_id, image, "qa", [(f"{q['question']} {SHORT_ANSWER}", q["answer"]) for q in picked])
