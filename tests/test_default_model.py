@@ -108,6 +108,11 @@ def test_publish_copies_the_latest_projection_with_its_record(tmp_path):
     assert set(got) == {"proj.weight", "proj.bias"} and float(got["proj.weight"][0, 0]) == 3.0
     assert (root / "stage1" / "log.jsonl").read_text().startswith('{"step": 20')
     assert float(load_default_state(root)["proj.weight"][0, 0]) == 3.0
+    # one step of the run, into a folder of its own (to evaluate before it ships): the shipped one stays
+    other = publish(run / "checkpoints" / "step_10", "stage1", root, out_dir=tmp_path / "candidate")
+    assert other == tmp_path / "candidate" / "proj.safetensors" and float(load_file(str(other))["proj.weight"][0, 0]) == 1.0
+    assert (tmp_path / "candidate" / "log.jsonl").exists()
+    assert float(load_default_state(root)["proj.weight"][0, 0]) == 3.0
 
 
 def test_publish_refuses_runs_that_trained_more_than_the_projection(tmp_path):

@@ -43,3 +43,25 @@ def test_make_sh_runs_the_whole_chain_at_tiny_scale(tmp_path):
                         timeout=900)
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     assert "up to date" in r2.stdout
+
+
+def test_gpu_sh_runs_stages_1_and_2_and_publishes_outside_the_shipped_folder(tmp_path):
+    """recipes/default/gpu.sh (stages 1-2 in time boxes, made for a lent GPU) on the CPU at tiny scale."""
+    before = _shipped()
+    out = tmp_path / "gpu"
+    env = {**os.environ, "DEVICE": "cpu", "AMP": "null", "N_TRAIN": "24", "BATCH": "2",
+           "STAGE1_STEPS": "2", "STAGE2_STEPS": "2", "STAGE1_MIN": "10", "STAGE2_MIN": "10"}
+    env.pop("MINIGPT4_MODEL", None)
+    r = subprocess.run(["bash", str(ROOT / "recipes/default/gpu.sh"), str(out)], env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    from safetensors import safe_open
+    from minigpt4.train.checkpoint import load_trainable
+    for stage in ("stage1", "stage2"):
+        assert json.loads((out / stage / "summary.json").read_text())["steps"] == 2
+        with safe_open(str(out / "publish" / stage / "proj.safetensors"), framework="pt") as f:
+            assert f.metadata()["vision"] == "stage0-gpu"
+    lora = load_trainable(out / "publish" / "stage2")
+    assert any("lora_" in k for k in lora) and all(v.dtype.is_floating_point for v in lora.values())
+    assert not (out / "publish" / "stage1" / "lora.safetensors").exists()
+    assert _shipped() == before, "gpu.sh publishes into its own folder, not checkpoints/default"

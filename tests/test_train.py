@@ -266,6 +266,22 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(data, tmp_
     assert log == [1, 2, 3, 4, 5, 6]  # the lost step 5 line is not duplicated
 
 
+def test_time_boxed_chunks_stop_with_a_checkpoint_and_add_up_to_the_whole_run(data, tmp_path, capsys):
+    """`minigpt4 train --minutes M`: a chunk that runs out of time saves where it is (off the
+    checkpoint grid) and stops; chunk after chunk gives the uninterrupted run's weights."""
+    kw = dict(max_steps=5, checkpoint_every=4, batch_size=4)
+    train(load_config(recipe(data, tmp_path / "ref", **kw)))
+    (tmp_path / "r.yaml").write_text(json.dumps(recipe(data, tmp_path / "chunks", **kw)))
+    runs = []
+    while not runs or runs[-1]["stopped"] == "time":  # a budget that is over after each chunk's first step
+        runs.append(train(load_config(tmp_path / "r.yaml"), minutes=1e-9))
+    assert [r["steps"] for r in runs] == [1, 2, 3, 4, 5] and runs[-1]["stopped"] == "done"
+    assert runs[0]["checkpoint"].endswith("step_1") and runs[2]["resumed_from"].endswith("step_2")
+    assert_same(params(tmp_path / "chunks"), params(tmp_path / "ref"))
+    assert train_main([str(tmp_path / "r.yaml"), "--minutes", "0"]) == 2
+    assert "--minutes must be > 0" in capsys.readouterr().err
+
+
 def test_torchrun_two_processes_equal_one_process_ddp_and_fsdp(data, tmp_path):
     # Global batch 4 = 2 processes x 2. Bad images make the ranks' token counts differ (and leave a
     # rank with nothing to do): the loss weighting must still give exactly the one-process update.

@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="shortcut for the override model=... (preset or model folder)")
     p.add_argument("--llm", help="shortcut for the override weights.llm=... (LLM folder for vicuna/llama2 presets)")
     p.add_argument("--device", help="shortcut for the override device=... (auto, cpu, cuda)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop after this many minutes with a checkpoint; run the command again to continue")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary printout")
 
 
@@ -39,6 +41,9 @@ def run(args) -> int:
         overrides.append(f"device={args.device}")
     if args.quiet:
         overrides.append("progress=false")
+    if args.minutes is not None and args.minutes <= 0:
+        print("error: --minutes must be > 0 (or left out to train to the recipe's max_steps)", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.recipe, overrides)
     except ConfigError as e:
@@ -46,7 +51,7 @@ def run(args) -> int:
         return 2
     from minigpt4.train.loop import train
     try:
-        train(cfg, resume=args.resume)
+        train(cfg, resume=args.resume, minutes=args.minutes)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

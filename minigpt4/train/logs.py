@@ -69,7 +69,8 @@ class RunLog:
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"done: {s['steps']} steps, {s['samples']} samples in {s['time_s']:.1f} s "
+    head = "stopped (time is up; run it again to continue)" if s.get("stopped") == "time" else "done"
+    lines = [f"{head}: {s['steps']} steps, {s['samples']} samples in {s['time_s']:.1f} s "
              f"({s['samples_per_s']:.1f} samples/s), final loss {s['final_loss']:.4f}",
              f"checkpoint: {s['checkpoint']}"]
     if s["skipped"]:

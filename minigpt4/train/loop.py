@@ -391,7 +391,9 @@ class Trainer:
         return path
 
     # --- the run ---------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self, minutes: float | None = None) -> dict:
+        """Train to the recipe's last step, or until `minutes` have passed: then it saves a checkpoint
+        and stops, and the next run resumes from it (time-boxed chunks on shared or lent machines)."""
         cfg, main = self.cfg, self.dist.main
         if self.use_cache():
             self.build_cache()
@@ -403,9 +405,11 @@ class Trainer:
         total = cfg.total_steps
         bar = tqdm(total=total, initial=self.step, desc="train", unit="step", disable=not (main and cfg.progress))
         t0, start_samples, start_step = time.perf_counter(), self.samples, self.step
+        deadline = None if minutes is None else t0 + minutes * 60
         window: list[float] = []
         last_path = None
-        while self.step < total:
+        out_of_time = False
+        while self.step < total and not out_of_time:
             loss = self.train_step()
             window.append(loss)
             bar.update(1)
@@ -418,7 +422,9 @@ class Trainer:
                          "skipped": self.skipped, "elapsed_s": elapsed})
                 self.final_loss = float(np.mean(window))
                 window = []
-            if self.step % cfg.checkpoint_every == 0 or self.step == total:
+            if deadline is not None:  # every process stops after the same step
+                out_of_time = D.all_reduce_sum([float(time.perf_counter() >= deadline)], self.dist, self.device)[0] > 0
+            if self.step % cfg.checkpoint_every == 0 or self.step == total or out_of_time:
                 last_path = self.save()
                 if main:
                     log.plot()
@@ -430,6 +436,7 @@ class Trainer:
                    "skipped": self.skipped, "skipped_examples": self.skipped_examples,
                    "checkpoint": str(last_path or ckpt.latest_checkpoint(self.out)),
                    "resumed_from": self.resumed_from, "steps_this_run": self.step - start_step,
+                   "stopped": "time" if out_of_time and self.step < total else "done",
                    "feature_cache": self.cache_stats or (str(self.cache.dir) if self.cache else None)}
         if main:
             log.plot()
@@ -440,10 +447,10 @@ class Trainer:
         return summary
 
 
-def train(cfg: TrainConfig, resume: str | bool = "auto") -> dict:
-    """Run a recipe to its end (resuming from the output dir's latest checkpoint by default)."""
+def train(cfg: TrainConfig, resume: str | bool = "auto", minutes: float | None = None) -> dict:
+    """Run a recipe to its end, or for `minutes` (resuming from the output dir's latest checkpoint by default)."""
     trainer = Trainer(cfg, resume)
     try:
-        return trainer.run()
+        return trainer.run(minutes)
     finally:
         D.cleanup()

@@ -149,11 +149,13 @@ def trained_on(run: str | Path, root: Path = DEFAULT_DIR) -> str:
     return run_vision(ckpt, root) if ckpt is not None else vision_dir(root).name
 
 
-def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: str | None = None) -> Path:
+def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: str | None = None,
+            out_dir: str | Path | None = None) -> Path:
     """Copy a training run's latest projection into checkpoints/default/<stage>/ (atomically), with
     the run's loss plot, JSONL log and summary so the shipped weights carry their own record. The
     projection records the stage-0 export it was fit on (`vision`, default: the one the run's model
-    spec names), and `--model default@<stage>` loads that vision side with it."""
+    spec names), and `--model default@<stage>` loads that vision side with it. `out_dir`: write the
+    stage folder there instead, to evaluate it (`--model default@<vision>@<out_dir>`) before it ships."""
     import shutil
 
     from minigpt4.train.checkpoint import latest_checkpoint, load_trainable, lora_spec
@@ -162,7 +164,10 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     if stage not in STAGES:
         raise CheckpointError(f"stage must be one of {STAGES}, got '{stage}'")
     run = Path(run_dir)
-    ckpt = latest_checkpoint(run)
+    if (run / "meta.json").exists():  # one checkpoint folder (run/checkpoints/step_N): that step, the run's record
+        ckpt, run = run, run.parent.parent
+    else:
+        ckpt = latest_checkpoint(run)
     if ckpt is None:
         raise CheckpointError(f"no checkpoint in {run}: train first (minigpt4 train ...)")
     tensors = load_trainable(ckpt)
@@ -178,7 +183,7 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     if not is_vision_stage(vision) or not (root / vision / "vision.safetensors").exists():
         raise CheckpointError(f"vision side '{vision}' is not a stage-0 export under {root} (a stage0* folder with "
                               f"vision.safetensors): pass the one the run trained on, e.g. --vision stage0-binding")
-    out = root / stage
+    out = Path(out_dir) if out_dir is not None else root / stage
     out.mkdir(parents=True, exist_ok=True)
     meta = {"run": str(run), "checkpoint": ckpt.name, "vision": vision}
     atomic_save_safetensors(proj, out / "proj.safetensors", metadata=meta)
@@ -203,5 +208,6 @@ if __name__ == "__main__":
     ap.add_argument("run_dir")
     ap.add_argument("stage", choices=STAGES)
     ap.add_argument("--vision", help="the stage-0 export the run trained on (default: from its model spec)")
+    ap.add_argument("--out", help="write the stage folder here instead of checkpoints/default/STAGE (not shipped)")
     args = ap.parse_args()
-    print(f"wrote {publish(args.run_dir, args.stage, vision=args.vision)}")
+    print(f"wrote {publish(args.run_dir, args.stage, vision=args.vision, out_dir=args.out)}")
