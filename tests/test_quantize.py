@@ -113,6 +113,20 @@ def test_flag_parses_and_checks_combinations():
         _args("--quantize", "int4")
 
 
+def test_auto_quantize_makes_only_the_shipped_model_int8_on_the_cpu():
+    from minigpt4.cli_common import check_device_args
+    def resolved(*argv):
+        args = _args(*argv)
+        return check_device_args(args), args.quantize
+    assert _args().quantize == "auto"
+    assert resolved("--model", "default", "--device", "cpu") == (("cpu", "fp32"), "int8")
+    assert resolved("--model", "default@stage1", "--device", "cpu") == (("cpu", "fp32"), "int8")
+    assert resolved("--model", "default", "--device", "cpu", "--quantize", "none") == (("cpu", "fp32"), None)
+    assert resolved("--model", "default", "--device", "cpu", "--dtype", "bf16") == (("cpu", "bf16"), None)
+    assert resolved("--model", "tiny", "--device", "cpu") == (("cpu", "fp32"), None)
+    assert resolved("--model", "default", "--device", "cpu", "--llm", "other.gguf") == (("cpu", "fp32"), None)
+
+
 def test_library_path_rejects_bad_combinations():
     from minigpt4.weights import load_model
     with pytest.raises(ValueError, match="device cpu, dtype fp32"):

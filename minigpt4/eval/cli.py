@@ -93,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args, no_image or args.no_image)
         _say(f"[eval] loading {spec}{INT8_SUFFIX if int8 else ''}", args.quiet)
         model = _load(args, spec, int8)
-        label = spec + (INT8_SUFFIX if int8 else f":{args.quantize}" if args.quantize else "")
+        # what was loaded: `--quantize auto` makes the shipped default model int8 on the CPU
+        quant = getattr(model.llm, "minigpt4_quantized", None) or (
+            args.quantize if args.quantize not in (None, "auto", "none") else None)
+        label = spec + (f":{quant}" if quant else "")
         report = run_eval(model, cfg, name=label)
         del model
         target = out / folder_name(report, i) if args.compare else out
