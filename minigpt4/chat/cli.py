@@ -151,7 +151,8 @@ def run_chat(args) -> int:
     for path in args.image:
         conv.add_image(path)  # a bad --image is a startup error (exit 2)
     interactive = sys.stdin.isatty()
-    print(f"chatting with {args.model} ({engine.template.name} template). {HELP}", file=sys.stderr)
+    quant = " with an int8 LLM (--quantize none: full precision)" if args.quantize == "int8" else ""
+    print(f"chatting with {args.model}{quant} ({engine.template.name} template). {HELP}", file=sys.stderr)
     while True:
         line = _read_line(interactive)
         if line is None:
