@@ -59,8 +59,9 @@ def generation_from_args(args: argparse.Namespace, base):
 
 def auto_quantize(model: str, device: str, dtype: str | None, llm: str | None = None) -> str | None:
     """What `--quantize auto` means: int8 for the shipped default model (any of its stages or runs)
-    on the CPU in fp32, where its 100-token answers take ~4 s instead of ~8 s on 2 cores and score the
-    same (checkpoints/default/MODEL_CARD.md); None (full precision) for every other model and device."""
+    on the CPU in fp32, where its 100-token answers take 2.1 s instead of 6.0 s on 2 cores and score the
+    same within noise (checkpoints/default/eval-session15.md); None (full precision) for every other
+    model and device."""
     shipped = str(model).split("@")[0] == "default" and not llm
     return "int8" if shipped and device == "cpu" and dtype in (None, "fp32") else None
 

