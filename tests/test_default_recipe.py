@@ -50,7 +50,7 @@ def test_gpu_sh_runs_stages_1_and_2_and_publishes_outside_the_shipped_folder(tmp
     before = _shipped()
     out = tmp_path / "gpu"
     env = {**os.environ, "DEVICE": "cpu", "AMP": "null", "N_TRAIN": "24", "BATCH": "2",
-           "STAGE1_STEPS": "2", "STAGE2_STEPS": "2", "STAGE1_MIN": "10", "STAGE2_MIN": "10"}
+           "STAGE1_STEPS": "2", "STAGE2_STEPS": "2", "STAGE1_MIN": "10", "STAGE2_MIN": "10", "VISION": "stage0-gpu"}
     env.pop("MINIGPT4_MODEL", None)
     r = subprocess.run(["bash", str(ROOT / "recipes/default/gpu.sh"), str(out)], env=env, capture_output=True,
                        text=True, timeout=900)

@@ -39,6 +39,18 @@ def params(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def export_without(src: Path, dest: Path, prefix: str) -> dict:
+    """A copy of the stage-0 export `src` whose heads file lacks every key starting with `prefix` (an export
+    made before that head existed); returns the full heads."""
+    from safetensors.torch import load_file, save_file
+    dest.mkdir()
+    for name in ("vision.safetensors", "stage0.json"):
+        (dest / name).write_bytes((src / name).read_bytes())
+    heads = load_file(src / "heads.safetensors")
+    save_file({k: v for k, v in heads.items() if not k.startswith(prefix)}, dest / "heads.safetensors")
+    return heads
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One 16-step chunk with probe, plot and export (shared: it is the slow part)."""
@@ -264,7 +276,8 @@ def test_cell_name_targets_name_each_cells_object_and_the_head_learns_them(train
 
     def name_loss(model):
         torch.manual_seed(0)
-        return float(model.eval().losses(batch)["cell_name"])
+        with torch.no_grad():
+            return float(model.eval().losses(batch)["cell_name"])
     start = name_loss(run.model)
     for _ in range(12):
         run.train_step(batch)
@@ -277,17 +290,86 @@ def test_cell_name_targets_name_each_cells_object_and_the_head_learns_them(train
     assert name_loss(off.model) > 0.9 * off_start
 
 
+def test_query_name_reads_each_name_from_one_query_and_zero_weights_skip_their_losses(trained, tmp_path):
+    """query_name scores a name by its best single query, each present name against all names with the
+    image's other present names masked; a warm start adds the head; weight 0 skips ITC/ITG entirely."""
+    from minigpt4.pretrain.data import IGNORE
+    src, _ = trained
+    run = open_run(tiny_cfg(tmp_path, "qname", init_from=str(src / "run-export"), warmup_steps=0,
+                            kinds=["scene"], batch_size=16,
+                            loss_weights=dict(itc=0.0, itg=0.0, query_name=1.0, cell_occupied=4.0)))
+    model = run.model.eval()
+    head = model.query_name
+    names, hidden = head.out_features, head.in_features
+    assert names >= 4
+    # Two queries, each showing one name (ids 1 and 2) through its own feature; two objects present.
+    with torch.no_grad():
+        head.weight.zero_(), head.bias.zero_()
+        head.weight[1, 0] = head.weight[2, 1] = 20.0
+    q = torch.zeros(1, 2, hidden)
+    q[0, 0, 0] = q[0, 1, 1] = 1.0
+    cells = torch.full((1, 9), IGNORE)
+    cells[0, :3] = torch.tensor([1, 2, 0])
+    with torch.no_grad():
+        assert float(model.query_name_loss(q, cells)) < 0.01   # unmasked, each positive would cost log 2
+        only_second = q.clone()
+        only_second[0, 0] = 0
+        assert float(model.query_name_loss(only_second, cells)) > 1.0   # name 1 is in no query
+        swapped = q.flip(1)  # which query shows it does not matter
+        assert torch.isclose(model.query_name_loss(swapped, cells), model.query_name_loss(q, cells))
+        assert float(model.query_name_loss(q, torch.zeros(1, 9, dtype=torch.long))) == 0.0  # nothing present
+    # Real training: the fresh head learns, and the skipped losses are not even computed.
+    batch = run.batch(16)
+    torch.nn.init.normal_(head.weight, std=0.02)
+    rows = [run.train_step(batch) for _ in range(12)]
+    assert "itc" not in rows[0] and "itg" not in rows[0] and "query_name" in rows[0]
+    assert rows[-1]["query_name"] < 0.7 * rows[0]["query_name"], [r["query_name"] for r in rows]
+
+
+def test_head_warmup_fits_only_the_new_head_first_and_survives_a_resume(trained, tmp_path):
+    """head_warmup_steps (LP-FT): after a warm start from an export without the query_name head, the first
+    steps move only that head (at head_lr); the vision side and the export's own heads stay bit-equal; then
+    everything trains. A chunk boundary inside the warm-up keeps both the new-head list and its optimizer."""
+    src, _ = trained
+    old = tmp_path / "no-qname"
+    export_without(src / "run-export", old, "query_name")
+    cfg = lambda name: tiny_cfg(tmp_path, name, init_from=str(old), restart_step=16, head_warmup_steps=3, head_lr=1e-2,
+                                kinds=["scene"], loss_weights=dict(query_name=1.0))
+    run = open_run(cfg("lpft"))
+    assert sorted(run.fresh) == ["query_name.bias", "query_name.weight"]
+    start = params(run.model)
+    run.train_step(run.batch(run.step))
+    state = Path(run.cfg.output_dir) / "state.pt"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    run.save(state)
+    resumed = Run.resume(run.cfg, state)
+    assert resumed.fresh == run.fresh and resumed.head_optimizer is not None
+    for r in (run, resumed):
+        for _ in range(2):
+            assert r.heads_only()
+            r.train_step(r.batch(r.step))
+        now = params(r.model)
+        moved = {k for k in now if not torch.equal(now[k], start[k])}
+        assert moved == {"query_name.weight", "query_name.bias"}, sorted(moved)[:5]
+    assert torch.equal(resumed.model.query_name.weight, run.model.query_name.weight)
+    assert not run.heads_only()
+    run.train_step(run.batch(run.step))
+    now = params(run.model)
+    assert not torch.equal(now["visual_encoder.patch_embed.proj.weight"], start["visual_encoder.patch_embed.proj.weight"])
+    assert not torch.equal(now["cell_head.weight"], start["cell_head.weight"])
+    with pytest.raises(ValueError, match="added no new head"):
+        stale = open_run(tiny_cfg(tmp_path, "nothing-new", init_from=str(src / "run-export"), restart_step=16,
+                                  head_warmup_steps=2))
+        stale.train_step(stale.batch(stale.step))
+
+
 def test_warm_start_adds_heads_the_export_predates_and_refuses_other_gaps(trained, tmp_path):
     """An export from before the per-cell heads still warm-starts (they start fresh); an export
     missing anything else is refused by name."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
     src, _ = trained
     old = tmp_path / "old-export"
-    old.mkdir()
-    for name in ("vision.safetensors", "stage0.json"):
-        (old / name).write_bytes((src / "run-export" / name).read_bytes())
-    heads = load_file(src / "run-export" / "heads.safetensors")
-    save_file({k: v for k, v in heads.items() if not k.startswith("cell_")}, old / "heads.safetensors")
+    heads = export_without(src / "run-export", old, "cell_")
     run = open_run(tiny_cfg(tmp_path, "from-old", init_from=str(old)))
     assert run.step == 16 and run.model.cell_head.out_features % 9 == 0
     # ... and so does one whose head has an older shape
@@ -391,6 +473,28 @@ def test_linear_probe_finds_what_features_hold_and_not_what_they_lack():
     knows_colour = probe_attribute(torch.cat([colour_bits, noise], 1), region, blank=("none",))
     assert knows_empty["probe"] > 0.6 and knows_empty["occupied"]["probe"] < 0.75
     assert knows_colour["occupied"]["probe"] > 0.9 and knows_colour["occupied"]["n"] == 100
+
+
+def test_word_readout_finds_names_one_query_shows_and_not_names_spread_over_queries():
+    """--words: a shared per-query linear map recovers names that a single query encodes, fails on the same
+    information spread over all queries (what a per-query projection cannot gather), and runs on a model."""
+    from minigpt4.pretrain.linear_probe import run_words, word_readout
+    g = torch.Generator().manual_seed(0)
+    n, queries, hidden, names = 1200, 8, 16, 40
+    words = torch.randn(names, 24, generator=g)
+    present = [[i % names] for i in range(n)]
+    code = torch.randn(names, hidden, generator=g)[[p[0] for p in present]]
+    one_query = 0.3 * torch.randn(n, queries, hidden, generator=g)  # the whole code in one random query
+    one_query[torch.arange(n), torch.randint(0, queries, (n,), generator=g)] += code
+    spread = 0.3 * torch.randn(n, queries, hidden, generator=g)     # query q holds dims 2q, 2q+1 of it
+    for q in range(queries):
+        spread[:, q, :2] += code[:, 2 * q:2 * q + 2]
+    held = word_readout(one_query, present, words, steps=600, batch=64)
+    lost = word_readout(spread, present, words, steps=600, batch=64)
+    assert held["objects"] == 240 and held["chance"] == pytest.approx(1 / names)
+    assert held["recall"] > 0.6 and lost["recall"] < 0.1, (held, lost)
+    out = run_words(build_model(get_config("tiny"), seed=0), n=60, steps=5)
+    assert out["names"] > 100 and 0 <= out["recall"] <= 1 and out["n"] == 12
 
 
 def test_qformer_image_position_table_is_optional_and_recorded_with_the_export(tmp_path):

