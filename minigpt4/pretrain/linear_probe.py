@@ -26,6 +26,8 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
+from minigpt4.pretrain.model import present_ce, recall_at_k
+
 ATTRIBUTES = ("position", "color", "count", "size")
 
 
@@ -165,22 +167,15 @@ def word_readout(feats: torch.Tensor, present: list[list[int]], words: torch.Ten
     with torch.enable_grad():
         for _ in range(steps):
             rows = torch.tensor(train)[torch.randint(0, len(train), (batch,), generator=g)]
-            s = scores(feats[rows].float()) * log_scale.exp()
-            pos = present_mask[rows].nonzero()
-            others = present_mask[rows][pos[:, 0]] & ~F.one_hot(pos[:, 1], len(words)).bool()
-            loss = F.cross_entropy(s[pos[:, 0]].masked_fill(others, float("-inf")), pos[:, 1])
+            loss = present_ce(scores(feats[rows].float()) * log_scale.exp(), present_mask[rows])
             opt.zero_grad()
             loss.backward()
             opt.step()
     hit = total = 0
     with torch.no_grad():
         for start in range(cut, n, 512):
-            s = scores(feats[start:start + 512].float())
-            for row, i in zip(s, range(start, min(n, start + 512))):
-                k = len(present[i])
-                if k:
-                    hit += len(set(row.topk(k).indices.tolist()) & set(present[i]))
-                    total += k
+            h, t = recall_at_k(scores(feats[start:start + 512].float()), present[start:start + 512])
+            hit, total = hit + h, total + t
     if not total:
         raise ValueError("no held-out image has a word present: draw more images")
     return {"n": n - cut, "objects": total, "recall": round(hit / total, 3),
@@ -199,10 +194,7 @@ def run_words(model, n: int = 10000, seed: int = 7, size: int | None = None, ste
     words = torch.stack([table[model.tokenizer(" " + name, add_special_tokens=False)["input_ids"]].mean(0)
                          for name in names])
     scenes = list(mixture(seed, n, "val", ("scene",), None, size))
-    model.eval()
-    with torch.no_grad():
-        feats = torch.cat([model.vision_features(model.preprocess([s.image for s in scenes[i:i + 64]])).float()
-                           for i in range(0, len(scenes), 64)])
+    feats = encode(model.eval(), scenes).unflatten(1, (-1, model.proj.in_features))  # (n, queries, hidden)
     present = [sorted({index[o["name"]] for o in s.truth["objects"] if o.get("name") in index}) for s in scenes]
     return {"names": len(names), **word_readout(feats, present, words, steps=steps)}
 

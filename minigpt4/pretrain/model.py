@@ -116,6 +116,29 @@ def _weighted_ce(logits: torch.Tensor, gold: torch.Tensor, weight: torch.Tensor)
     return (ce * weight[keep]).sum() / weight[keep].sum()
 
 
+def present_ce(scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over all K names of `scores` (B, K), once per name present (`present`, (B, K) bool),
+    with the image's other present names masked out (each is a right answer too); 0 (in the graph) when
+    nothing is present. Shared by the query_name loss and linear_probe's word readout."""
+    pos = present.nonzero()
+    if not len(pos):
+        return scores.sum() * 0
+    others = present[pos[:, 0]] & ~F.one_hot(pos[:, 1], present.shape[1]).bool()
+    return F.cross_entropy(scores[pos[:, 0]].masked_fill(others, float("-inf")), pos[:, 1])
+
+
+def recall_at_k(scores: torch.Tensor, present: list) -> tuple[int, int]:
+    """(hits, total): per row, how many of its present ids are among its k best scores (k = how many are
+    present). Shared by the stage-0 probe and linear_probe's word readout."""
+    hit = total = 0
+    for row, ids in zip(scores, present):
+        ids = set(ids)
+        if ids:
+            hit += len(ids & set(row.topk(len(ids)).indices.tolist()))
+            total += len(ids)
+    return hit, total
+
+
 class Stage0Model(nn.Module):
     def __init__(self, vision: VisionConfig, qformer: QFormerConfig, text: TextTowerConfig,
                  vocab_size: int, num_labels: int, cell_sizes: list[int], num_names: int = 1,
@@ -191,13 +214,7 @@ class Stage0Model(nn.Module):
         rows = torch.arange(q.shape[0], device=q.device).unsqueeze(1).expand_as(cell_names)
         present[rows[ok], cell_names[ok]] = True
         present[:, 0] = False  # "empty" is no object
-        pos = present.nonzero()
-        scores = self.query_name_scores(q)
-        if not len(pos):
-            return scores.sum() * 0
-        others = present[pos[:, 0]] & ~F.one_hot(pos[:, 1], present.shape[1]).bool()
-        logits = scores[pos[:, 0]].masked_fill(others, float("-inf"))
-        return F.cross_entropy(logits, pos[:, 1])
+        return present_ce(self.query_name_scores(q), present)
 
     def losses(self, batch: Batch, cell_occupied: float = 1.0, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         """Every stage-0 loss by name; `skip`: names not computed at all (weight 0: saves their time)."""

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt4.pretrain.data import CELL_FIELDS, IGNORE, PAD, SEP, Vocab, labels_of, make_batch
+from minigpt4.pretrain.model import recall_at_k
 
 
 @lru_cache(maxsize=4)
@@ -115,12 +116,9 @@ def probe(model, vocab: Vocab, cfg, size: int, mean, std, split: str = "val") ->
         metrics["cell_name"] = float((model.cell_name_logits(q).argmax(-1)[occupied]
                                       == batch.cell_names[occupied]).float().mean())
         # Names read from single queries (what a per-query projection can pass on): recall@k, k = objects present.
-        scores, hit, total = model.query_name_scores(q), 0, 0
-        for row, cells in zip(scores, batch.cell_names):
-            present = {int(c) for c in cells if 0 < int(c) != IGNORE}
-            if present:
-                hit += len(present & set(row[1:].topk(len(present)).indices.add(1).tolist()))
-                total += len(present)
+        scores = model.query_name_scores(q)
+        scores[:, 0] = float("-inf")  # "empty" is no object
+        hit, total = recall_at_k(scores, [{int(c) for c in cells if 0 < int(c) != IGNORE} for cells in batch.cell_names])
         metrics["query_name"] = hit / total
     model.train(was_training)
     return {k: round(v, 4) for k, v in metrics.items()}
