@@ -49,6 +49,11 @@ def test_another_stage0_export_beside_stage0_can_be_named(tmp_path):
     assert float(load_default_state(root)["ln_vision.weight"][0]) == 1.0  # stage0/ stays the default
     assert default_config(root=root, stage="stage0-alt").qformer.num_query_tokens == 8
     assert default_config(root=root).qformer.num_query_tokens != 8
+    # An export whose stage 0 trained the query_word map carries it as its projection (proj.safetensors).
+    save_file({"proj.weight": torch.full((2, 4), 7.0)}, str(root / "stage0-alt" / "proj.safetensors"))
+    assert float(load_default_state(root, "stage0-alt")["proj.weight"][0, 0]) == 7.0
+    assert float(load_default_state(root)["proj.weight"][0, 0]) == 2.0  # the newest stage still wins
+    assert default_parts(root, "stage0-alt")["lora"] is None
     with pytest.raises(CheckpointError, match="no stage-0 export at .*stage0-gone"):
         load_default_state(root, "stage0-gone")
     with pytest.raises(CheckpointError, match="unknown default-model stage"):

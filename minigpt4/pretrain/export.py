@@ -5,6 +5,9 @@ The export folder (committed as checkpoints/default/stage0/):
                        fp16 (half the git history per commit); loaded into fp32 and computed there
   heads.safetensors  - the stage-0-only text tower and heads (only for a warm restart)
   stage0.json        - preset, step, images seen, last probe, config, compact vocab
+  proj.safetensors   - only when stage 0 trained the query_word map (model.query_word_loss): that map in the
+                       projection's key names, so `default@stage0-NAME` reads the image through it (the frozen
+                       LLM reading names zero-shot) and stage 1 can start from it
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ def export(run, out_dir: Path, probe_metrics: dict | None = None) -> None:
     meta = {"preset": run.cfg.model, "step": str(run.step)}
     atomic_save_safetensors(vision, out_dir / VISION_FILE, metadata=meta)
     atomic_save_safetensors(heads, out_dir / "heads.safetensors", metadata=meta)
+    if hasattr(run.model, "query_word"):
+        proj = {f"proj.{k}": v.detach().float().contiguous() for k, v in run.model.query_word.state_dict().items()}
+        atomic_save_safetensors(proj, out_dir / "proj.safetensors", metadata=meta)
     atomic_write_json(out_dir / "stage0.json", {
         "preset": run.cfg.model, "step": run.step, "images": run.images, "probe": probe_metrics,
         "vision_config": run.preset.to_dict()["vision"], "qformer_config": run.preset.to_dict()["qformer"],

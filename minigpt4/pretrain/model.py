@@ -29,6 +29,14 @@ signals the world gives for free:
            per-query map found only 45% of the objects present (session 16: recall@k of names against
            the LLM's own word embeddings) while the flattened-query cell_name head reached 75%: the
            names were spread over queries, where the projection cannot gather them.
+  * query_word - what, as the FROZEN LLM reads it: a linear map of the projection's shape (hidden -> the
+           LLM's width) puts, for each object present, one query's token on the LLM's own input embedding
+           of the name's first token (queries matched to objects one-to-one, Hungarian on cosine), and the
+           tokens of the other queries near zero. A surrogate for BLIP-2's second stage (Q-Former outputs
+           read by the frozen LLM through a linear layer), which needs the LLM's forward and backward and
+           so far more compute than stage 0 gets here: on 2 CPU cores 200 x 16 steps through the LLM
+           (projection + LoRA) taught it almost no names (2.2%, session 17), while the frozen LLM given the
+           exact name embeddings in the image slots names 64% (session 16). The map is then the projection's start.
 ITM (hard-negative matching) is left out: on 2 CPU cores its extra forward passes cost more than
 they teach here. Parameter names of the vision side equal `MiniGPT4`'s (`visual_encoder.*`,
 `ln_vision.*`, `qformer.*`) so the export is a plain key filter.
@@ -142,7 +150,7 @@ def recall_at_k(scores: torch.Tensor, present: list) -> tuple[int, int]:
 class Stage0Model(nn.Module):
     def __init__(self, vision: VisionConfig, qformer: QFormerConfig, text: TextTowerConfig,
                  vocab_size: int, num_labels: int, cell_sizes: list[int], num_names: int = 1,
-                 name_rank: int = 64):
+                 name_rank: int = 64, word_dim: int = 0):
         super().__init__()
         self.visual_encoder = VisionTransformer(vision)
         self.ln_vision = nn.LayerNorm(vision.width)
@@ -157,6 +165,9 @@ class Stage0Model(nn.Module):
         self.cell_name_cells = nn.Linear(qformer.num_query_tokens * qformer.hidden, len(CELL_NAMES) * name_rank)
         self.cell_name_out = nn.Linear(name_rank, max(1, num_names))
         self.query_name = nn.Linear(qformer.hidden, max(1, num_names))
+        if word_dim:  # the LLM's input embedding of each name's first token (row 0, "empty": never a target)
+            self.query_word = nn.Linear(qformer.hidden, word_dim)
+            self.register_buffer("word_targets", torch.zeros(max(1, num_names), word_dim))
         self._init_vision()
 
     def _init_vision(self) -> None:
@@ -216,7 +227,52 @@ class Stage0Model(nn.Module):
         present[:, 0] = False  # "empty" is no object
         return present_ce(self.query_name_scores(q), present)
 
-    def losses(self, batch: Batch, cell_occupied: float = 1.0, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    def query_word_match(self, tokens: torch.Tensor, cell_names: torch.Tensor):
+        """One query per object present, one object per query: (image, query, name) index tensors of the
+        pairs that maximise the summed cosine of query tokens (B, Q, D) to name embeddings (Hungarian per image)."""
+        from scipy.optimize import linear_sum_assignment
+        cos = torch.einsum("bqd,kd->bqk", F.normalize(tokens.detach().float(), dim=-1),
+                           F.normalize(self.word_targets.float(), dim=-1)).cpu()
+        rows, queries, names = [], [], []
+        for b, cells in enumerate(cell_names.tolist()):
+            ids = sorted({c for c in cells if 0 < c != IGNORE})[:tokens.shape[1]]
+            if ids:
+                qi, ni = linear_sum_assignment(-cos[b][:, ids].numpy())
+                rows += [b] * len(qi)
+                queries += qi.tolist()
+                names += [ids[j] for j in ni]
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=tokens.device)
+        return as_long(rows), as_long(queries), as_long(names)
+
+    def query_word_loss(self, q: torch.Tensor, cell_names: torch.Tensor, rest: float = 0.1,
+                        tau: float = 0.0) -> torch.Tensor:
+        """Matched queries: 1 - cosine to the name's embedding, plus the squared log of their norm ratio (a word's
+        norm, not a direction at any scale); the other queries: `rest` x their squared norm over a word's.
+        `tau` > 0 adds a softmax over all names of cosine / tau per matched query: the names' embeddings lie close
+        together (a token at their centroid has cosine ~0.65 to every name: session 17), so the cosine alone is won
+        by generic tokens the LLM reads as no name in particular."""
+        tokens = self.query_word(q)
+        b, qi, ni = self.query_word_match(tokens, cell_names)
+        word_sq = self.word_targets[1:].pow(2).sum(-1).mean()
+        unmatched = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        unmatched[b, qi] = False
+        loss = rest * (tokens[unmatched].pow(2).sum(-1) / word_sq).mean() if unmatched.any() else tokens.sum() * 0
+        if len(b):
+            t, e = tokens[b, qi], self.word_targets[ni]
+            loss = loss + (1 - F.cosine_similarity(t, e, dim=-1)).mean() \
+                + (t.norm(dim=-1) / e.norm(dim=-1)).log().pow(2).mean()
+            if tau > 0:
+                cos = F.normalize(t, dim=-1) @ F.normalize(self.word_targets[1:], dim=-1).T
+                loss = loss + F.cross_entropy(cos / tau, ni - 1)
+        return loss
+
+    def query_word_scores(self, q: torch.Tensor) -> torch.Tensor:
+        """(B, names): each name's best cosine over the query tokens."""
+        return torch.einsum("bqd,kd->bkq", F.normalize(self.query_word(q), dim=-1),
+                            F.normalize(self.word_targets, dim=-1)).amax(-1)
+
+    def losses(self, batch: Batch, cell_occupied: float = 1.0, skip: tuple[str, ...] = (),
+               word_rest: float = 0.1, word_tau: float = 0.0) -> dict[str, torch.Tensor]:
         """Every stage-0 loss by name; `skip`: names not computed at all (weight 0: saves their time)."""
         q = self.queries(batch.pixels)
         out = {}
@@ -239,6 +295,8 @@ class Stage0Model(nn.Module):
         out["cell_name"] = _weighted_ce(self.cell_name_logits(q), batch.cell_names, weight)
         if "query_name" not in skip:
             out["query_name"] = self.query_name_loss(q, batch.cell_names)
+        if "query_word" not in skip and hasattr(self, "query_word"):
+            out["query_word"] = self.query_word_loss(q, batch.cell_names, word_rest, word_tau)
         return out
 
     def _itc(self, q: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -120,6 +120,11 @@ def probe(model, vocab: Vocab, cfg, size: int, mean, std, split: str = "val") ->
         scores[:, 0] = float("-inf")  # "empty" is no object
         hit, total = recall_at_k(scores, [{int(c) for c in cells if 0 < int(c) != IGNORE} for cells in batch.cell_names])
         metrics["query_name"] = hit / total
+        if hasattr(model, "query_word"):  # the same through the map onto the LLM's word embeddings
+            scores = model.query_word_scores(q)
+            scores[:, 0] = float("-inf")
+            hit, total = recall_at_k(scores, [{int(c) for c in cells if 0 < int(c) != IGNORE} for cells in batch.cell_names])
+            metrics["query_word"] = hit / total
     model.train(was_training)
     return {k: round(v, 4) for k, v in metrics.items()}
 
@@ -129,7 +134,7 @@ __all__ = ["probe", "greedy_answers", "labels_of"]
 
 # Metrics that a head the export predates would report as noise (see loop.NEW_HEADS).
 HEAD_METRICS = {"cell_name": ("cell_name",), "cell_head": ("cell_count", "cell_color", "cell_size"),
-                "query_name": ("query_name",)}
+                "query_name": ("query_name",), "query_word": ("query_word",)}
 
 
 def probe_export(export_dir, split: str = "val", n: int | None = None) -> dict[str, float]:

@@ -48,8 +48,9 @@ def is_vision_stage(stage: str | None) -> bool:
 
 
 def projection_file(root: Path = DEFAULT_DIR, stage: str | None = None) -> Path | None:
-    """The projection a spec loads: the pinned stage's, or the newest stage's (None for vision-only specs)."""
-    stages = STAGES if stage is None else (() if is_vision_stage(stage) else (stage,))
+    """The projection a spec loads: the pinned stage's, or the newest stage's. A stage-0 export has one only when
+    its stage 0 trained the query_word map onto the LLM's word embeddings (else: untrained projection)."""
+    stages = STAGES if stage is None else (stage,)
     return next((root / s / "proj.safetensors" for s in stages if (root / s / "proj.safetensors").exists()), None)
 
 
