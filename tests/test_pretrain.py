@@ -536,8 +536,9 @@ def test_qformer_image_position_table_is_optional_and_recorded_with_the_export(t
 def test_query_word_puts_one_query_per_object_on_the_llms_own_word_embedding(trained, tmp_path):
     """query_word: targets are the word LLM's input embeddings of each name's first token; objects and queries
     are matched one-to-one (so two objects never share a query); a token on its word costs ~0, a token in the
-    right direction at the wrong norm still costs; unmatched queries are pushed toward zero; a warm start adds
-    the map and its targets as new heads, and training moves the probe's query_word recall off its start."""
+    right direction at the wrong norm still costs; unmatched queries are pushed toward zero; tau adds a softmax
+    over all names; a warm start adds the map and its targets as new heads, training lowers the loss, and the
+    export carries the map as a projection."""
     from minigpt4.model.llm import build_random_llm, load_tokenizer, save_llm_folder
     from minigpt4.pretrain.data import IGNORE
     from minigpt4.pretrain.loop import name_word_targets

