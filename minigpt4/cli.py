@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "website": ("minigpt4.chat.cli", "an HTML page from a hand-drawn sketch"),
     "serve": ("minigpt4.serve.cli", "OpenAI-compatible HTTP API and web chat"),
     "train": ("minigpt4.train.cli", "stage-1 / stage-2 training"),
+    "fit-words": ("minigpt4.train.words", "fit the word readout (image tokens as the LLM's own words) on the world"),
     "curate": ("minigpt4.curate.cli", "the stage-2 data curation loop"),
     "eval": ("minigpt4.eval.cli", "evaluation runs and metrics"),
     "pretrain-vision": ("minigpt4.pretrain.cli", "stage 0: pretrain the small ViT + Q-Former on the image world"),

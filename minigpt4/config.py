@@ -93,13 +93,18 @@ class MiniGPT4Config:
     llm: LLMConfig = field(default_factory=LLMConfig)
     template: str = "vicuna_v0"  # see minigpt4.chat.templates.TEMPLATES
     system: str | None = None    # None -> the template's default system message
-    # Parameter groups that train: any of "proj", "qformer", "vision", "lora".
+    # Parameter groups that train: any of "proj", "words" (the word readout), "qformer", "vision", "lora".
     trainable: list[str] = field(default_factory=lambda: ["proj"])
     lora: dict[str, Any] = field(default_factory=lambda: {"r": 64, "alpha": 16, "dropout": 0.05,
                                                           "target_modules": ["q_proj", "v_proj"]})
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     max_context: int = 2000
+    # Word readout (our addition; empty = the original projection only): each query also picks one of these words
+    # (or none) with a linear classifier, and its image token gains that word's embedding from the LLM's own table
+    # (first token of " word"): the frozen LLM reads a word it knows instead of a direction it must learn.
+    proj_words: list[str] = field(default_factory=list)
+    word_temperature: float = 0.5  # softmax temperature of the word classifier (< 1 sharpens toward one word)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property

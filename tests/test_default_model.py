@@ -241,3 +241,20 @@ def test_lora_runs_load_merged_and_publish_with_their_settings(tmp_path):
     save_checkpoint(tmp_path / "plain", 5, {k: v for k, v in tensors.items() if k.startswith("proj.")}, {}, {})
     publish(tmp_path / "plain", "stage2", root)  # a projection-only stage drops the older adapters
     assert default_lora(root) is None and default_parts(root, "stage1")["lora"] is None
+
+
+def test_a_word_readout_publishes_and_loads_with_its_words(tmp_path):
+    """A run whose model has a word readout (minigpt4 fit-words) ships it beside the projection, words recorded."""
+    run = tmp_path / "run"
+    words = ["cat", "dog"]
+    save_checkpoint(run, 10, {"proj.weight": torch.ones(2, 4), "proj.bias": torch.zeros(2),
+                              "word_proj.classify.weight": torch.full((3, 4), 5.0),
+                              "word_proj.classify.bias": torch.zeros(3)},
+                    state={"step": 10}, meta={"step": 10, "proj_words": words})
+    root = _root(tmp_path, stages=())
+    out = publish(run, "stage1", root)
+    assert set(load_file(str(out))) == {"proj.weight", "proj.bias", "word_proj.classify.weight",
+                                        "word_proj.classify.bias"}
+    assert default_config(root=root).proj_words == words
+    assert float(load_default_state(root)["word_proj.classify.weight"][0, 0]) == 5.0
+    assert default_config(root=root, stage="stage0").proj_words == []  # the vision side alone has none

@@ -146,3 +146,35 @@ def test_llm_hidden_size_mismatch_is_explained():
     cfg.llm.hidden_size = 128
     with pytest.raises(ValueError, match=r"llm.hidden_size=128 but the loaded LLM has hidden size 64"):
         build_model(cfg)
+
+
+# --- word readout ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_word_readout_puts_the_llms_own_word_embeddings_in_the_image_slots():
+    """proj_words: each query's token is the plain projection plus the embedding of the word it picks (none: zero)."""
+    cfg = get_config("tiny")
+    cfg.proj_words = ["cat", "red car", "dog"]
+    model = build_model(cfg).eval()
+    tok, table = model.tokenizer, model.llm.get_input_embeddings().weight
+    first = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in cfg.proj_words]
+    assert torch.equal(model.word_proj.table[1:], table[first].float()) and not model.word_proj.table[0].any()
+    assert "word_proj.table" not in model.state_dict()  # rebuilt from the LLM, never saved
+    feats = torch.randn(2, N_IMG, cfg.proj_in_features)
+    model.proj.weight.zero_(), model.proj.bias.zero_()
+    cls = model.word_proj.classify
+    cls.weight.zero_()
+    cls.bias.copy_(torch.tensor([0.0, 0.0, 50.0, 0.0]))  # every query: "red car" -> " red"
+    assert torch.allclose(model.project(feats), table[first[1]].float().expand(2, N_IMG, -1), atol=1e-5)
+    cls.bias.copy_(torch.tensor([50.0, 0.0, 0.0, 0.0]))  # "none": the token is the plain projection alone
+    model.proj.bias.fill_(0.25)
+    assert torch.allclose(model.project(feats), torch.full((2, N_IMG, cfg.llm.hidden_size), 0.25), atol=1e-5)
+    assert set(expected_layout(cfg, ["proj"])) == {"proj.weight", "proj.bias", "word_proj.classify.weight",
+                                                   "word_proj.classify.bias"}
+    model.set_trainable(["proj"])  # the readout is fit by `minigpt4 fit-words`; it trains only when declared
+    assert model.proj.weight.requires_grad and not cls.weight.requires_grad
+    model.set_trainable(["words"])
+    assert cls.weight.requires_grad and not model.proj.weight.requires_grad
+    with pytest.raises(ValueError, match="no word readout"):
+        build_model(get_config("tiny")).set_trainable(["words"])

@@ -23,7 +23,42 @@ from minigpt4.model.vision import VisionTransformer
 
 IMAGE_TOKEN_ID = -200  # marks image-embedding slots in input_ids; never a real vocabulary id
 IGNORE_INDEX = -100
-TRAINABLE_GROUPS = ("proj", "qformer", "vision", "lora")
+TRAINABLE_GROUPS = ("proj", "words", "qformer", "vision", "lora")
+
+
+class WordReadout(nn.Module):
+    """Each query as a word the LLM already knows: a linear classifier over `words` and "none" (class 0); the query's
+    token is the probability-weighted mix of those words' input embeddings (none adds nothing). MiniGPT-4's linear
+    projection has to learn directions a frozen LLM reads as names; a small LLM reads almost none of them (session 16:
+    1% of names from a fitted linear map, 64% from the names' own embeddings), so this puts the embeddings there."""
+
+    def __init__(self, in_features: int, table: torch.Tensor, temperature: float = 0.5):
+        super().__init__()
+        self.classify = nn.Linear(in_features, table.shape[0] + 1)
+        self.temperature = temperature
+        # Rebuilt from the LLM at load (not saved): row 0 is "none", a zero vector.
+        self.register_buffer("table", torch.cat([table.new_zeros(1, table.shape[1]), table]), persistent=False)
+
+    @classmethod
+    def for_llm(cls, cfg: MiniGPT4Config, llm: nn.Module, tokenizer) -> "WordReadout":
+        return cls(cfg.proj_in_features, word_embeddings(llm, tokenizer, cfg.proj_words), cfg.word_temperature)
+
+    def probs(self, features: torch.Tensor) -> torch.Tensor:
+        return (self.classify(features) / self.temperature).softmax(-1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.probs(features) @ self.table.to(features.dtype)
+
+
+def word_embeddings(llm: nn.Module, tokenizer, words: Sequence[str]) -> torch.Tensor:
+    """(len(words), hidden): the LLM's input embedding of each word's first token as it appears mid-sentence
+    (" word"), a copy in fp32."""
+    ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
+    empty = [w for w, i in zip(words, ids) if not i]
+    if empty:
+        raise ValueError(f"proj_words {empty[:5]} tokenize to nothing; give non-empty words")
+    table = llm.get_input_embeddings().weight
+    return table[torch.tensor([i[0] for i in ids], device=table.device)].detach().float().clone()
 
 
 class MiniGPT4(nn.Module):
@@ -38,6 +73,7 @@ class MiniGPT4(nn.Module):
             raise ValueError(f"config says llm.hidden_size={cfg.llm.hidden_size} but the loaded LLM has "
                              f"hidden size {llm_hidden}; fix llm.hidden_size or load the matching LLM")
         self.proj = nn.Linear(cfg.proj_in_features, llm_hidden)  # `llama_proj` in the original
+        self.word_proj = WordReadout.for_llm(cfg, llm, tokenizer) if cfg.proj_words else None
         self.llm = llm
         self.tokenizer = tokenizer
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -46,13 +82,16 @@ class MiniGPT4(nn.Module):
 
     # --- trainable set -------------------------------------------------------------------
     def groups(self) -> dict[str, list[nn.Module]]:
-        return {"proj": [self.proj], "qformer": [self.qformer] if self.qformer is not None else [],
+        return {"proj": [self.proj], "words": [self.word_proj] if self.word_proj is not None else [],
+                "qformer": [self.qformer] if self.qformer is not None else [],
                 "vision": [self.visual_encoder, self.ln_vision], "llm": [self.llm]}
 
     def set_trainable(self, trainable: Sequence[str]) -> None:
         unknown = sorted(set(trainable) - set(TRAINABLE_GROUPS))
         if unknown:
             raise ValueError(f"unknown trainable group(s) {unknown}; choose from {list(TRAINABLE_GROUPS)}")
+        if "words" in trainable and self.word_proj is None:
+            raise ValueError("trainable includes 'words' but this model has no word readout (its proj_words is empty)")
         if "qformer" in trainable and self.qformer is None:
             raise ValueError("trainable includes 'qformer' but this model has no Q-Former (LLaMA-2 variant)")
         self.trainable = list(trainable)
@@ -92,7 +131,9 @@ class MiniGPT4(nn.Module):
         return feats.reshape(B, N // k, C * k)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        return self.proj(features.to(self.proj.weight.dtype))
+        features = features.to(self.proj.weight.dtype)
+        tokens = self.proj(features)
+        return tokens if self.word_proj is None else tokens + self.word_proj(features)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) normalised pixels -> (B, num_image_tokens, llm_hidden) image embeddings."""
@@ -199,4 +240,6 @@ def build_model(cfg: MiniGPT4Config, dtype: torch.dtype = torch.float32, device:
         model.qformer.to(device, dtype)
     model.ln_vision.to(device)
     model.proj.to(device)
+    if model.word_proj is not None:
+        model.word_proj.to(device)
     return model

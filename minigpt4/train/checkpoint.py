@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from minigpt4.utils import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from minigpt4.weights.common import PROJ_KEYS
 
 
 def rng_state() -> dict:
@@ -49,6 +50,8 @@ def save_checkpoint(root: Path, step: int, trainable: dict[str, torch.Tensor], s
     file_meta = {"step": str(step)}
     if meta.get("lora"):  # the adapters' r/alpha travel with them (needed to merge or re-inject)
         file_meta["lora"] = json.dumps(meta["lora"], sort_keys=True)
+    if meta.get("proj_words"):  # the word readout's classes, in order
+        file_meta["proj_words"] = json.dumps(meta["proj_words"])
     atomic_save_safetensors(trainable, tmp / "trainable.safetensors", metadata=file_meta)
     torch.save(state, tmp / "state.pt")
     atomic_write_json(tmp / "meta.json", meta)
@@ -128,7 +131,7 @@ def load_trainable(path: str | Path) -> dict[str, torch.Tensor]:
     tensors = {}
     for f in trainable_files(path):
         for k, v in load_file(str(f)).items():  # older published projections lack the proj. prefix
-            tensors[f"proj.{k}" if f.name == "proj.safetensors" and not k.startswith("proj.") else k] = v
+            tensors[f"proj.{k}" if f.name == "proj.safetensors" and not k.startswith(PROJ_KEYS) else k] = v
     return tensors
 
 

@@ -56,7 +56,7 @@ class TrainConfig:
     init: str | list[str] | None = None      # start from these trainable weights (checkpoint dirs, .safetensors or
                                              # a published stage folder; a list loads each in turn, e.g. a
                                              # projection, then adapters)
-    trainable: list[str] = field(default_factory=lambda: ["proj"])  # proj, qformer, vision, lora
+    trainable: list[str] = field(default_factory=lambda: ["proj"])  # proj, words, qformer, vision, lora
     proj_conditioning: bool = False          # fit the projection on standardised cached features, starting at
                                              # text-token norm; checkpoints store the plain Linear (conditioning.py)
     lora: dict[str, Any] | None = None       # r, alpha, dropout, target_modules (default: r 64, alpha 16, q/v)

@@ -365,8 +365,10 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What checkpoints store: a conditioned projection folded back into the plain Linear."""
+        """What checkpoints store: a conditioned projection folded back into the plain Linear, and the word readout."""
         state = {n: p.detach() for n, p in self.params}
+        if self.model.word_proj is not None:  # the word readout ships with the projection, trained or not
+            state.update({f"word_proj.{n}": p.detach() for n, p in self.model.word_proj.named_parameters()})
         if self.conditioning is not None:
             state["proj.weight"], state["proj.bias"] = self.conditioning.fold(state["proj.weight"], state["proj.bias"])
         return state
@@ -383,6 +385,8 @@ class Trainer:
                     "recipe": self.cfg.to_dict()}
             if "lora" in self.cfg.trainable:
                 meta["lora"] = self.model.cfg.lora
+            if self.model.cfg.proj_words:
+                meta["proj_words"] = self.model.cfg.proj_words
             if self.frozen_vision:
                 meta["vision"] = self.vision_fp
             path = ckpt.save_checkpoint(self.out, self.step, self.trainable_state(), state, meta,

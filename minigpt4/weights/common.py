@@ -18,7 +18,8 @@ from minigpt4.config import MiniGPT4Config
 
 # Our parameter groups outside the LLM, by key prefix (names as in minigpt4.model.minigpt4.MiniGPT4).
 PARTS = {"vision": ("visual_encoder.",), "ln_vision": ("ln_vision.",), "qformer": ("qformer.",),
-         "proj": ("proj.",)}
+         "proj": ("proj.", "word_proj.")}
+PROJ_KEYS = PARTS["proj"]  # what a published proj.safetensors holds (older files: bare weight/bias)
 
 
 class CheckpointError(ValueError):
@@ -78,6 +79,9 @@ def skeleton(cfg: MiniGPT4Config) -> nn.Module:
         m.ln_vision = nn.LayerNorm(cfg.vision.width)
         m.qformer = QFormer.for_vision(cfg.qformer, cfg.vision) if cfg.qformer is not None else None
         m.proj = nn.Linear(cfg.proj_in_features, cfg.llm.hidden_size)
+        if cfg.proj_words:  # the word readout's classifier (its word table is rebuilt from the LLM, not stored)
+            m.word_proj = nn.Module()
+            m.word_proj.classify = nn.Linear(cfg.proj_in_features, len(cfg.proj_words) + 1)
     return m
 
 

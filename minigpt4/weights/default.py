@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 
 from minigpt4.config import get_config
+from minigpt4.weights.common import PROJ_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,17 @@ def projection_file(root: Path = DEFAULT_DIR, stage: str | None = None) -> Path 
     return next((root / s / "proj.safetensors" for s in stages if (root / s / "proj.safetensors").exists()), None)
 
 
-def recorded_vision(proj: Path | None) -> str:
-    """The stage-0 export a published projection was fit on (publish records it; older ones: stage0)."""
+def proj_metadata(proj: Path | None) -> dict:
     if proj is None:
-        return "stage0"
+        return {}
     from safetensors import safe_open
     with safe_open(str(proj), framework="pt") as f:
-        return (f.metadata() or {}).get("vision", "stage0")
+        return f.metadata() or {}
+
+
+def recorded_vision(proj: Path | None) -> str:
+    """The stage-0 export a published projection was fit on (publish records it; older ones: stage0)."""
+    return proj_metadata(proj).get("vision", "stage0")
 
 
 def vision_dir(root: Path = DEFAULT_DIR, stage: str | None = None) -> Path:
@@ -112,7 +117,7 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
                         "fluent but do not describe the image. See README 'Honest status'.")
     else:
         proj = load_file(parts["proj"])
-        state.update({k if k.startswith("proj.") else f"proj.{k}": v for k, v in proj.items()})
+        state.update({k if k.startswith(PROJ_KEYS) else f"proj.{k}": v for k, v in proj.items()})
     return state
 
 
@@ -126,6 +131,10 @@ def default_config(cfg=None, root: Path = DEFAULT_DIR, stage: str | None = None)
     if recorded:
         known = {f.name for f in dataclasses.fields(cfg.qformer)}
         cfg.qformer = dataclasses.replace(cfg.qformer, **{k: v for k, v in recorded.items() if k in known})
+    # A projection with a word readout records its words (the classifier's classes, in order).
+    words = proj_metadata(projection_file(root, stage)).get("proj_words")
+    if words:
+        cfg.proj_words = json.loads(words)
     return cfg
 
 
@@ -172,7 +181,7 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     if ckpt is None:
         raise CheckpointError(f"no checkpoint in {run}: train first (minigpt4 train ...)")
     tensors = load_trainable(ckpt)
-    proj = {k: v for k, v in tensors.items() if k.startswith("proj.")}
+    proj = {k: v for k, v in tensors.items() if k.startswith(PROJ_KEYS)}
     lora = {k: v for k, v in tensors.items() if "lora_" in k}
     spec = lora_spec(ckpt) if lora else None
     if not proj or len(proj) + len(lora) != len(tensors) or (lora and spec is None):
@@ -187,6 +196,8 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     out = Path(out_dir) if out_dir is not None else root / stage
     out.mkdir(parents=True, exist_ok=True)
     meta = {"run": str(run), "checkpoint": ckpt.name, "vision": vision}
+    if (ckpt / "meta.json").exists() and json.loads((ckpt / "meta.json").read_text()).get("proj_words"):
+        meta["proj_words"] = json.dumps(json.loads((ckpt / "meta.json").read_text())["proj_words"])
     atomic_save_safetensors(proj, out / "proj.safetensors", metadata=meta)
     if lora:  # fp16 halves the git history per publish; merging computes in fp32 anyway
         atomic_save_safetensors({k: v.half() for k, v in lora.items()}, out / "lora.safetensors",

@@ -129,6 +129,8 @@ def assemble(cfg: MiniGPT4Config, state: dict[str, torch.Tensor], dtype: torch.d
         model.qformer.to(device, dtype)
     model.ln_vision.to(device, torch.float32)
     model.proj.to(device, torch.float32)
+    if model.word_proj is not None:
+        model.word_proj.to(device, torch.float32)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise CheckpointError(f"weights missing for {short(left)}")

@@ -1,0 +1,190 @@
+"""Fit the word readout (`MiniGPT4.word_proj`) on frozen vision features from the image world's ground truth.
+
+    minigpt4 fit-words default@stage0-word --out checkpoints/default/stage0-word
+
+Each of the Q-Former's queries becomes one of the world's object names or "none": a linear classifier per query,
+trained DETR-style (per image, the queries are matched one-to-one to the names present by the Hungarian algorithm on
+the classifier's own log-probabilities; matched queries learn their name, the rest learn "none"). No LLM runs: the
+readout's tokens are the LLM's own word embeddings, so the frozen LLM reads them as words from the start (stage 1 and
+2 may then train it further, with the projection beside it). The fit standardises the features and folds that into
+the classifier, keeps the epoch with the best held-out F1 of the names an image shows, raises "none" by the margin that
+best trades the names found against false ones on the same held-out images, and writes `proj.safetensors`
+(the readout, the plain projection zeroed unless `--keep-proj`) with the word list and the vision side in its metadata.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+KINDS = ("scene", "dish")  # images whose truth names objects: scene objects, dish ingredients
+
+
+def truth_names(truth: dict) -> list[str]:
+    """The object names an image shows, once each (a kind drawn twice is one object with a count)."""
+    if truth["kind"] == "dish":
+        return list(dict.fromkeys(i["name"] for i in truth["ingredients"]))
+    return list(dict.fromkeys(o["name"] for o in truth.get("objects", []) if o.get("name")))
+
+
+@torch.no_grad()
+def extract(model, n: int, split: str, seed: int, batch_size: int = 64, dish_every: int = 5,
+            desc: str = "features") -> tuple[torch.Tensor, list[list[str]]]:
+    """(n, queries, hidden) frozen features and each image's names, for world images `seed`.. of `split`
+    (every `dish_every`-th a dish, the rest scenes)."""
+    from minigpt4.world import generate
+    feats, names = [], []
+    size = model.cfg.vision.image_size
+    for start in tqdm(range(seed, seed + n, batch_size), desc=desc, unit="batch"):
+        samples = [generate(KINDS[int(i % dish_every == 0)], i, split, size)
+                   for i in range(start, min(start + batch_size, seed + n))]
+        feats.append(model.vision_features(model.preprocess([s.image for s in samples])).float().cpu())
+        names += [truth_names(s.truth) for s in samples]
+    return torch.cat(feats), names
+
+
+def match_targets(logp: torch.Tensor, present: list[list[int]]) -> torch.Tensor:
+    """(B, Q) class ids: each image's present classes on the queries that score them best one-to-one, 0 elsewhere."""
+    from scipy.optimize import linear_sum_assignment
+    target = torch.zeros(logp.shape[:2], dtype=torch.long)
+    cost = -logp.detach().cpu()
+    for b, ids in enumerate(present):
+        ids = ids[:logp.shape[1]]
+        if ids:
+            q, j = linear_sum_assignment(cost[b][:, ids].numpy())
+            target[b, torch.as_tensor(q)] = torch.tensor([ids[k] for k in j])
+    return target
+
+
+def name_scores(pred: torch.Tensor, present: list[list[int]]) -> dict:
+    """Image-level: recall of the names present, false names per image and F1, from (B, Q) predicted classes."""
+    hit = total = false = 0
+    for row, ids in zip(pred.tolist(), present):
+        said = set(row) - {0}
+        hit += len(said & set(ids))
+        total += len(ids)
+        false += len(said - set(ids))
+    recall = hit / max(1, total)
+    precision = hit / max(1, hit + false)
+    return {"recall": recall, "false_per_image": false / max(1, len(present)),
+            "f1": 2 * recall * precision / max(1e-9, recall + precision)}
+
+
+def fit(train_x: torch.Tensor, train_ids: list[list[int]], val_x: torch.Tensor, val_ids: list[list[int]],
+        classes: int, epochs: int = 6, none_weight: float = 0.2, lr: float = 3e-3, batch_size: int = 256,
+        seed: int = 0, log=print) -> tuple[dict, list[dict]]:
+    """Train the classifier; returns the best epoch's {weight, bias} (standardisation folded in) and the history."""
+    g = torch.Generator().manual_seed(seed)
+    mean, std = train_x.mean((0, 1)), train_x.std((0, 1)) + 1e-5
+    standard = lambda x: (x - mean) / std
+    head = torch.nn.Linear(train_x.shape[-1], classes)
+    opt = torch.optim.AdamW(head.parameters(), lr, weight_decay=1e-4)
+    steps = epochs * -(-len(train_x) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    weight = torch.ones(classes)
+    weight[0] = none_weight  # most queries show nothing; at weight 1 the fit learns to say "none" everywhere
+    best, history = None, []
+    vx = standard(val_x)
+    for epoch in range(epochs):
+        order = torch.randperm(len(train_x), generator=g)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            logp = head(standard(train_x[idx])).log_softmax(-1)
+            target = match_targets(logp, [train_ids[j] for j in idx.tolist()])
+            loss = F.nll_loss(logp.flatten(0, 1), target.flatten(), weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        with torch.no_grad():
+            scores = name_scores(head(vx).argmax(-1), val_ids)
+        history.append({"epoch": epoch + 1, "loss": loss.item(), **scores})
+        log(f"epoch {epoch + 1}: loss {loss.item():.3f}, held-out names recall {scores['recall']:.1%}, "
+            f"false names per image {scores['false_per_image']:.2f}, F1 {scores['f1']:.3f}")
+        if best is None or scores["f1"] > best[0]:
+            with torch.no_grad():  # fold the standardisation: W (x - m) / s + b = (W / s) x + (b - W m / s)
+                w = head.weight / std
+                best = (scores["f1"], {"weight": w.clone(), "bias": head.bias - w @ mean})
+    # Then raise "none" by the margin that gives the best held-out F1: a false name is a hallucination to come.
+    with torch.no_grad():
+        logits = val_x @ best[1]["weight"].T + best[1]["bias"]
+        margin, scores = max(((m, name_scores((logits + torch.eye(classes)[0] * m).argmax(-1), val_ids))
+                              for m in torch.arange(0, 6.01, 0.5).tolist()), key=lambda ms: ms[1]["f1"])
+        best[1]["bias"][0] += margin
+    history.append({"epoch": "none margin", "margin": margin, **scores})
+    log(f"'none' raised by {margin:g}: held-out names recall {scores['recall']:.1%}, false names per image "
+        f"{scores['false_per_image']:.2f}, F1 {scores['f1']:.3f}")
+    return best[1], history
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("fit-words", help="fit the word readout on frozen vision features (no LLM runs)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("model", help="model spec whose frozen vision side to read (e.g. default@stage0-word)")
+    ap.add_argument("--out", required=True, help="folder for proj.safetensors and fit.json (e.g. the stage-0 "
+                                                 "export's folder, so default@stage0-NAME loads it)")
+    ap.add_argument("--images", type=int, default=30000, help="training images (1 in 5 a dish; default 30000)")
+    ap.add_argument("--val", type=int, default=2000, help="held-out val images scored after each epoch")
+    ap.add_argument("--epochs", type=int, default=20, help="passes over the training features (cosine learning rate)")
+    ap.add_argument("--none-weight", type=float, default=0.2, help="loss weight of 'none' (default 0.2)")
+    ap.add_argument("--keep-proj", action="store_true",
+                    help="keep the model's plain projection beside the readout (default: zero it; a stage-0 "
+                         "export's word map adds tokens the LLM reads as noise)")
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def run(a) -> int:
+    from minigpt4.utils import atomic_save_safetensors, atomic_write_json
+    from minigpt4.weights import load_model
+    from minigpt4.weights.default import parse_spec
+    torch.manual_seed(a.seed)
+    model = load_model(a.model, quantize=None).eval()
+    t0 = time.time()
+    train_x, train_names = extract(model, a.images, "train", 500_000 + a.seed, desc="train features")
+    val_x, val_names = extract(model, a.val, "val", 0, desc="val features")
+    words = sorted({w for ws in train_names for w in ws})  # object kinds, shapes, "sign", ingredients
+    index = {w: i + 1 for i, w in enumerate(words)}  # class 0: none
+    to_ids = lambda rows: [[index[w] for w in ws if w in index] for ws in rows]
+    head, history = fit(train_x, to_ids(train_names), val_x, to_ids(val_names), len(words) + 1, a.epochs,
+                        a.none_weight, seed=a.seed)
+    tensors = {"word_proj.classify.weight": head["weight"].contiguous(),
+               "word_proj.classify.bias": head["bias"].contiguous()}
+    proj = model.proj
+    tensors["proj.weight"] = proj.weight.detach().float().clone() if a.keep_proj else torch.zeros_like(proj.weight)
+    tensors["proj.bias"] = proj.bias.detach().float().clone() if a.keep_proj else torch.zeros_like(proj.bias)
+    spec = a.model.split("@")
+    meta = {"proj_words": json.dumps(words), "fit": "minigpt4 fit-words"}
+    if spec[0] == "default" and len(spec) == 2 and (parse_spec(a.model) or "").startswith("stage0"):
+        meta["vision"] = spec[1]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(tensors, out / "proj.safetensors", metadata=meta)
+    atomic_write_json(out / "fit.json", {"model": a.model, "images": a.images, "val": a.val, "words": len(words),
+                                         "none_weight": a.none_weight, "minutes": (time.time() - t0) / 60,
+                                         "history": history})
+    final = history[-1]
+    print(f"wrote {out / 'proj.safetensors'}: {len(words)} words; held-out names recall {final['recall']:.1%}, "
+          f"false names per image {final['false_per_image']:.2f}, F1 {final['f1']:.3f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="minigpt4 fit-words", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
