@@ -172,6 +172,12 @@ def test_word_readout_puts_the_llms_own_word_embeddings_in_the_image_slots():
     assert torch.allclose(model.project(feats), torch.full((2, N_IMG, cfg.llm.hidden_size), 0.25), atol=1e-5)
     assert set(expected_layout(cfg, ["proj"])) == {"proj.weight", "proj.bias", "word_proj.classify.weight",
                                                    "word_proj.classify.bias"}
+    # loading assembles the model on the meta device and assigns the weights: the word table is the LLM's, not meta
+    from minigpt4.weights.pretrained import assemble
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("llm.")}
+    loaded = assemble(cfg, state).eval()
+    assert torch.equal(loaded.word_proj.table, model.word_proj.table)
+    assert torch.allclose(loaded.project(feats), model.project(feats), atol=1e-6)
     model.set_trainable(["proj"])  # the readout is fit by `minigpt4 fit-words`; it trains only when declared
     assert model.proj.weight.requires_grad and not cls.weight.requires_grad
     model.set_trainable(["words"])

@@ -50,15 +50,20 @@ class WordReadout(nn.Module):
         return self.probs(features) @ self.table.to(features.dtype)
 
 
-def word_embeddings(llm: nn.Module, tokenizer, words: Sequence[str]) -> torch.Tensor:
-    """(len(words), hidden): the LLM's input embedding of each word's first token as it appears mid-sentence
-    (" word"), a copy in fp32."""
+def first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    """The id of each word's first token as it appears mid-sentence (" word")."""
     ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
     empty = [w for w, i in zip(words, ids) if not i]
     if empty:
-        raise ValueError(f"proj_words {empty[:5]} tokenize to nothing; give non-empty words")
+        raise ValueError(f"words {empty[:5]} tokenize to nothing; give non-empty words")
+    return [i[0] for i in ids]
+
+
+def word_embeddings(llm: nn.Module, tokenizer, words: Sequence[str]) -> torch.Tensor:
+    """(len(words), hidden): the LLM's input embedding of each word's first token (first_token_ids), a copy in fp32.
+    The index names the table's device: models are also built under torch.device("meta") (weights.assemble)."""
     table = llm.get_input_embeddings().weight
-    return table[torch.tensor([i[0] for i in ids], device=table.device)].detach().float().clone()
+    return table[torch.tensor(first_token_ids(tokenizer, words), device=table.device)].detach().float().clone()
 
 
 class MiniGPT4(nn.Module):

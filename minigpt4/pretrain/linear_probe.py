@@ -214,9 +214,10 @@ def run_llm_read(model, n: int = 300, seed: int = 7, size: int | None = None, ba
     user asks "What is in this image?" and the answer starts "The image shows a"; the LLM's next-token scores over
     the first tokens of all object names (" name") give recall@k of the names present (k = how many)."""
     from minigpt4.chat.templates import Message, encode_conversation, get_template
+    from minigpt4.model.minigpt4 import first_token_ids
     names, scenes, present = val_scenes_with_names(n, seed, size or model.cfg.vision.image_size)
     tok = model.tokenizer
-    first = torch.tensor([tok(" " + name, add_special_tokens=False)["input_ids"][0] for name in names])
+    first = torch.tensor(first_token_ids(tok, names))
     ids, _ = encode_conversation(tok, get_template(model.cfg.template, tokenizer=tok),
                                  [Message("user", "What is in this image?", images=["image"])],
                                  model.cfg.num_image_tokens)

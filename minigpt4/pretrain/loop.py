@@ -45,11 +45,9 @@ def name_word_targets(names: list[str], llm: str | None) -> torch.Tensor:
         model, tokenizer = load_llm_folder(Path(llm)), load_tokenizer(llm)
     else:
         model, tokenizer = load_gguf_llm(default_gguf_path() if llm == "default" else llm)
-    table = model.get_input_embeddings().weight.detach().float()
-    out = torch.zeros(len(names), table.shape[1])
-    for i, name in enumerate(names[1:], 1):
-        out[i] = table[tokenizer(" " + name, add_special_tokens=False)["input_ids"][0]]
-    return out
+    from minigpt4.model.minigpt4 import word_embeddings
+    words = word_embeddings(model, tokenizer, names[1:])
+    return torch.cat([words.new_zeros(1, words.shape[1]), words])
 
 
 class Run:

@@ -147,7 +147,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def run(a) -> int:
     from minigpt4.utils import atomic_save_safetensors, atomic_write_json
     from minigpt4.weights import load_model
-    from minigpt4.weights.default import parse_spec
+    from minigpt4.weights.default import is_vision_stage
     torch.manual_seed(a.seed)
     model = load_model(a.model, quantize=None).eval()
     t0 = time.time()
@@ -163,9 +163,9 @@ def run(a) -> int:
     proj = model.proj
     tensors["proj.weight"] = proj.weight.detach().float().clone() if a.keep_proj else torch.zeros_like(proj.weight)
     tensors["proj.bias"] = proj.bias.detach().float().clone() if a.keep_proj else torch.zeros_like(proj.bias)
-    spec = a.model.split("@")
     meta = {"proj_words": json.dumps(words), "fit": "minigpt4 fit-words"}
-    if spec[0] == "default" and len(spec) == 2 and (parse_spec(a.model) or "").startswith("stage0"):
+    spec = a.model.split("@")
+    if len(spec) == 2 and spec[0] == "default" and is_vision_stage(spec[1]):  # default@stage0-NAME: that export
         meta["vision"] = spec[1]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

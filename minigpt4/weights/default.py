@@ -168,7 +168,7 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     stage folder there instead, to evaluate it (`--model default@<vision>@<out_dir>`) before it ships."""
     import shutil
 
-    from minigpt4.train.checkpoint import latest_checkpoint, load_trainable, lora_spec
+    from minigpt4.train.checkpoint import latest_checkpoint, load_trainable, lora_spec, read_meta
     from minigpt4.utils import atomic_save_safetensors
     from minigpt4.weights.common import CheckpointError
     if stage not in STAGES:
@@ -196,8 +196,9 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     out = Path(out_dir) if out_dir is not None else root / stage
     out.mkdir(parents=True, exist_ok=True)
     meta = {"run": str(run), "checkpoint": ckpt.name, "vision": vision}
-    if (ckpt / "meta.json").exists() and json.loads((ckpt / "meta.json").read_text()).get("proj_words"):
-        meta["proj_words"] = json.dumps(json.loads((ckpt / "meta.json").read_text())["proj_words"])
+    words = read_meta(ckpt).get("proj_words") if (ckpt / "meta.json").exists() else None
+    if words:
+        meta["proj_words"] = json.dumps(words)
     atomic_save_safetensors(proj, out / "proj.safetensors", metadata=meta)
     if lora:  # fp16 halves the git history per publish; merging computes in fp32 anyway
         atomic_save_safetensors({k: v.half() for k, v in lora.items()}, out / "lora.safetensors",
