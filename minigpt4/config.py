@@ -83,6 +83,9 @@ class GenerationConfig:
     seed: int | None = None
 
 
+READOUT_KEYS = ("proj_words", "word_layout")  # MiniGPT4Config.readout_meta(): what a projection file records
+
+
 @dataclass
 class MiniGPT4Config:
     name: str = "custom"
@@ -105,19 +108,50 @@ class MiniGPT4Config:
     # (first token of " word"): the frozen LLM reads a word it knows instead of a direction it must learn.
     proj_words: list[str] = field(default_factory=list)
     word_temperature: float = 0.5  # softmax temperature of the word classifier (< 1 sharpens toward one word)
+    # How a query's word and its projection reach the LLM: "sum" - one slot holds both; "pair" - two slots, the word's
+    # then the projection's; "append" - all the projection's tokens, then all the words (the projection's tokens keep
+    # the places a model trained without the readout read them at). pair and append double the image tokens.
+    word_layout: str = "sum"
+    # The readout reads its own frozen vision side (the main one's architecture, weights `word_vision.*`): a stage-0
+    # export trained to name objects beside the one the projection reads for attributes.
+    word_vision: bool = False
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property
-    def num_image_tokens(self) -> int:
+    def num_queries(self) -> int:
+        """Outputs of one vision side per image, each projected to one image token (two with a paired word readout)."""
         if self.qformer is not None:
             return self.qformer.num_query_tokens
         return self.vision.num_patches // self.concat_tokens
+
+    @property
+    def num_vision_tokens(self) -> int:
+        """Rows of MiniGPT4.vision_features per image (and of the feature cache): the word vision side's follow."""
+        return self.num_queries * (2 if self.word_vision else 1)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.num_queries * (2 if self.proj_words and self.word_layout != "sum" else 1)
 
     @property
     def proj_in_features(self) -> int:
         if self.qformer is not None:
             return self.qformer.hidden
         return self.vision.width * self.concat_tokens
+
+    def readout_meta(self) -> dict[str, str]:
+        """The word readout's settings as string metadata (safetensors headers, meta.json); {} without one."""
+        if not self.proj_words:
+            return {}
+        return {"proj_words": json.dumps(self.proj_words), "word_layout": self.word_layout}
+
+    def apply_readout_meta(self, meta: dict[str, str]) -> None:
+        """Take a projection file's readout_meta (files written before word_layout existed summed). A published
+        file also names the stage-0 export its readout reads (`word_vision`), when that is not the main one."""
+        if meta.get("proj_words"):
+            self.proj_words = json.loads(meta["proj_words"])
+            self.word_layout = meta.get("word_layout", "sum")
+            self.word_vision = bool(meta.get("word_vision"))
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -184,3 +184,66 @@ def test_word_readout_puts_the_llms_own_word_embeddings_in_the_image_slots():
     assert cls.weight.requires_grad and not model.proj.weight.requires_grad
     with pytest.raises(ValueError, match="no word readout"):
         build_model(get_config("tiny")).set_trainable(["words"])
+
+
+@torch.no_grad()
+def test_a_paired_word_readout_gives_each_query_a_word_slot_and_a_projection_slot():
+    """word_layout "pair": query i fills slots 2i (its word) and 2i+1 (its projection), so the prompt holds twice the
+    image tokens; chat prompts, the splice and the training loss all follow the doubled count."""
+    from minigpt4.chat.templates import tokenize
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout = ["cat", "dog"], "pair"
+    assert cfg.num_queries == N_IMG and cfg.num_image_tokens == 2 * N_IMG
+    model = build_model(cfg).eval()
+    table = model.llm.get_input_embeddings().weight
+    dog = model.tokenizer(" dog", add_special_tokens=False)["input_ids"][0]
+    model.word_proj.classify.weight.zero_()
+    model.word_proj.classify.bias.copy_(torch.tensor([0.0, 0.0, 50.0]))  # every query: "dog"
+    feats = torch.randn(2, N_IMG, cfg.proj_in_features)
+    tokens = model.project(feats)
+    assert tokens.shape == (2, 2 * N_IMG, cfg.llm.hidden_size)
+    assert torch.allclose(tokens[:, 0::2], table[dog].float().expand(2, N_IMG, -1), atol=1e-5)
+    assert torch.allclose(tokens[:, 1::2], model.proj(feats), atol=1e-6)
+    model.cfg.word_layout = "append"  # all the projection's tokens first, where a model without words had them
+    assert torch.allclose(model.project(feats), torch.cat([model.proj(feats), tokens[:, 0::2]], 1), atol=1e-6)
+    model.cfg.word_layout = "pair"
+    ids = torch.tensor([tokenize(model.tokenizer, "<ImageHere> a dog", cfg.num_image_tokens)])
+    assert int((ids == IMAGE_TOKEN_ID).sum()) == 2 * N_IMG
+    labels = torch.where(ids == IMAGE_TOKEN_ID, -100, ids)
+    loss = model(ids, torch.ones_like(ids), labels, features=feats[:1])
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="features 8"):  # the summed layout's 8 tokens do not fill 16 slots
+        model.embed(ids, model.proj(feats[:1]))
+    cfg.word_layout = "side"
+    with pytest.raises(ValueError, match=r"word_layout must be one of \['sum', 'pair', 'append'\]"):
+        build_model(cfg)
+
+
+@torch.no_grad()
+def test_a_word_vision_side_feeds_the_readout_and_only_the_readout():
+    """word_vision: a second frozen vision side whose outputs follow the main side's in vision_features; the
+    projection reads the main half, the readout the word half, and no trainable group reaches it."""
+    from minigpt4.weights.pretrained import assemble
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout, cfg.word_vision = ["cat", "dog"], "pair", True
+    assert cfg.num_vision_tokens == 2 * N_IMG and cfg.num_image_tokens == 2 * N_IMG
+    model = build_model(cfg).eval()
+    pixels = torch.randn(2, 3, cfg.vision.image_size, cfg.vision.image_size)
+    feats = model.vision_features(pixels)
+    main = build_model(get_config("tiny")).eval()  # same seed: the same main vision side, no word side
+    assert torch.allclose(feats[:, :N_IMG], main.vision_features(pixels), atol=1e-6)
+    assert torch.allclose(feats[:, N_IMG:], model.word_vision(pixels), atol=1e-6)
+    assert not torch.allclose(feats[:, :N_IMG], feats[:, N_IMG:])
+    tokens = model.project(feats)
+    assert torch.allclose(tokens[:, 1::2], model.proj(feats[:, :N_IMG]), atol=1e-6)
+    assert torch.allclose(tokens[:, 0::2], model.word_proj(feats[:, N_IMG:]), atol=1e-6)
+    model.set_trainable(["proj", "words", "vision", "qformer"])
+    assert not any(p.requires_grad for p in model.word_vision.parameters())
+    # weights (also assembled on the meta device) carry the word side as word_vision.*
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("llm.")}
+    assert any(k.startswith("word_vision.qformer.") for k in expected_layout(cfg))
+    loaded = assemble(cfg, state).eval()
+    assert torch.allclose(loaded.encode_pixels(pixels), model.encode_pixels(pixels), atol=1e-5)
+    cfg.proj_words = []
+    with pytest.raises(ValueError, match="word_vision is the word readout's own vision side"):
+        build_model(cfg)

@@ -181,6 +181,26 @@ def test_feature_cache_trains_like_the_encoders_and_bad_images_are_skipped(data,
     assert_same(runs["on"], runs["off"], atol=1e-5)
 
 
+def test_a_readout_on_its_own_vision_side_trains_from_cached_features_like_from_pixels(data, tmp_path):
+    """A model with a word vision side (both halves cached in one feature row per image): the projection trains the
+    same from the cache as from pixels, the frozen readout rides along unchanged."""
+    from minigpt4.config import get_config
+    from minigpt4.model.minigpt4 import build_model
+    from minigpt4.weights.pretrained import save_pretrained
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout, cfg.word_vision = ["cat", "dog", "red"], "pair", True
+    base = build_model(cfg)
+    save_pretrained(base, tmp_path / "dual")
+    runs = {}
+    for mode in ("on", "off"):
+        train(load_config(recipe(data, tmp_path / mode, model=str(tmp_path / "dual"), feature_cache=mode, max_steps=2,
+                                 data=[{"type": "folder", "path": str(data["folder"])}], batch_size=8)))
+        runs[mode] = params(tmp_path / mode)
+    assert_same(runs["on"], runs["off"], atol=1e-5)
+    assert runs["on"]["proj.weight"].ne(base.proj.weight).any()
+    assert torch.equal(runs["on"]["word_proj.classify.weight"], base.word_proj.classify.weight)
+
+
 def test_stage2_with_lora_starts_from_stage1_and_saves_only_adapters(data, tmp_path):
     s1 = tmp_path / "s1"
     train(load_config(recipe(data, s1, max_steps=2)))

@@ -2,6 +2,7 @@
 import json
 
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -48,9 +49,11 @@ def test_fit_words_cli_writes_a_readout_the_model_loads(tmp_path):
     from minigpt4.model.minigpt4 import build_model
     from minigpt4.weights.common import check_layout, copy_into, expected_layout
     from minigpt4.world.vocab import object_kinds
-    assert main(["fit-words", "tiny", "--images", "48", "--val", "16", "--epochs", "2", "--out", str(tmp_path)]) == 0
+    assert main(["fit-words", "tiny", "--images", "48", "--val", "16", "--epochs", "2", "--layout", "pair",
+                 "--out", str(tmp_path)]) == 0
     with safe_open(str(tmp_path / "proj.safetensors"), framework="pt") as f:
-        words = json.loads(f.metadata()["proj_words"])
+        meta = f.metadata()
+    words = json.loads(meta["proj_words"])
     kinds = {o.name for o in object_kinds("train")}
     assert words == sorted(words) and len(set(words)) == len(words)
     from minigpt4.world.dish import DRAWN
@@ -59,9 +62,11 @@ def test_fit_words_cli_writes_a_readout_the_model_loads(tmp_path):
     state = load_file(tmp_path / "proj.safetensors")
     assert not state["proj.weight"].any() and not state["proj.bias"].any()  # the plain projection starts at zero
     cfg = get_config("tiny")
-    cfg.proj_words = words
+    cfg.apply_readout_meta(meta)
+    assert (cfg.proj_words, cfg.word_layout) == (words, "pair")
     check_layout(state, expected_layout(cfg, ["proj"]), "fit-words output")
     model = build_model(cfg)
     copy_into(model, state, "fit-words output")
+    assert model.encode_images([Image.new("RGB", (40, 30), "red")]).shape[1] == 2 * cfg.num_queries
     fitted = json.loads((tmp_path / "fit.json").read_text())
     assert [h["epoch"] for h in fitted["history"]] == [1, 2, "none margin"] and fitted["words"] == len(words)

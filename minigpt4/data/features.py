@@ -35,6 +35,8 @@ def vision_fingerprint(model) -> str:
     modules = {"visual_encoder": model.visual_encoder, "ln_vision": model.ln_vision}
     if model.qformer is not None:
         modules["qformer"] = model.qformer
+    if getattr(model, "word_vision", None) is not None:  # its outputs are cached beside the main side's
+        modules["word_vision"] = model.word_vision
     for mname, mod in modules.items():
         for name, t in sorted(mod.state_dict().items()):
             t = t.detach().cpu().contiguous()

@@ -24,6 +24,7 @@ from minigpt4.model.vision import VisionTransformer
 IMAGE_TOKEN_ID = -200  # marks image-embedding slots in input_ids; never a real vocabulary id
 IGNORE_INDEX = -100
 TRAINABLE_GROUPS = ("proj", "words", "qformer", "vision", "lora")
+WORD_LAYOUTS = ("sum", "pair", "append")  # MiniGPT4Config.word_layout
 
 
 class WordReadout(nn.Module):
@@ -66,6 +67,42 @@ def word_embeddings(llm: nn.Module, tokenizer, words: Sequence[str]) -> torch.Te
     return table[torch.tensor(first_token_ids(tokenizer, words), device=table.device)].detach().float().clone()
 
 
+def frozen_features(visual_encoder: nn.Module, ln_vision: nn.Module, qformer: nn.Module | None, pixels: torch.Tensor,
+                    concat_tokens: int) -> torch.Tensor:
+    """One vision side: pixels -> Q-Former outputs (or, with no Q-Former, every `concat_tokens` ViT tokens joined)."""
+    enc = visual_encoder.patch_embed.proj.weight
+    feats = visual_encoder(pixels.to(enc.device, enc.dtype))
+    feats = ln_vision(feats.to(ln_vision.weight.dtype))
+    if qformer is not None:
+        return qformer(feats.to(qformer.query_tokens.dtype))
+    feats = feats[:, 1:, :]  # LLaMA-2 variant: drop CLS, concatenate every k tokens
+    B, N, C = feats.shape
+    return feats.reshape(B, N // concat_tokens, C * concat_tokens)
+
+
+class WordVision(nn.Module):
+    """A second frozen vision side that only the word readout reads (config word_vision): one stage-0 export can be
+    trained to name objects and another, the projection's, to carry their attributes."""
+
+    def __init__(self, cfg: MiniGPT4Config):
+        super().__init__()
+        self.concat_tokens = cfg.concat_tokens
+        self.visual_encoder = VisionTransformer(cfg.vision)
+        self.ln_vision = nn.LayerNorm(cfg.vision.width)
+        self.qformer = QFormer.for_vision(cfg.qformer, cfg.vision) if cfg.qformer is not None else None
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return frozen_features(self.visual_encoder, self.ln_vision, self.qformer, pixels, self.concat_tokens)
+
+    def to_compute(self, device, dtype: torch.dtype) -> "WordVision":
+        """As the main side: ViT and Q-Former in the compute dtype, ln_vision in fp32."""
+        self.visual_encoder.to(device, dtype)
+        if self.qformer is not None:
+            self.qformer.to(device, dtype)
+        self.ln_vision.to(device, torch.float32)
+        return self
+
+
 class MiniGPT4(nn.Module):
     def __init__(self, cfg: MiniGPT4Config, llm: nn.Module, tokenizer, cache_size: int = 256):
         super().__init__()
@@ -78,7 +115,12 @@ class MiniGPT4(nn.Module):
             raise ValueError(f"config says llm.hidden_size={cfg.llm.hidden_size} but the loaded LLM has "
                              f"hidden size {llm_hidden}; fix llm.hidden_size or load the matching LLM")
         self.proj = nn.Linear(cfg.proj_in_features, llm_hidden)  # `llama_proj` in the original
+        if cfg.word_layout not in WORD_LAYOUTS:
+            raise ValueError(f"word_layout must be one of {list(WORD_LAYOUTS)}, not {cfg.word_layout!r}")
+        if cfg.word_vision and not cfg.proj_words:
+            raise ValueError("word_vision is the word readout's own vision side, but proj_words is empty (no readout)")
         self.word_proj = WordReadout.for_llm(cfg, llm, tokenizer) if cfg.proj_words else None
+        self.word_vision = WordVision(cfg) if cfg.word_vision else None
         self.llm = llm
         self.tokenizer = tokenizer
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -89,7 +131,8 @@ class MiniGPT4(nn.Module):
     def groups(self) -> dict[str, list[nn.Module]]:
         return {"proj": [self.proj], "words": [self.word_proj] if self.word_proj is not None else [],
                 "qformer": [self.qformer] if self.qformer is not None else [],
-                "vision": [self.visual_encoder, self.ln_vision], "llm": [self.llm]}
+                "vision": [self.visual_encoder, self.ln_vision], "llm": [self.llm],
+                "word_vision": [self.word_vision] if self.word_vision is not None else []}  # never trains
 
     def set_trainable(self, trainable: Sequence[str]) -> None:
         unknown = sorted(set(trainable) - set(TRAINABLE_GROUPS))
@@ -124,21 +167,34 @@ class MiniGPT4(nn.Module):
         return self.proj.weight.device
 
     def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Frozen vision side: pixels -> Q-Former outputs (or concatenated ViT tokens)."""
-        vdtype = self.visual_encoder.patch_embed.proj.weight.dtype
-        feats = self.visual_encoder(pixels.to(self.device, vdtype))
-        feats = self.ln_vision(feats.to(self.ln_vision.weight.dtype))
-        if self.qformer is not None:
-            return self.qformer(feats.to(self.qformer.query_tokens.dtype))
-        feats = feats[:, 1:, :]  # LLaMA-2 variant: drop CLS, concatenate every k tokens
-        B, N, C = feats.shape
-        k = self.cfg.concat_tokens
-        return feats.reshape(B, N // k, C * k)
+        """Frozen vision side: pixels -> (B, num_vision_tokens, D) Q-Former outputs (or concatenated ViT tokens);
+        with a word vision side, its outputs follow the main side's."""
+        feats = frozen_features(self.visual_encoder, self.ln_vision, self.qformer, pixels, self.cfg.concat_tokens)
+        if self.word_vision is not None:
+            feats = torch.cat([feats, self.word_vision(pixels).to(feats.dtype)], dim=1)
+        return feats
+
+    def split_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """vision_features -> (what the projection reads, what the word readout reads)."""
+        if self.word_vision is None:
+            return features, features
+        n = self.cfg.num_queries
+        return features[:, :n], features[:, n:]
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        features = features.to(self.proj.weight.dtype)
-        tokens = self.proj(features)
-        return tokens if self.word_proj is None else tokens + self.word_proj(features)
+        """(B, num_vision_tokens, D) vision features -> (B, num_image_tokens, llm_hidden). With a word readout, "sum"
+        adds each query's word to its projection; "pair" gives them a slot each, word first; "append" puts all the
+        word tokens after all the projection's."""
+        main, for_words = self.split_features(features.to(self.proj.weight.dtype))
+        tokens = self.proj(main)
+        if self.word_proj is None:
+            return tokens
+        words = self.word_proj(for_words)
+        if self.cfg.word_layout == "sum":
+            return tokens + words
+        if self.cfg.word_layout == "append":
+            return torch.cat([tokens, words], dim=1)
+        return torch.stack([words, tokens], dim=2).flatten(1, 2)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) normalised pixels -> (B, num_image_tokens, llm_hidden) image embeddings."""
@@ -247,4 +303,6 @@ def build_model(cfg: MiniGPT4Config, dtype: torch.dtype = torch.float32, device:
     model.proj.to(device)
     if model.word_proj is not None:
         model.word_proj.to(device)
+    if model.word_vision is not None:
+        model.word_vision.to_compute(device, dtype)
     return model

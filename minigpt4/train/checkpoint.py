@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minigpt4.config import READOUT_KEYS
 from minigpt4.utils import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from minigpt4.weights.common import PROJ_KEYS
 
@@ -50,8 +51,9 @@ def save_checkpoint(root: Path, step: int, trainable: dict[str, torch.Tensor], s
     file_meta = {"step": str(step)}
     if meta.get("lora"):  # the adapters' r/alpha travel with them (needed to merge or re-inject)
         file_meta["lora"] = json.dumps(meta["lora"], sort_keys=True)
-    if meta.get("proj_words"):  # the word readout's classes, in order
-        file_meta["proj_words"] = json.dumps(meta["proj_words"])
+    for key in READOUT_KEYS:  # the word readout's classes (in order) and slot layout
+        if meta.get(key):
+            file_meta[key] = meta[key] if isinstance(meta[key], str) else json.dumps(meta[key])
     atomic_save_safetensors(trainable, tmp / "trainable.safetensors", metadata=file_meta)
     torch.save(state, tmp / "state.pt")
     atomic_write_json(tmp / "meta.json", meta)

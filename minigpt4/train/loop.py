@@ -348,11 +348,12 @@ class Trainer:
     def _idle_forward(self) -> None:
         """A zero-weighted forward/backward for a rank whose micro-batch was all skipped samples:
         FSDP gathers parameters inside forward/backward, so every rank has to take part."""
-        bos, n = self.model.tokenizer.bos_token_id or 0, self.model.cfg.num_image_tokens
+        mcfg = self.model.cfg
+        bos, n = self.model.tokenizer.bos_token_id or 0, mcfg.num_image_tokens
         # One (zero) image, so the backward passes through the sharded layers as on the other ranks.
         ids = torch.tensor([[bos] + [IMAGE_TOKEN_ID] * n + [bos, bos]])
         labels = torch.tensor([[IGNORE_INDEX] * (n + 1) + [bos, bos]])
-        feats = torch.zeros(1, n, self.model.cfg.proj_in_features)
+        feats = torch.zeros(1, mcfg.num_vision_tokens, mcfg.proj_in_features)
         with self._autocast():
             loss = self.model(ids, torch.ones_like(ids), labels, features=feats)
         (loss * 0.0).backward()
@@ -385,8 +386,7 @@ class Trainer:
                     "recipe": self.cfg.to_dict()}
             if "lora" in self.cfg.trainable:
                 meta["lora"] = self.model.cfg.lora
-            if self.model.cfg.proj_words:
-                meta["proj_words"] = self.model.cfg.proj_words
+            meta.update(self.model.cfg.readout_meta())
             if self.frozen_vision:
                 meta["vision"] = self.vision_fp
             path = ckpt.save_checkpoint(self.out, self.step, self.trainable_state(), state, meta,

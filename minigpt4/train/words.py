@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from minigpt4.model.minigpt4 import WORD_LAYOUTS
+
 KINDS = ("scene", "dish")  # images whose truth names objects: scene objects, dish ingredients
 
 
@@ -44,7 +46,8 @@ def extract(model, n: int, split: str, seed: int, batch_size: int = 64, dish_eve
     for start in tqdm(range(seed, seed + n, batch_size), desc=desc, unit="batch"):
         samples = [generate(KINDS[int(i % dish_every == 0)], i, split, size)
                    for i in range(start, min(start + batch_size, seed + n))]
-        feats.append(model.vision_features(model.preprocess([s.image for s in samples])).float().cpu())
+        pixels = model.preprocess([s.image for s in samples])
+        feats.append(model.split_features(model.vision_features(pixels))[1].float().cpu())  # what the readout reads
         names += [truth_names(s.truth) for s in samples]
     return torch.cat(feats), names
 
@@ -141,6 +144,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--keep-proj", action="store_true",
                     help="keep the model's plain projection beside the readout (default: zero it; a stage-0 "
                          "export's word map adds tokens the LLM reads as noise)")
+    ap.add_argument("--layout", choices=list(WORD_LAYOUTS), default="sum",
+                    help="how the LLM gets each query: 'sum' (word + projection in one slot) or 'pair' (a slot each, "
+                         "64 image tokens; training the projection then leaves the words alone)")
     ap.add_argument("--seed", type=int, default=0)
 
 
@@ -163,7 +169,7 @@ def run(a) -> int:
     proj = model.proj
     tensors["proj.weight"] = proj.weight.detach().float().clone() if a.keep_proj else torch.zeros_like(proj.weight)
     tensors["proj.bias"] = proj.bias.detach().float().clone() if a.keep_proj else torch.zeros_like(proj.bias)
-    meta = {"proj_words": json.dumps(words), "fit": "minigpt4 fit-words"}
+    meta = {"proj_words": json.dumps(words), "word_layout": a.layout, "fit": "minigpt4 fit-words"}
     spec = a.model.split("@")
     if len(spec) == 2 and spec[0] == "default" and is_vision_stage(spec[1]):  # default@stage0-NAME: that export
         meta["vision"] = spec[1]

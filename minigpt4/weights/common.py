@@ -18,7 +18,7 @@ from minigpt4.config import MiniGPT4Config
 
 # Our parameter groups outside the LLM, by key prefix (names as in minigpt4.model.minigpt4.MiniGPT4).
 PARTS = {"vision": ("visual_encoder.",), "ln_vision": ("ln_vision.",), "qformer": ("qformer.",),
-         "proj": ("proj.", "word_proj.")}
+         "proj": ("proj.", "word_proj."), "word_vision": ("word_vision.",)}
 PROJ_KEYS = PARTS["proj"]  # what a published proj.safetensors holds (older files: bare weight/bias)
 
 
@@ -82,6 +82,9 @@ def skeleton(cfg: MiniGPT4Config) -> nn.Module:
         if cfg.proj_words:  # the word readout's classifier (its word table is rebuilt from the LLM, not stored)
             m.word_proj = nn.Module()
             m.word_proj.classify = nn.Linear(cfg.proj_in_features, len(cfg.proj_words) + 1)
+        if cfg.word_vision:  # the readout's own frozen vision side (MiniGPT4.word_vision)
+            from minigpt4.model.minigpt4 import WordVision
+            m.word_vision = WordVision(cfg)
     return m
 
 

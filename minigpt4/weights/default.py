@@ -21,7 +21,7 @@ import json
 import logging
 from pathlib import Path
 
-from minigpt4.config import get_config
+from minigpt4.config import READOUT_KEYS, get_config
 from minigpt4.weights.common import PROJ_KEYS
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,13 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
     else:
         proj = load_file(parts["proj"])
         state.update({k if k.startswith(PROJ_KEYS) else f"proj.{k}": v for k, v in proj.items()})
+        word_vision = proj_metadata(parts["proj"]).get("word_vision")
+        if word_vision:  # the readout reads another stage-0 export: its weights load as word_vision.*
+            path = root / word_vision / "vision.safetensors"
+            if not path.exists():
+                raise CheckpointError(f"{parts['proj']} has a word readout that reads the stage-0 export "
+                                      f"'{word_vision}', which is not at {path.parent}: restore that folder")
+            state.update({f"word_vision.{k}": v for k, v in load_file(path).items()})
     return state
 
 
@@ -131,10 +138,8 @@ def default_config(cfg=None, root: Path = DEFAULT_DIR, stage: str | None = None)
     if recorded:
         known = {f.name for f in dataclasses.fields(cfg.qformer)}
         cfg.qformer = dataclasses.replace(cfg.qformer, **{k: v for k, v in recorded.items() if k in known})
-    # A projection with a word readout records its words (the classifier's classes, in order).
-    words = proj_metadata(projection_file(root, stage)).get("proj_words")
-    if words:
-        cfg.proj_words = json.loads(words)
+    # A projection with a word readout records its words (the classifier's classes, in order) and layout.
+    cfg.apply_readout_meta(proj_metadata(projection_file(root, stage)))
     return cfg
 
 
@@ -168,7 +173,7 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     stage folder there instead, to evaluate it (`--model default@<vision>@<out_dir>`) before it ships."""
     import shutil
 
-    from minigpt4.train.checkpoint import latest_checkpoint, load_trainable, lora_spec, read_meta
+    from minigpt4.train.checkpoint import latest_checkpoint, load_trainable, lora_spec
     from minigpt4.utils import atomic_save_safetensors
     from minigpt4.weights.common import CheckpointError
     if stage not in STAGES:
@@ -196,9 +201,11 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     out = Path(out_dir) if out_dir is not None else root / stage
     out.mkdir(parents=True, exist_ok=True)
     meta = {"run": str(run), "checkpoint": ckpt.name, "vision": vision}
-    words = read_meta(ckpt).get("proj_words") if (ckpt / "meta.json").exists() else None
-    if words:
-        meta["proj_words"] = json.dumps(words)
+    readout = proj_metadata(ckpt / "trainable.safetensors")
+    meta.update({k: readout[k] for k in READOUT_KEYS if k in readout})
+    word_vision = proj_metadata(projection_file(root, vision)).get("word_vision")
+    if "proj_words" in meta and word_vision:  # a readout on its own vision side: the export it reads
+        meta["word_vision"] = word_vision
     atomic_save_safetensors(proj, out / "proj.safetensors", metadata=meta)
     if lora:  # fp16 halves the git history per publish; merging computes in fp32 anyway
         atomic_save_safetensors({k: v.half() for k, v in lora.items()}, out / "lora.safetensors",
@@ -213,14 +220,98 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     return out / "proj.safetensors"
 
 
+def dual_vision(vision: str, words: str, name: str, root: Path = DEFAULT_DIR, layout: str = "append") -> Path:
+    """A stage-0 folder `name` that reads two exports: `vision`'s side for the projection (its vision.safetensors and
+    stage0.json, copied: git stores the identical file once) and the word readout fit on `words` (minigpt4 fit-words),
+    which reads its own export. Its projection is untrained (zero), like any stage-0 export's."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from minigpt4.utils import atomic_save_safetensors
+    from minigpt4.weights.common import CheckpointError
+    readout_file = root / words / "proj.safetensors"
+    readout = proj_metadata(readout_file if readout_file.exists() else None)
+    if not readout.get("proj_words"):
+        raise CheckpointError(f"{root / words} has no word readout: fit one first (minigpt4 fit-words "
+                              f"default@{words} --out {root / words})")
+    for stage in (vision, words, name):
+        if not is_vision_stage(stage):
+            raise CheckpointError(f"'{stage}' is not a stage-0 export name (stage0 or stage0-NAME)")
+    if not (root / vision / "vision.safetensors").exists():
+        raise CheckpointError(f"no stage-0 export at {root / vision} (vision.safetensors)")
+    fitted = load_file(readout_file)
+    queries = load_file(root / vision / "vision.safetensors").get("qformer.query_tokens")
+    width = fitted["word_proj.classify.weight"].shape[1]
+    if queries is not None and queries.shape[-1] != width:
+        raise CheckpointError(f"the readout reads {width}-wide features but {vision}'s Q-Former gives "
+                              f"{queries.shape[-1]}: the two exports must share the Q-Former width")
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    for f in ("vision.safetensors", "stage0.json"):
+        if (root / vision / f).exists():
+            shutil.copyfile(root / vision / f, out / f)
+    tensors = {k: v for k, v in fitted.items() if k.startswith("word_proj.")}
+    tensors.update({k: torch.zeros_like(fitted[k]) for k in ("proj.weight", "proj.bias")})
+    meta = {k: readout[k] for k in READOUT_KEYS if k in readout}
+    meta.update(word_layout=layout, vision=name, word_vision=words)
+    atomic_save_safetensors(tensors, out / "proj.safetensors", metadata=meta)
+    return out
+
+
+def attach_words(stage: str, base: str, root: Path = DEFAULT_DIR) -> Path:
+    """Add `base`'s word readout (a dual_vision folder) to the published `stage`, whose projection and adapters were
+    trained on `base`'s main vision side: the stage then records `base` as its vision side and loads both."""
+    from safetensors.torch import load_file
+
+    from minigpt4.utils import atomic_save_safetensors
+    from minigpt4.weights.common import CheckpointError
+    base_file, stage_file = root / base / "proj.safetensors", root / stage / "proj.safetensors"
+    readout = proj_metadata(base_file if base_file.exists() else None)
+    if not readout.get("word_vision"):
+        raise CheckpointError(f"{root / base} is not a dual-vision folder (no word readout on its own vision side): "
+                              f"make one with `python -m minigpt4.weights.default dual-vision`")
+    if not stage_file.exists():
+        raise CheckpointError(f"no published {stage} at {stage_file}")
+    trained_on_vision = recorded_vision(stage_file)
+    if trained_on_vision != base and (root / trained_on_vision / "vision.safetensors").read_bytes() != \
+            (root / base / "vision.safetensors").read_bytes():
+        raise CheckpointError(f"{stage} was trained on {trained_on_vision}, but {base}'s main vision side is another "
+                              f"export: its projection would read features it never saw")
+    tensors = {k: v for k, v in load_file(stage_file).items() if not k.startswith("word_proj.")}
+    tensors.update({k: v for k, v in load_file(base_file).items() if k.startswith("word_proj.")})
+    meta = {**proj_metadata(stage_file), **{k: readout[k] for k in (*READOUT_KEYS, "word_vision")}, "vision": base}
+    atomic_save_safetensors(tensors, stage_file, metadata=meta)
+    return stage_file
+
+
 if __name__ == "__main__":
     import argparse
+
+    from minigpt4.model.minigpt4 import WORD_LAYOUTS
     ap = argparse.ArgumentParser(prog="python -m minigpt4.weights.default",
-                                 description="publish a training run's projection (+ adapters) as a stage")
-    ap.add_argument("command", choices=["publish"])
-    ap.add_argument("run_dir")
-    ap.add_argument("stage", choices=STAGES)
-    ap.add_argument("--vision", help="the stage-0 export the run trained on (default: from its model spec)")
-    ap.add_argument("--out", help="write the stage folder here instead of checkpoints/default/STAGE (not shipped)")
+                                 description="publish a training run's projection (+ adapters) as a stage, or make "
+                                             "a stage-0 folder whose word readout reads another export")
+    sub = ap.add_subparsers(dest="command", required=True)
+    pub = sub.add_parser("publish", help="copy a run's projection (+ adapters) into checkpoints/default/STAGE")
+    pub.add_argument("run_dir")
+    pub.add_argument("stage", choices=STAGES)
+    pub.add_argument("--vision", help="the stage-0 export the run trained on (default: from its model spec)")
+    pub.add_argument("--out", help="write the stage folder here instead of checkpoints/default/STAGE (not shipped)")
+    dv = sub.add_parser("dual-vision", help="stage-0 folder NAME: VISION's side for the projection + the word "
+                                            "readout of WORDS on WORDS' own side")
+    dv.add_argument("vision", help="the export the projection reads, e.g. stage0-gpu")
+    dv.add_argument("words", help="the export with a fitted word readout, e.g. stage0-word")
+    dv.add_argument("name", help="the new folder's name, e.g. stage0-dual")
+    dv.add_argument("--layout", choices=list(WORD_LAYOUTS), default="append")
+    aw = sub.add_parser("attach-words", help="add the word readout of a dual-vision folder to a published stage")
+    aw.add_argument("stage", choices=STAGES)
+    aw.add_argument("base", help="the dual-vision folder, e.g. stage0-dual")
     args = ap.parse_args()
-    print(f"wrote {publish(args.run_dir, args.stage, vision=args.vision, out_dir=args.out)}")
+    if args.command == "publish":
+        print(f"wrote {publish(args.run_dir, args.stage, vision=args.vision, out_dir=args.out)}")
+    elif args.command == "dual-vision":
+        print(f"wrote {dual_vision(args.vision, args.words, args.name, layout=args.layout)}")
+    else:
+        print(f"wrote {attach_words(args.stage, args.base)}")

@@ -131,6 +131,8 @@ def assemble(cfg: MiniGPT4Config, state: dict[str, torch.Tensor], dtype: torch.d
     model.proj.to(device, torch.float32)
     if model.word_proj is not None:
         model.word_proj.to(device, torch.float32)
+    if model.word_vision is not None:
+        model.word_vision.to_compute(device, dtype)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise CheckpointError(f"weights missing for {short(left)}")
@@ -372,6 +374,9 @@ def apply_trainable(model, run: str | Path):
     except FileNotFoundError as e:
         raise CheckpointError(f"{e} (model spec MODEL@RUN wants a training run folder)") from None
     lora = {k: v for k, v in tensors.items() if "lora_" in k}
+    if model.word_proj is None and any(k.startswith("word_proj.") for k in tensors):
+        raise CheckpointError(f"{run} carries a word readout (word_proj.*) but the model it is loaded onto has none: "
+                              f"load it onto the base it records, e.g. `default@{run}` or default@stage0-dual@{run}")
     copy_into(model, {k: v for k, v in tensors.items() if k not in lora},
               f"training run {run} (load it onto the model it was trained from)")
     if lora:
