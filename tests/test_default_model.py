@@ -5,10 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from minigpt4.train.checkpoint import save_checkpoint
+from minigpt4.config import get_config
+from minigpt4.train.checkpoint import load_trainable, save_checkpoint
 from minigpt4.weights.common import CheckpointError
-from minigpt4.weights.default import (default_config, default_lora, default_parts, load_default_state, parse_spec,
-                                      publish)
+from minigpt4.weights.default import (attach_words, default_config, default_lora, default_parts, dual_vision,
+                                      load_default_state, parse_spec, publish)
 
 
 def _root(tmp_path: Path, stages=("stage1", "stage2")) -> Path:
@@ -258,3 +259,78 @@ def test_a_word_readout_publishes_and_loads_with_its_words(tmp_path):
     assert default_config(root=root).proj_words == words
     assert float(load_default_state(root)["word_proj.classify.weight"][0, 0]) == 5.0
     assert default_config(root=root, stage="stage0").proj_words == []  # the vision side alone has none
+    assert default_config(root=root).word_layout == "sum"  # a run from before word_layout: summed slots
+    from minigpt4.model.minigpt4 import build_model
+    from minigpt4.weights.pretrained import apply_trainable
+    with pytest.raises(CheckpointError, match="carries a word readout.*has none: load it onto the base it records"):
+        apply_trainable(build_model(get_config("tiny")), out)
+    # a paired readout's layout travels from the training run's model config to the published file
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout = words, "pair"
+    save_checkpoint(run, 20, load_trainable(run / "checkpoints" / "step_10"), state={"step": 20},
+                    meta={"step": 20, **cfg.readout_meta()})
+    publish(run, "stage1", root)
+    paired = default_config(root=root)
+    assert (paired.proj_words, paired.word_layout) == (words, "pair")
+    assert paired.num_image_tokens == 2 * paired.num_queries
+
+
+def test_a_readout_on_its_own_vision_side_loads_that_export_and_publishes_its_name(tmp_path):
+    """stage0-dual: the main vision side with a word readout that reads another stage-0 export (`word_vision` in the
+    projection's metadata); its weights load as word_vision.*, and a run trained on it publishes that name."""
+    root = _root(tmp_path, stages=())
+    (root / "stage0-names").mkdir()
+    save_file({"ln_vision.weight": torch.full((4,), 3.0)}, str(root / "stage0-names" / "vision.safetensors"))
+    with pytest.raises(CheckpointError, match="has no word readout: fit one first"):
+        dual_vision("stage0", "stage0-names", "stage0-dual", root)
+    cfg = get_config("tiny")
+    cfg.proj_words = ["cat", "dog"]  # fit-words' output: the readout (summed layout) and a zero projection
+    save_file({"proj.weight": torch.zeros(2, 4), "proj.bias": torch.zeros(2),
+               "word_proj.classify.weight": torch.ones(3, 4), "word_proj.classify.bias": torch.zeros(3)},
+              str(root / "stage0-names" / "proj.safetensors"), metadata=cfg.readout_meta())
+    dual = dual_vision("stage0", "stage0-names", "stage0-dual", root)
+    assert (dual / "vision.safetensors").read_bytes() == (root / "stage0" / "vision.safetensors").read_bytes()
+    cfg.word_layout = "append"
+    loaded = default_config(root=root, stage="stage0-dual")
+    assert loaded.word_vision and loaded.num_vision_tokens == 2 * loaded.num_queries
+    state = load_default_state(root, "stage0-dual")
+    assert float(state["word_vision.ln_vision.weight"][0]) == 3.0 and float(state["ln_vision.weight"][0]) == 1.0
+    run = tmp_path / "run"  # stage 2 on default@stage0-dual: the readout rides along, frozen
+    save_checkpoint(run, 10, {"proj.weight": torch.full((2, 4), 7.0), "word_proj.classify.weight": torch.ones(3, 4)},
+                    state={"step": 10}, meta={"step": 10, "model": "default@stage0-dual", **cfg.readout_meta()})
+    publish(run, "stage2", root)
+    shipped = default_config(root=root)
+    assert (shipped.word_vision, shipped.word_layout) == (True, "append")
+    state = load_default_state(root)
+    assert float(state["proj.weight"][0, 0]) == 7.0 and float(state["word_vision.ln_vision.weight"][0]) == 3.0
+    import shutil
+    shutil.rmtree(root / "stage0-names")
+    with pytest.raises(CheckpointError, match="reads the stage-0 export 'stage0-names'.*restore that folder"):
+        load_default_state(root)
+
+
+def test_a_stage_trained_without_the_readout_takes_it_from_a_dual_vision_folder(tmp_path):
+    """attach-words: the shipped projection + adapters were trained on stage0's side; the dual folder whose main side
+    is stage0's bytes lends its readout, and the stage then loads both sides."""
+    root = _root(tmp_path)  # stage1 and stage2 trained on stage0
+    (root / "stage0-names").mkdir()
+    save_file({"ln_vision.weight": torch.full((4,), 3.0)}, str(root / "stage0-names" / "vision.safetensors"))
+    cfg = get_config("tiny")
+    cfg.proj_words = ["cat", "dog"]
+    save_file({"proj.weight": torch.zeros(2, 4), "proj.bias": torch.zeros(2),
+               "word_proj.classify.weight": torch.ones(3, 4), "word_proj.classify.bias": torch.zeros(3)},
+              str(root / "stage0-names" / "proj.safetensors"), metadata=cfg.readout_meta())
+    with pytest.raises(CheckpointError, match="not a dual-vision folder"):
+        attach_words("stage2", "stage0-names", root)
+    dual_vision("stage0", "stage0-names", "stage0-dual", root)
+    attach_words("stage2", "stage0-dual", root)
+    loaded = default_config(root=root)
+    assert (loaded.proj_words, loaded.word_layout, loaded.word_vision) == (["cat", "dog"], "append", True)
+    state = load_default_state(root)
+    assert float(state["proj.weight"][0, 0]) == 2.0  # stage2's own projection, untouched
+    assert float(state["word_proj.classify.weight"][0, 0]) == 1.0
+    assert float(state["word_vision.ln_vision.weight"][0]) == 3.0 and float(state["ln_vision.weight"][0]) == 1.0
+    assert default_config(root=root, stage="stage1").proj_words == []  # other stages keep what they were
+    dual_vision("stage0-names", "stage0-names", "stage0-other", root)  # a main side stage1 never read
+    with pytest.raises(CheckpointError, match="stage1 was trained on stage0.*never saw"):
+        attach_words("stage1", "stage0-other", root)

@@ -35,6 +35,7 @@ def test_make_sh_runs_the_whole_chain_at_tiny_scale(tmp_path):
     assert "described" in report and "review" in report.lower()
     compare = (runs / "eval" / "compare.md").read_text()
     assert "stage1" in compare and "stage2-attr" in compare and "no image" in compare.lower()
+    assert "default@stage0-dual@" in compare  # the run's projection + adapters with the word readout beside them
     drills = [json.loads(l) for l in open(runs / "world-train" / "qa-attr.jsonl")]
     assert drills and all(d["task"] == "qa" and d["id"].startswith("scene") for d in drills)
     assert _shipped() == before, "the tiny chain must not touch the shipped weights"

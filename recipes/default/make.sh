@@ -15,10 +15,16 @@
 #   2. curate    the stage-1 model describes new images ("Continue" below 80 tokens), the rule
 #                fixer cleans them, the paper's filters drop bad ones, a ground-truth reviewer
 #                edits out hallucinated objects or rejects (the paper's manual check)
+#                Then a second vision side for names: stage0-query.yaml and stage0-word.yaml continue
+#                stage0-gpu so each query holds one object name, `minigpt4 fit-words` fits the word readout
+#                on it (no LLM), and `dual-vision` makes checkpoints/default/stage0-dual (stage0-gpu's side
+#                for the projection + that readout on its own side).
 #   3. stage 2   finetune the projection + LoRA on the curated descriptions and the world's
 #                instruction conversations (instruction template); then 2b: drills of the attribute
-#                questions (half the samples) with website practice (recipes/default/stage2-attr.yaml)
-#   4. eval      held-out images: bare LLM vs stage 1 vs stage 2 -> runs/default/eval/report.md
+#                questions (half the samples) with website practice (recipes/default/stage2-attr.yaml);
+#                the published stage 2 then takes the word readout (`attach-words stage2 stage0-dual`)
+#   4. eval      held-out images: bare LLM vs stage 1 vs stage 2 (without and with the readout)
+#                -> runs/default/eval/report.md
 # Each trained stage is published into checkpoints/default/stageN/ (what `--model default` loads).
 # SCALE=tiny runs the same chain in a few minutes (what CI runs): a few images and steps, into
 # RUNS (default runs/default-tiny), without touching checkpoints/default.
@@ -65,6 +71,17 @@ sys.exit(not os.path.exists(meta) or json.load(open(meta))["step"] < r["total_st
   until stage0_done recipes/default/stage0-gpu.yaml; do
     minigpt4 pretrain-vision recipes/default/stage0-gpu.yaml "${gpu_args[@]}" --minutes 30
   done
+  say "stage 0 for names: a second vision side whose queries each hold one object name, and its word readout"
+  until stage0_done recipes/default/stage0-query.yaml; do
+    minigpt4 pretrain-vision recipes/default/stage0-query.yaml "${gpu_args[@]}" --minutes 30
+  done
+  until stage0_done recipes/default/stage0-word.yaml; do
+    minigpt4 pretrain-vision recipes/default/stage0-word.yaml "${gpu_args[@]}" --minutes 30
+  done
+  if [ ! checkpoints/default/stage0-word/fit.json -nt checkpoints/default/stage0-word/vision.safetensors ]; then
+    minigpt4 fit-words default@stage0-word --out checkpoints/default/stage0-word   # ~5 min, no LLM
+  fi
+  python -m minigpt4.weights.default dual-vision stage0-gpu stage0-word stage0-dual
 fi
 
 say "stage 1: world image-caption pairs"
@@ -89,13 +106,17 @@ drills "$RUNS/world-train"
 minigpt4 train recipes/default/stage2-attr.yaml output_dir="$RUNS/stage2-attr" init="$RUNS/stage2" \
   data.0.path="$RUNS/world-train/qa-attr.jsonl" data.1.path="$RUNS/world-train/instructions.jsonl" \
   data.2.path="$RUNS/world-train/instructions.jsonl" ${STAGE2_ARGS:-}
-if [ "$PUBLISH" = 1 ]; then python -m minigpt4.weights.default publish "$RUNS/stage2-attr" stage2; fi
+if [ "$PUBLISH" = 1 ]; then
+  python -m minigpt4.weights.default publish "$RUNS/stage2-attr" stage2
+  # the word readout on its own vision side joins the shipped stage: its image tokens follow the projection's
+  python -m minigpt4.weights.default attach-words stage2 stage0-dual
+fi
 
 say "eval: bare LLM vs stage 1 vs stage 2 on held-out images"
 if [ "$RUNS/eval/compare.md" -nt "$RUNS/stage2-attr/checkpoints/latest" ]; then
   echo "up to date: $RUNS/eval/compare.md (delete it to evaluate again)"
 else
   minigpt4 eval --compare "default@$RUNS/stage1:no-image" "default@$RUNS/stage1" "default@$RUNS/stage2-attr" \
-    --n "$EVAL_N" --out "$RUNS/eval" ${EVAL_ARGS:-}
+    "default@stage0-dual@$RUNS/stage2-attr" --n "$EVAL_N" --out "$RUNS/eval" ${EVAL_ARGS:-}
 fi
 say "done: $RUNS/eval/compare.md; shipped weights in checkpoints/default/"
