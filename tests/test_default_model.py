@@ -334,3 +334,13 @@ def test_a_stage_trained_without_the_readout_takes_it_from_a_dual_vision_folder(
     dual_vision("stage0-names", "stage0-names", "stage0-other", root)  # a main side stage1 never read
     with pytest.raises(CheckpointError, match="stage1 was trained on stage0.*never saw"):
         attach_words("stage1", "stage0-other", root)
+
+
+def test_info_describes_the_shipped_default_model_and_its_stages():
+    """`minigpt4 info default` (no weights loaded): the shipped stage 2 runs two vision sides, 16 + 16 image tokens;
+    stage 1 has one side and 16."""
+    from minigpt4.weights.info import model_info
+    shipped, stage1 = model_info("default"), model_info("default@stage1")
+    assert shipped["name"] == "default" and shipped["image_tokens"] == 32
+    assert shipped["parameters"]["word_vision"]["params"] > 0 and shipped["parameters"]["word_vision"]["trainable"] == 0
+    assert stage1["image_tokens"] == 16 and "word_vision" not in stage1["parameters"]

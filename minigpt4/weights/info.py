@@ -42,6 +42,10 @@ def model_info(spec: str) -> dict[str, Any]:
     folder = None
     if spec in PRESETS:
         cfg = preset_config(spec)
+    elif spec == "default" or (spec.startswith("default@") and spec.count("@") == 1):  # this project's own model
+        from minigpt4.weights.default import default_config, parse_spec
+        cfg = default_config(preset_config("small"), stage=parse_spec(spec))
+        cfg.name = spec
     else:
         folder = Path(spec)
         if not folder.is_dir():
