@@ -67,6 +67,15 @@ def word_embeddings(llm: nn.Module, tokenizer, words: Sequence[str]) -> torch.Te
     return table[torch.tensor(first_token_ids(tokenizer, words), device=table.device)].detach().float().clone()
 
 
+def place_vision_side(visual_encoder: nn.Module, ln_vision: nn.Module, qformer: nn.Module | None, device,
+                      dtype: torch.dtype) -> None:
+    """One vision side onto `device`: ViT and Q-Former in the compute dtype, ln_vision in fp32 (as the original)."""
+    visual_encoder.to(device, dtype)
+    if qformer is not None:
+        qformer.to(device, dtype)
+    ln_vision.to(device, torch.float32)
+
+
 def frozen_features(visual_encoder: nn.Module, ln_vision: nn.Module, qformer: nn.Module | None, pixels: torch.Tensor,
                     concat_tokens: int) -> torch.Tensor:
     """One vision side: pixels -> Q-Former outputs (or, with no Q-Former, every `concat_tokens` ViT tokens joined)."""
@@ -93,14 +102,6 @@ class WordVision(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return frozen_features(self.visual_encoder, self.ln_vision, self.qformer, pixels, self.concat_tokens)
-
-    def to_compute(self, device, dtype: torch.dtype) -> "WordVision":
-        """As the main side: ViT and Q-Former in the compute dtype, ln_vision in fp32."""
-        self.visual_encoder.to(device, dtype)
-        if self.qformer is not None:
-            self.qformer.to(device, dtype)
-        self.ln_vision.to(device, torch.float32)
-        return self
 
 
 class MiniGPT4(nn.Module):
@@ -160,6 +161,17 @@ class MiniGPT4(nn.Module):
                 if frozen:
                     m.eval()
         return self
+
+    def place(self, device, dtype: torch.dtype) -> None:
+        """Our parts (not the LLM) onto `device`: vision sides in the compute dtype, except ln_vision; the projection and
+        the word readout in fp32, as the original keeps llama_proj."""
+        place_vision_side(self.visual_encoder, self.ln_vision, self.qformer, device, dtype)
+        if self.word_vision is not None:
+            wv = self.word_vision
+            place_vision_side(wv.visual_encoder, wv.ln_vision, wv.qformer, device, dtype)
+        self.proj.to(device, torch.float32)
+        if self.word_proj is not None:
+            self.word_proj.to(device, torch.float32)
 
     # --- images --------------------------------------------------------------------------
     @property
@@ -295,14 +307,5 @@ def build_model(cfg: MiniGPT4Config, dtype: torch.dtype = torch.float32, device:
     model = MiniGPT4(cfg, llm, tokenizer)
     if quantize is None:
         model.llm.to(device)
-    # Vision side in the compute dtype; ln_vision and the projection stay fp32 (as the original).
-    model.visual_encoder.to(device, dtype)
-    if model.qformer is not None:
-        model.qformer.to(device, dtype)
-    model.ln_vision.to(device)
-    model.proj.to(device)
-    if model.word_proj is not None:
-        model.word_proj.to(device)
-    if model.word_vision is not None:
-        model.word_vision.to_compute(device, dtype)
+    model.place(device, dtype)
     return model

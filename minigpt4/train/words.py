@@ -145,8 +145,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="keep the model's plain projection beside the readout (default: zero it; a stage-0 "
                          "export's word map adds tokens the LLM reads as noise)")
     ap.add_argument("--layout", choices=list(WORD_LAYOUTS), default="sum",
-                    help="how the LLM gets each query: 'sum' (word + projection in one slot) or 'pair' (a slot each, "
-                         "64 image tokens; training the projection then leaves the words alone)")
+                    help="how the LLM gets each query's word: 'sum' (added to its projection, one slot), 'pair' (a slot "
+                         "each, word first) or 'append' (all the projection's tokens, then all the words); pair and "
+                         "append double the image tokens (MiniGPT4Config.word_layout)")
     ap.add_argument("--seed", type=int, default=0)
 
 

@@ -123,16 +123,7 @@ def assemble(cfg: MiniGPT4Config, state: dict[str, torch.Tensor], dtype: torch.d
         copy_into(model, lora, "LoRA weights")
     if quantize in (None, "int8"):
         model.llm.to(device)
-    # Vision side in the compute dtype; ln_vision and the projection stay fp32 (as the original).
-    model.visual_encoder.to(device, dtype)
-    if model.qformer is not None:
-        model.qformer.to(device, dtype)
-    model.ln_vision.to(device, torch.float32)
-    model.proj.to(device, torch.float32)
-    if model.word_proj is not None:
-        model.word_proj.to(device, torch.float32)
-    if model.word_vision is not None:
-        model.word_vision.to_compute(device, dtype)
+    model.place(device, dtype)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise CheckpointError(f"weights missing for {short(left)}")
