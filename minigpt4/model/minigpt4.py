@@ -19,7 +19,7 @@ from minigpt4.config import MiniGPT4Config
 from minigpt4.data.image import ImageInput, load_image, preprocess
 from minigpt4.model.losses import head_cross_entropy
 from minigpt4.model.qformer import QFormer
-from minigpt4.model.vision import VisionTransformer
+from minigpt4.model.vision import build_vision_encoder
 
 IMAGE_TOKEN_ID = -200  # marks image-embedding slots in input_ids; never a real vocabulary id
 IGNORE_INDEX = -100
@@ -79,7 +79,7 @@ def place_vision_side(visual_encoder: nn.Module, ln_vision: nn.Module, qformer: 
 def frozen_features(visual_encoder: nn.Module, ln_vision: nn.Module, qformer: nn.Module | None, pixels: torch.Tensor,
                     concat_tokens: int) -> torch.Tensor:
     """One vision side: pixels -> Q-Former outputs (or, with no Q-Former, every `concat_tokens` ViT tokens joined)."""
-    enc = visual_encoder.patch_embed.proj.weight
+    enc = next(visual_encoder.parameters())
     feats = visual_encoder(pixels.to(enc.device, enc.dtype))
     feats = ln_vision(feats.to(ln_vision.weight.dtype))
     if qformer is not None:
@@ -96,7 +96,7 @@ class WordVision(nn.Module):
     def __init__(self, cfg: MiniGPT4Config):
         super().__init__()
         self.concat_tokens = cfg.concat_tokens
-        self.visual_encoder = VisionTransformer(cfg.vision)
+        self.visual_encoder = build_vision_encoder(cfg.vision)
         self.ln_vision = nn.LayerNorm(cfg.vision.width)
         self.qformer = QFormer.for_vision(cfg.qformer, cfg.vision) if cfg.qformer is not None else None
 
@@ -108,7 +108,7 @@ class MiniGPT4(nn.Module):
     def __init__(self, cfg: MiniGPT4Config, llm: nn.Module, tokenizer, cache_size: int = 256):
         super().__init__()
         self.cfg = cfg
-        self.visual_encoder = VisionTransformer(cfg.vision)
+        self.visual_encoder = build_vision_encoder(cfg.vision)
         self.ln_vision = nn.LayerNorm(cfg.vision.width)  # BLIP-2's ln_vision: default eps 1e-5
         self.qformer = QFormer.for_vision(cfg.qformer, cfg.vision) if cfg.qformer is not None else None
         llm_hidden = llm.get_input_embeddings().weight.shape[1]

