@@ -143,3 +143,11 @@ def test_a_stage0_folder_on_the_package_encoder_configures_and_loads_the_model(t
     (folder / "stage0.json").write_text(json.dumps({"qformer_config": None, "encoder_weights": "resnet-from-nowhere"}))
     with pytest.raises(CheckpointError, match="resnet-from-nowhere"):
         load_default_state(root, "stage0-eff")
+
+
+def test_info_describes_the_shipped_pretrained_encoder_folder():
+    from minigpt4.weights.info import model_info
+    info = model_info("default@stage0-effnet")  # checkpoints/default/stage0-effnet, no LLM loaded
+    assert info["vision"] == "EfficientNet-Lite0 (ImageNet) 224px, 3x3 region tokens of width 472"
+    assert info["bridge"].startswith("none") and info["image_tokens"] == 9
+    assert info["projection"] == "472 -> 576"
