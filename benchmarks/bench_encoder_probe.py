@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from _machine import machine_line  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from minigpt4.pretrain.linear_probe import probe_attribute
+from minigpt4.pretrain.linear_probe import encode, probe_attribute
 from minigpt4.weights import load_model
 from minigpt4.world import mixture
 from minigpt4.world.textgen import POSITION_NAMES
@@ -26,16 +26,11 @@ from minigpt4.world.textgen import POSITION_NAMES
 ATTRS = ("name", "color", "count")
 
 
-@torch.no_grad()
-def region_maps(model, scenes, batch: int = 50) -> torch.Tensor:
+def region_maps(model, scenes) -> torch.Tensor:
     """(N, C, 3, 3): the encoder's tokens (after ln_vision, before any Q-Former) pooled onto the nine regions."""
-    out = []
-    for i in range(0, len(scenes), batch):
-        tokens = model.ln_vision(model.visual_encoder(model.preprocess([s.image for s in scenes[i:i + batch]])))
-        tokens = tokens[:, 1:].float()  # drop the global/CLS token
-        g = int(round(tokens.shape[1] ** 0.5))
-        out.append(F.adaptive_avg_pool2d(tokens.transpose(1, 2).reshape(len(tokens), -1, g, g), 3))
-    return torch.cat(out)
+    v = model.cfg.vision
+    tokens = encode(model, scenes, where="vit").view(len(scenes), v.token_grid, v.token_grid, v.width)
+    return F.adaptive_avg_pool2d(tokens.permute(0, 3, 1, 2), 3)
 
 
 def probe(maps: torch.Tensor, scenes) -> dict[str, dict]:

@@ -37,10 +37,15 @@ class VisionConfig:
     grid: int = 0  # efficientnet_lite0: tokens pooled onto grid x grid (0: its own map, image_size / 32)
 
     @property
-    def num_patches(self) -> int:
+    def token_grid(self) -> int:
+        """Tokens per side of the square token map (CLS aside)."""
         if self.arch == "efficientnet_lite0":
-            return (self.grid or -(-self.image_size // 32)) ** 2
-        return (self.image_size // self.patch_size) ** 2
+            return self.grid or -(-self.image_size // 32)
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.token_grid ** 2
 
 
 @dataclass

@@ -81,10 +81,6 @@ class EfficientNetLite(nn.Module):
         self.stem = nn.Conv2d(3, STEM, 3, 2)
         self.blocks = nn.ModuleList(MBConv(*spec) for spec in block_specs())
 
-    @property
-    def grid(self) -> int:
-        return self.cfg.grid or math.ceil(self.cfg.image_size / 32)
-
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = F.relu6(self.stem(same_pad(pixels, 3, 2)))
         taps = []
@@ -93,5 +89,5 @@ class EfficientNetLite(nn.Module):
             if i in TAPS:
                 taps.append(x)
         glob = torch.cat([t.mean((2, 3)) for t in taps], dim=1)
-        grid = torch.cat([F.adaptive_avg_pool2d(t, self.grid) for t in taps], dim=1)
+        grid = torch.cat([F.adaptive_avg_pool2d(t, self.cfg.token_grid) for t in taps], dim=1)
         return torch.cat([glob[:, None], grid.flatten(2).transpose(1, 2)], dim=1)

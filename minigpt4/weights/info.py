@@ -80,8 +80,8 @@ def model_info(spec: str) -> dict[str, Any]:
 
 def _vision_line(v) -> str:
     if v.arch == "efficientnet_lite0":
-        grid = int(round(v.num_patches ** 0.5))
-        return f"EfficientNet-Lite0 (ImageNet) {v.image_size}px, {grid}x{grid} region tokens of width {v.width}"
+        return (f"EfficientNet-Lite0 (ImageNet) {v.image_size}px, {v.token_grid}x{v.token_grid} region tokens of "
+                f"width {v.width}")
     return f"EVA ViT {v.image_size}px patch {v.patch_size}, width {v.width}, depth {v.depth}, heads {v.heads}"
 
 
