@@ -98,6 +98,42 @@ READOUT_KEYS = ("proj_words", "word_layout")  # MiniGPT4Config.readout_meta(): w
 
 
 @dataclass
+class VisionSideConfig:
+    """One frozen vision side as the model reads it: encoder, optional Q-Former, token grouping and the pixel
+    normalisation its weights expect. `MiniGPT4Config.main_side` is the projection's; `word_side` may differ."""
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    qformer: QFormerConfig | None = None
+    concat_tokens: int = 1
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+
+    @property
+    def num_queries(self) -> int:
+        """Feature rows per image: the Q-Former's queries, or the encoder's grid tokens grouped concat_tokens at a time."""
+        if self.qformer is not None:
+            return self.qformer.num_query_tokens
+        return self.vision.num_patches // self.concat_tokens
+
+    @property
+    def out_features(self) -> int:
+        """Width of one feature row."""
+        if self.qformer is not None:
+            return self.qformer.hidden
+        return self.vision.width * self.concat_tokens
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "word_side") -> "VisionSideConfig":
+        d = dict(d)
+        d["vision"] = _build(VisionConfig, d.get("vision", {}), f"{where}.vision")
+        if d.get("qformer") is not None:
+            d["qformer"] = _build(QFormerConfig, d["qformer"], f"{where}.qformer")
+        for key in ("image_mean", "image_std"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return _build(cls, d, where)
+
+
+@dataclass
 class MiniGPT4Config:
     name: str = "custom"
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -126,29 +162,63 @@ class MiniGPT4Config:
     # The readout reads its own frozen vision side (the main one's architecture, weights `word_vision.*`): a stage-0
     # export trained to name objects beside the one the projection reads for attributes.
     word_vision: bool = False
+    # That side's own architecture, input size and normalisation when they are not the main side's (None: the main
+    # side's), e.g. the ImageNet EfficientNet naming objects beside the ViT + Q-Former the projection reads.
+    word_side: VisionSideConfig | None = None
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property
+    def main_side(self) -> VisionSideConfig:
+        """The vision side the projection reads."""
+        return VisionSideConfig(self.vision, self.qformer, self.concat_tokens, self.image_mean, self.image_std)
+
+    @property
+    def word_side_config(self) -> VisionSideConfig:
+        """The vision side the word readout reads: its own (word_side) or, without one, the main side's build."""
+        return self.word_side if self.word_side is not None else self.main_side
+
+    @property
     def num_queries(self) -> int:
-        """Outputs of one vision side per image, each projected to one image token (two with a paired word readout)."""
-        if self.qformer is not None:
-            return self.qformer.num_query_tokens
-        return self.vision.num_patches // self.concat_tokens
+        """Outputs of the main vision side per image, each projected to one image token (two with a paired word
+        readout)."""
+        return self.main_side.num_queries
+
+    @property
+    def num_word_queries(self) -> int:
+        """Outputs the word readout reads per image (one word each)."""
+        return self.word_side_config.num_queries if self.word_vision else self.num_queries
 
     @property
     def num_vision_tokens(self) -> int:
         """Rows of MiniGPT4.vision_features per image (and of the feature cache): the word vision side's follow."""
-        return self.num_queries * (2 if self.word_vision else 1)
+        return self.num_queries + (self.num_word_queries if self.word_vision else 0)
+
+    @property
+    def word_features(self) -> int:
+        """Width of what the word readout reads."""
+        return self.word_side_config.out_features if self.word_vision else self.proj_in_features
+
+    @property
+    def feature_width(self) -> int:
+        """Width of MiniGPT4.vision_features rows: the wider side's (the narrower side's rows are zero-padded)."""
+        return max(self.proj_in_features, self.word_features)
+
+    @property
+    def input_size(self) -> int:
+        """Pixels per side of the one image tensor both vision sides read (each resizes it to its own size)."""
+        if self.word_vision:
+            return max(self.vision.image_size, self.word_side_config.vision.image_size)
+        return self.vision.image_size
 
     @property
     def num_image_tokens(self) -> int:
-        return self.num_queries * (2 if self.proj_words and self.word_layout != "sum" else 1)
+        if not self.proj_words or self.word_layout == "sum":
+            return self.num_queries
+        return self.num_queries + self.num_word_queries
 
     @property
     def proj_in_features(self) -> int:
-        if self.qformer is not None:
-            return self.qformer.hidden
-        return self.vision.width * self.concat_tokens
+        return self.main_side.out_features
 
     def readout_meta(self) -> dict[str, str]:
         """The word readout's settings as string metadata (safetensors headers, meta.json); {} without one."""
@@ -183,6 +253,8 @@ class MiniGPT4Config:
         for key in ("image_mean", "image_std"):
             if key in d:
                 d[key] = tuple(d[key])
+        if isinstance(d.get("word_side"), dict):
+            d["word_side"] = VisionSideConfig.from_dict(d["word_side"])
         if "generation" in d and isinstance(d["generation"], GenerationConfig):
             d["generation"].stop = tuple(d["generation"].stop)
         return cls(**d)

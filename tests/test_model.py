@@ -220,6 +220,68 @@ def test_a_paired_word_readout_gives_each_query_a_word_slot_and_a_projection_slo
 
 
 @torch.no_grad()
+def test_a_word_side_of_another_build_reads_the_image_at_its_own_size_and_normalisation(word_side_cfg):
+    """word_side: the readout's side may differ from the main one in encoder, input size, normalisation, token count
+    and width. One pixel tensor at the larger size feeds both; each side resizes and renormalises it; the feature rows
+    share the wider width (the narrower side zero-padded) and split back exactly."""
+    from minigpt4.data.image import adapt_pixels
+    from minigpt4.weights.pretrained import assemble
+    cfg = word_side_cfg
+    assert (cfg.input_size, cfg.num_word_queries, cfg.word_features, cfg.feature_width) == (84, 9, 24, 32)
+    assert (cfg.num_vision_tokens, cfg.num_image_tokens) == (8 + 9, 8 + 9)
+    model = build_model(cfg).eval()
+    from PIL import Image
+    img = Image.fromarray(torch.randint(0, 255, (84, 84, 3), dtype=torch.uint8).numpy())
+    pixels = model.preprocess([img])
+    assert pixels.shape[-1] == 84
+    feats = model.vision_features(pixels)
+    assert feats.shape == (1, 17, 32)
+    main, words = model.split_features(feats)
+    assert main.shape == (1, 8, 32) and words.shape == (1, 9, 24)
+    assert torch.equal(feats[:, 8:, 24:], torch.zeros(1, 9, 8))  # padding, never read
+    side = cfg.word_side
+    own = adapt_pixels(pixels, 84, cfg.image_mean, cfg.image_std, side.image_mean, side.image_std)
+    wv = model.word_vision
+    expected = wv.ln_vision(wv.visual_encoder(own))[:, 1:]
+    assert torch.allclose(words, expected, atol=1e-5)
+    # the main side reads the image at its own 56 px, as it would have from a 56 px tensor (bicubic either way)
+    alone = build_model(get_config("tiny")).eval()  # same seed: the same main side
+    assert torch.allclose(main, alone.vision_features(alone.preprocess([img])), atol=0.15)
+    tokens = model.project(feats)
+    assert tokens.shape == (1, 17, cfg.llm.hidden_size)
+    assert torch.allclose(tokens[:, 8:], model.word_proj(words), atol=1e-6)
+    # its settings travel with the config (to_dict / from_dict), and the weights load back the same
+    again = MiniGPT4Config.from_dict(cfg.to_dict())
+    assert again.word_side == cfg.word_side
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("llm.")}
+    assert "word_vision.qformer.query_tokens" not in expected_layout(again)
+    assert torch.allclose(assemble(again, state).eval().encode_pixels(pixels), model.encode_pixels(pixels), atol=1e-5)
+    cfg.word_layout = "pair"  # one word per projection token needs as many words as tokens
+    with pytest.raises(ValueError, match="word side gives 9: use word_layout: append"):
+        build_model(cfg)
+    cfg.word_layout, cfg.word_vision = "append", False
+    with pytest.raises(ValueError, match="set word_vision: true"):
+        build_model(cfg)
+
+
+def test_pixels_adapt_to_a_side_like_a_resized_image_and_not_at_all_when_nothing_differs():
+    from PIL import Image
+
+    from minigpt4.data.image import adapt_pixels, preprocess
+    from minigpt4.weights.efficientnet import IMAGENET_MEAN, IMAGENET_STD
+    from minigpt4.world import generate
+    img = generate("scene", 3, "val", 224).image
+    clip = preprocess([img], 224)
+    assert adapt_pixels(clip, 224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711),
+                        (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)) is clip
+    from minigpt4.config import CLIP_MEAN, CLIP_STD
+    ours = adapt_pixels(clip, 128, CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD)
+    pil = preprocess([img.resize((128, 128), Image.BICUBIC)], 128, IMAGENET_MEAN, IMAGENET_STD)
+    assert ours.shape == pil.shape
+    assert (ours - pil).abs().mean() < 0.03  # torch's antialiased bicubic vs PIL's, in normalised units
+    assert (ours - pil).abs().mean() < 0.2 * (pil - pil.mean()).abs().mean()
+
+
 def test_a_word_vision_side_feeds_the_readout_and_only_the_readout():
     """word_vision: a second frozen vision side whose outputs follow the main side's in vision_features; the
     projection reads the main half, the readout the word half, and no trainable group reaches it."""

@@ -181,14 +181,19 @@ def test_feature_cache_trains_like_the_encoders_and_bad_images_are_skipped(data,
     assert_same(runs["on"], runs["off"], atol=1e-5)
 
 
-def test_a_readout_on_its_own_vision_side_trains_from_cached_features_like_from_pixels(data, tmp_path):
-    """A model with a word vision side (both halves cached in one feature row per image): the projection trains the
-    same from the cache as from pixels, the frozen readout rides along unchanged."""
+@pytest.mark.parametrize("side", ["like the main one", "of its own build"])
+def test_a_readout_on_its_own_vision_side_trains_from_cached_features_like_from_pixels(data, tmp_path, side,
+                                                                                    word_side_cfg):
+    """A model with a word vision side (both halves cached in one feature row per image, the narrower zero-padded):
+    the projection trains the same from the cache as from pixels, the frozen readout rides along unchanged."""
     from minigpt4.config import get_config
     from minigpt4.model.minigpt4 import build_model
     from minigpt4.weights.pretrained import save_pretrained
     cfg = get_config("tiny")
     cfg.proj_words, cfg.word_layout, cfg.word_vision = ["cat", "dog", "red"], "pair", True
+    if side == "of its own build":
+        cfg = word_side_cfg
+        cfg.proj_words = ["cat", "dog", "red"]
     base = build_model(cfg)
     save_pretrained(base, tmp_path / "dual")
     runs = {}

@@ -11,6 +11,7 @@ Images are keyed by content, so the same image in two datasets is encoded once.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from minigpt4.data.image import ImageError, load_image, preprocess
+from minigpt4.data.image import ImageError, load_image
 from minigpt4.utils import atomic_write_json
 
 PREPROCESS_VERSION = "resize-bicubic-v1"  # bump when data.image.preprocess changes behaviour
@@ -30,8 +31,11 @@ PREPROCESS_VERSION = "resize-bicubic-v1"  # bump when data.image.preprocess chan
 def vision_fingerprint(model) -> str:
     h = hashlib.sha256()
     cfg = model.cfg
-    h.update(json.dumps({"size": cfg.vision.image_size, "mean": list(cfg.image_mean), "std": list(cfg.image_std),
-                         "concat": cfg.concat_tokens, "pre": PREPROCESS_VERSION}).encode())
+    record = {"size": cfg.input_size, "mean": list(cfg.image_mean), "std": list(cfg.image_std),
+              "concat": cfg.concat_tokens, "pre": PREPROCESS_VERSION}
+    if cfg.word_vision and cfg.word_side is not None:  # the word side resizes and renormalises for itself
+        record["word_side"] = dataclasses.asdict(cfg.word_side)
+    h.update(json.dumps(record).encode())
     modules = {"visual_encoder": model.visual_encoder, "ln_vision": model.ln_vision}
     if model.qformer is not None:
         modules["qformer"] = model.qformer
@@ -103,8 +107,7 @@ class FeatureCache:
 
         def encode(pending):
             nonlocal buf, rows, shard_id
-            pixels = preprocess([im for _, im in pending], model.cfg.vision.image_size,
-                                model.cfg.image_mean, model.cfg.image_std)
+            pixels = model.preprocess([im for _, im in pending])
             feats = model.vision_features(pixels).float().cpu().numpy().astype(self.dtype)
             for (sha, _), f in zip(pending, feats):
                 if buf is None:

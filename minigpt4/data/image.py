@@ -109,3 +109,18 @@ def preprocess(images: list[Image.Image], size: int, mean=CLIP_MEAN, std=CLIP_ST
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
+
+
+def adapt_pixels(pixels: torch.Tensor, size: int, mean, std, to_mean, to_std) -> torch.Tensor:
+    """Pixels `preprocess` made (normalised with mean/std) as one vision side expects them: resized to `size` (bicubic
+    with antialiasing, torch's match for PIL's resize) and renormalised with that side's to_mean/to_std. The same
+    tensor when nothing differs, so a side built like the main one sees exactly what it always saw."""
+    if pixels.shape[-1] != size or pixels.shape[-2] != size:
+        pixels = torch.nn.functional.interpolate(pixels.float(), size=(size, size), mode="bicubic",
+                                                 antialias=True, align_corners=False).to(pixels.dtype)
+    if tuple(mean) != tuple(to_mean) or tuple(std) != tuple(to_std):
+        shape = (1, 3, 1, 1)
+        m, s = (torch.tensor(v, dtype=pixels.dtype, device=pixels.device).view(shape) for v in (mean, std))
+        tm, ts = (torch.tensor(v, dtype=pixels.dtype, device=pixels.device).view(shape) for v in (to_mean, to_std))
+        pixels = (pixels * s + m - tm) / ts
+    return pixels

@@ -92,7 +92,7 @@ class Item:
 
 
 def image_size_for(model, cfg: EvalConfig) -> int:
-    return cfg.image_size or max(int(model.cfg.vision.image_size), 96)
+    return cfg.image_size or max(int(model.cfg.input_size), 96)
 
 
 def _pick_questions(qa: list[dict], k: int) -> list[dict]:

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from minigpt4.config import MiniGPT4Config
-from minigpt4.data.image import ImageInput, load_image, preprocess
+from minigpt4.data.image import ImageInput, adapt_pixels, load_image, preprocess
 from minigpt4.model.losses import head_cross_entropy
 from minigpt4.model.qformer import QFormer
 from minigpt4.model.vision import build_vision_encoder
@@ -42,7 +42,7 @@ class WordReadout(nn.Module):
 
     @classmethod
     def for_llm(cls, cfg: MiniGPT4Config, llm: nn.Module, tokenizer) -> "WordReadout":
-        return cls(cfg.proj_in_features, word_embeddings(llm, tokenizer, cfg.proj_words), cfg.word_temperature)
+        return cls(cfg.word_features, word_embeddings(llm, tokenizer, cfg.proj_words), cfg.word_temperature)
 
     def probs(self, features: torch.Tensor) -> torch.Tensor:
         return (self.classify(features) / self.temperature).softmax(-1)
@@ -91,17 +91,23 @@ def frozen_features(visual_encoder: nn.Module, ln_vision: nn.Module, qformer: nn
 
 class WordVision(nn.Module):
     """A second frozen vision side that only the word readout reads (config word_vision): one stage-0 export can be
-    trained to name objects and another, the projection's, to carry their attributes."""
+    trained to name objects and another, the projection's, to carry their attributes. It may be built unlike the
+    main side (config word_side: another encoder, input size, normalisation): it takes the main side's pixels and
+    resizes and renormalises them for itself."""
 
     def __init__(self, cfg: MiniGPT4Config):
         super().__init__()
-        self.concat_tokens = cfg.concat_tokens
-        self.visual_encoder = build_vision_encoder(cfg.vision)
-        self.ln_vision = nn.LayerNorm(cfg.vision.width)
-        self.qformer = QFormer.for_vision(cfg.qformer, cfg.vision) if cfg.qformer is not None else None
+        side = cfg.word_side_config
+        self.side = side
+        self.pixels_from = (cfg.image_mean, cfg.image_std)  # how the pixels it is given were normalised
+        self.visual_encoder = build_vision_encoder(side.vision)
+        self.ln_vision = nn.LayerNorm(side.vision.width)
+        self.qformer = QFormer.for_vision(side.qformer, side.vision) if side.qformer is not None else None
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return frozen_features(self.visual_encoder, self.ln_vision, self.qformer, pixels, self.concat_tokens)
+        side = self.side
+        pixels = adapt_pixels(pixels, side.vision.image_size, *self.pixels_from, side.image_mean, side.image_std)
+        return frozen_features(self.visual_encoder, self.ln_vision, self.qformer, pixels, side.concat_tokens)
 
 
 class MiniGPT4(nn.Module):
@@ -120,6 +126,11 @@ class MiniGPT4(nn.Module):
             raise ValueError(f"word_layout must be one of {list(WORD_LAYOUTS)}, not {cfg.word_layout!r}")
         if cfg.word_vision and not cfg.proj_words:
             raise ValueError("word_vision is the word readout's own vision side, but proj_words is empty (no readout)")
+        if cfg.word_side is not None and not cfg.word_vision:
+            raise ValueError("word_side configures the word readout's own vision side: set word_vision: true with it")
+        if cfg.proj_words and cfg.word_layout != "append" and cfg.num_word_queries != cfg.num_queries:
+            raise ValueError(f"word_layout {cfg.word_layout!r} pairs each of the {cfg.num_queries} projection tokens "
+                             f"with a word, but the word side gives {cfg.num_word_queries}: use word_layout: append")
         self.word_proj = WordReadout.for_llm(cfg, llm, tokenizer) if cfg.proj_words else None
         self.word_vision = WordVision(cfg) if cfg.word_vision else None
         self.llm = llm
@@ -181,17 +192,22 @@ class MiniGPT4(nn.Module):
     def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Frozen vision side: pixels -> (B, num_vision_tokens, D) Q-Former outputs (or concatenated ViT tokens);
         with a word vision side, its outputs follow the main side's."""
-        feats = frozen_features(self.visual_encoder, self.ln_vision, self.qformer, pixels, self.cfg.concat_tokens)
-        if self.word_vision is not None:
-            feats = torch.cat([feats, self.word_vision(pixels).to(feats.dtype)], dim=1)
-        return feats
+        cfg = self.cfg
+        main = adapt_pixels(pixels, cfg.vision.image_size, cfg.image_mean, cfg.image_std, cfg.image_mean, cfg.image_std)
+        feats = frozen_features(self.visual_encoder, self.ln_vision, self.qformer, main, cfg.concat_tokens)
+        if self.word_vision is None:
+            return feats
+        words = self.word_vision(pixels).to(feats.dtype)
+        width = cfg.feature_width  # one tensor (and one feature cache) for both: the narrower side is zero-padded
+        pad = lambda x: nn.functional.pad(x, (0, width - x.shape[-1]))
+        return torch.cat([pad(feats), pad(words)], dim=1)
 
     def split_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """vision_features -> (what the projection reads, what the word readout reads)."""
         if self.word_vision is None:
             return features, features
-        n = self.cfg.num_queries
-        return features[:, :n], features[:, n:]
+        n, cfg = self.cfg.num_queries, self.cfg
+        return features[:, :n, :cfg.proj_in_features], features[:, n:, :cfg.word_features]
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """(B, num_vision_tokens, D) vision features -> (B, num_image_tokens, llm_hidden). With a word readout, "sum"
@@ -214,7 +230,7 @@ class MiniGPT4(nn.Module):
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         pil = [load_image(im) for im in images]
-        return preprocess(pil, self.cfg.vision.image_size, self.cfg.image_mean, self.cfg.image_std)
+        return preprocess(pil, self.cfg.input_size, self.cfg.image_mean, self.cfg.image_std)
 
     @staticmethod
     def image_key(img: Image.Image) -> str:
@@ -232,8 +248,7 @@ class MiniGPT4(nn.Module):
         if todo:
             uniq = list(dict.fromkeys(keys[i] for i in todo))
             first = {k: next(i for i in todo if keys[i] == k) for k in uniq}
-            pixels = preprocess([pil[first[k]] for k in uniq], self.cfg.vision.image_size,
-                                self.cfg.image_mean, self.cfg.image_std)
+            pixels = self.preprocess([pil[first[k]] for k in uniq])
             out = self.encode_pixels(pixels)
             for k, emb in zip(uniq, out):
                 self._cache[k] = emb

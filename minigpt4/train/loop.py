@@ -25,7 +25,7 @@ from tqdm import tqdm
 from minigpt4.chat.templates import get_template
 from minigpt4.data.datasets import (Batch, DataStream, ExampleBuilder, SkipSample, build_source, collate)
 from minigpt4.data.features import FeatureCache, vision_fingerprint
-from minigpt4.data.image import ImageError, load_image, preprocess
+from minigpt4.data.image import ImageError, load_image
 from minigpt4.model.minigpt4 import IGNORE_INDEX, IMAGE_TOKEN_ID
 from minigpt4.train import checkpoint as ckpt
 from minigpt4.train import distributed as D
@@ -242,13 +242,11 @@ class Trainer:
     def _image_input(self, read) -> np.ndarray | torch.Tensor:
         data = read()
         if self.cache is None:
-            return preprocess([load_image(data)], self.model.cfg.vision.image_size,
-                              self.model.cfg.image_mean, self.model.cfg.image_std)
+            return self.model.preprocess([load_image(data)])
         feats = self.cache.lookup(hashlib.sha256(data).hexdigest())
         if feats is None:  # not in the cache (data changed after it was built): encode it now
             with torch.no_grad():
-                pixels = preprocess([load_image(data)], self.model.cfg.vision.image_size,
-                                    self.model.cfg.image_mean, self.model.cfg.image_std)
+                pixels = self.model.preprocess([load_image(data)])
                 feats = self.model.vision_features(pixels)[0].float().cpu().numpy()
         return feats
 
@@ -353,7 +351,7 @@ class Trainer:
         # One (zero) image, so the backward passes through the sharded layers as on the other ranks.
         ids = torch.tensor([[bos] + [IMAGE_TOKEN_ID] * n + [bos, bos]])
         labels = torch.tensor([[IGNORE_INDEX] * (n + 1) + [bos, bos]])
-        feats = torch.zeros(1, mcfg.num_vision_tokens, mcfg.proj_in_features)
+        feats = torch.zeros(1, mcfg.num_vision_tokens, mcfg.feature_width)
         with self._autocast():
             loss = self.model(ids, torch.ones_like(ids), labels, features=feats)
         (loss * 0.0).backward()

@@ -42,7 +42,7 @@ def extract(model, n: int, split: str, seed: int, batch_size: int = 64, dish_eve
     (every `dish_every`-th a dish, the rest scenes)."""
     from minigpt4.world import generate
     feats, names = [], []
-    size = model.cfg.vision.image_size
+    size = model.cfg.input_size
     for start in tqdm(range(seed, seed + n, batch_size), desc=desc, unit="batch"):
         samples = [generate(KINDS[int(i % dish_every == 0)], i, split, size)
                    for i in range(start, min(start + batch_size, seed + n))]

@@ -81,7 +81,7 @@ def skeleton(cfg: MiniGPT4Config) -> nn.Module:
         m.proj = nn.Linear(cfg.proj_in_features, cfg.llm.hidden_size)
         if cfg.proj_words:  # the word readout's classifier (its word table is rebuilt from the LLM, not stored)
             m.word_proj = nn.Module()
-            m.word_proj.classify = nn.Linear(cfg.proj_in_features, len(cfg.proj_words) + 1)
+            m.word_proj.classify = nn.Linear(cfg.word_features, len(cfg.proj_words) + 1)
         if cfg.word_vision:  # the readout's own frozen vision side (MiniGPT4.word_vision)
             from minigpt4.model.minigpt4 import WordVision
             m.word_vision = WordVision(cfg)

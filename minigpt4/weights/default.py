@@ -21,7 +21,7 @@ import json
 import logging
 from pathlib import Path
 
-from minigpt4.config import READOUT_KEYS, get_config
+from minigpt4.config import READOUT_KEYS, VisionSideConfig, get_config
 from minigpt4.weights.common import PROJ_KEYS
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,7 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
         raise CheckpointError(f"the default model's weights are not at {root}: they ship with the source "
                               f"tree, so install from a checkout with `./setup.sh` (pip install -e .), or "
                               f"pass --model tiny / a converted model folder")
-    state = dict(load_file(parts["vision"]))
-    encoder = export_record(parts["vision"].parent).get("encoder_weights")
-    if encoder:  # a pretrained encoder from a registry package: its weights are not copied into the export
-        state.update(load_encoder_weights(encoder))
+    state = export_state(parts["vision"].parent)
     if parts["proj"] is None:
         if not is_vision_stage(stage):
             log.warning("the default model's projection is not trained yet (stage 1/2 pending): answers are "
@@ -127,8 +124,19 @@ def load_default_state(root: Path = DEFAULT_DIR, stage: str | None = None) -> di
             if not path.exists():
                 raise CheckpointError(f"{parts['proj']} has a word readout that reads the stage-0 export "
                                       f"'{word_vision}', which is not at {path.parent}: restore that folder")
-            state.update({f"word_vision.{k}": v for k, v in load_file(path).items()})
+            state.update(export_state(path.parent, prefix="word_vision."))
     return state
+
+
+def export_state(folder: Path, prefix: str = "") -> dict:
+    """A stage-0 export's weights (vision.safetensors, plus a registry package's encoder weights where its
+    stage0.json names them: those are not copied into the export), keys prefixed."""
+    from safetensors.torch import load_file
+    state = dict(load_file(folder / "vision.safetensors"))
+    encoder = export_record(folder).get("encoder_weights")
+    if encoder:
+        state.update(load_encoder_weights(encoder))
+    return {prefix + k: v for k, v in state.items()}
 
 
 def export_record(folder: Path) -> dict:
@@ -159,23 +167,31 @@ def _with_recorded(section, recorded: dict):
     return dataclasses.replace(section, **{k: v for k, v in recorded.items() if k in known})
 
 
+def recorded_side(record: dict, preset: VisionSideConfig) -> VisionSideConfig:
+    """The vision side a stage-0 export's stage0.json describes, on top of the preset's (older exports record less)."""
+    vision = _with_recorded(preset.vision, record["vision_config"]) if record.get("vision_config") else preset.vision
+    qformer = preset.qformer
+    if "qformer_config" in record and record["qformer_config"] is None:  # tokens straight on (LLaMA-2 variant)
+        qformer = None
+    elif record.get("qformer_config"):
+        qformer = _with_recorded(preset.qformer, record["qformer_config"])
+    mean, std = (tuple(record.get(k) or getattr(preset, k)) for k in ("image_mean", "image_std"))  # its normalisation
+    return VisionSideConfig(vision, qformer, preset.concat_tokens, mean, std)
+
+
 def default_config(cfg=None, root: Path = DEFAULT_DIR, stage: str | None = None):
-    """The `small` preset with the Q-Former settings the stage-0 export was trained with (its
-    stage0.json records them), so an export's architecture travels with its weights."""
+    """The `small` preset with the vision side the stage-0 export was trained with (its stage0.json records it), so
+    an export's architecture travels with its weights; likewise the word readout's own side, when it has one."""
     cfg = cfg or get_config("small")
-    record = export_record(vision_dir(root, stage))
-    if record.get("vision_config"):
-        cfg.vision = _with_recorded(cfg.vision, record["vision_config"])
-    recorded = record.get("qformer_config")
-    if "qformer_config" in record and recorded is None:  # tokens straight to the projection (LLaMA-2 variant)
-        cfg.qformer = None
-    elif recorded:
-        cfg.qformer = _with_recorded(cfg.qformer, recorded)
-    for key in ("image_mean", "image_std"):  # a pretrained encoder's own normalisation
-        if record.get(key):
-            setattr(cfg, key, tuple(record[key]))
+    preset = cfg.main_side
+    main = recorded_side(export_record(vision_dir(root, stage)), preset)
+    cfg.vision, cfg.qformer, cfg.image_mean, cfg.image_std = main.vision, main.qformer, main.image_mean, main.image_std
     # A projection with a word readout records its words (the classifier's classes, in order) and layout.
-    cfg.apply_readout_meta(proj_metadata(projection_file(root, stage)))
+    meta = proj_metadata(projection_file(root, stage))
+    cfg.apply_readout_meta(meta)
+    if cfg.word_vision:
+        side = recorded_side(export_record(root / meta["word_vision"]), preset)
+        cfg.word_side = side if side != cfg.main_side else None
     return cfg
 
 
@@ -278,20 +294,23 @@ def dual_vision(vision: str, words: str, name: str, root: Path = DEFAULT_DIR, la
     if not (root / vision / "vision.safetensors").exists():
         raise CheckpointError(f"no stage-0 export at {root / vision} (vision.safetensors)")
     fitted = load_file(readout_file)
-    from safetensors import safe_open
-    with safe_open(str(root / vision / "vision.safetensors"), framework="pt") as f:  # a shape, not 17 MB of weights
-        queries = f.get_slice("qformer.query_tokens").get_shape() if "qformer.query_tokens" in f.keys() else None
     width = fitted["word_proj.classify.weight"].shape[1]
-    if queries is not None and queries[-1] != width:
-        raise CheckpointError(f"the readout reads {width}-wide features but {vision}'s Q-Former gives "
-                              f"{queries[-1]}: the two exports must share the Q-Former width")
+    record = export_record(root / words)  # what the readout's export records of its build (stage0.json)
+    preset = get_config("small").main_side
+    gives = recorded_side(record, preset).out_features if record else width
+    if gives != width:
+        raise CheckpointError(f"{root / words}'s readout reads {width}-wide features but that export's vision side "
+                              f"gives {gives}: re-fit it (minigpt4 fit-words default@{words} --out {root / words})")
     out = root / name
     out.mkdir(parents=True, exist_ok=True)
     for f in ("vision.safetensors", "stage0.json"):
         if (root / vision / f).exists():
             shutil.copyfile(root / vision / f, out / f)
     tensors = {k: v for k, v in fitted.items() if k.startswith("word_proj.")}
-    tensors.update({k: torch.zeros_like(fitted[k]) for k in ("proj.weight", "proj.bias")})
+    main_record = export_record(root / vision)  # an export without one is an older side built like the readout's
+    main = recorded_side(main_record, preset).out_features if main_record else fitted["proj.weight"].shape[1]
+    tensors.update({"proj.weight": fitted["proj.weight"].new_zeros(fitted["proj.weight"].shape[0], main),
+                    "proj.bias": torch.zeros_like(fitted["proj.bias"])})  # the main side's width, not the readout's
     meta = {k: readout[k] for k in READOUT_KEYS if k in readout}
     meta.update(word_layout=layout, vision=name, word_vision=words)
     atomic_save_safetensors(tensors, out / "proj.safetensors", metadata=meta)

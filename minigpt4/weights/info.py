@@ -67,6 +67,7 @@ def model_info(spec: str) -> dict[str, Any]:
                    f"queries" if cfg.qformer else f"concatenate {cfg.concat_tokens} encoder tokens" if cfg.concat_tokens > 1
                    else "none: encoder tokens straight to the projection"),
         "projection": f"{cfg.proj_in_features} -> {cfg.llm.hidden_size}",
+        "words": _words_line(cfg),
         "llm": {"source": cfg.llm.source, "path": cfg.llm.path, "hidden_size": cfg.llm.hidden_size},
         "image_tokens": cfg.num_image_tokens, "template": cfg.template, "trainable": cfg.trainable,
         "dtype": (_stored_dtype(folder) if folder else None) or "float32 (built at load time)",
@@ -76,6 +77,16 @@ def model_info(spec: str) -> dict[str, Any]:
         "folder_bytes": folder_size(folder) if folder else None,
     }
     return info
+
+
+def _words_line(cfg) -> str | None:
+    """The word readout, if any: how many names, which vision side it reads, how its tokens reach the LLM."""
+    if not cfg.proj_words:
+        return None
+    side = cfg.word_side_config
+    reads = (f"its own side: {_vision_line(side.vision)}" + (f" + Q-Former, {side.num_queries} queries"
+             if side.qformer else "")) if cfg.word_vision else "the main side's features"
+    return f"{len(cfg.proj_words)} names, one per token from {reads}; {cfg.num_word_queries} tokens ({cfg.word_layout})"
 
 
 def _vision_line(v) -> str:
@@ -98,6 +109,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines = [f"model        {info['name']}" + (f"  ({info['folder']})" if info["folder"] else "  (preset)"),
              f"vision       {info['vision']}", f"bridge       {info['bridge']}",
              f"projection   {info['projection']}",
+             *([f"word readout {info['words']}"] if info.get("words") else []),
              f"llm          {info['llm']['source']} {info['llm']['path'] or ''} (hidden {info['llm']['hidden_size']})",
              f"image tokens {info['image_tokens']}", f"template     {info['template']}",
              f"dtype        {info['dtype']}", f"trainable    {', '.join(info['trainable'])}",
