@@ -46,7 +46,7 @@ def conversation(sample, image: str, seed: int, max_questions: int = 6) -> dict:
     tasks = [t for t in weights if t == "qa" and sample.qa or t != "qa" and _answer(sample, t)]
     task = rng.choices(tasks, [weights[t] for t in tasks])[0]
     if task == "qa":
-        qa = presence_before_mentions(rng.sample(sample.qa, min(max_questions, len(sample.qa))))
+        qa = drill_order(rng.sample(sample.qa, min(max_questions, len(sample.qa))))
         turns = [(f"{q['question']} {SHORT_ANSWER}", q["answer"]) for q in qa]
     else:
         turns = [(get_preset(task).build_prompt(), _answer(sample, task))]
@@ -73,6 +73,20 @@ def presence_before_mentions(questions: list[dict]) -> list[dict]:
     return [q for _, q in sorted(enumerate(questions), key=key)]
 
 
+def drill_order(questions: list[dict]) -> list[dict]:
+    """Shuffled `questions` as turns: the first stays first, and the rest follow presence_before_mentions. The first
+    turn is the one asked without history, as every eval question and every chat's first question is, so it is drawn
+    like any question; moving existence questions ahead of it made 78% of the first turns "yes, it is there" (the
+    224 px world's drills), and the model learnt to say "yes" to any first question about presence. An existence
+    question about the first question's target comes after the conversation named it: dropped."""
+    if not questions:
+        return questions
+    first, target = questions[0], questions[0].get("target")
+    rest = [q for q in questions[1:] if not (target is not None and q.get("target") == target
+                                             and q.get("type") in EXISTENCE_TYPES)]
+    return [first] + presence_before_mentions(rest)
+
+
 def _record(image_id: str, image: str, task: str, turns: list[tuple[str, str]]) -> dict:
     """A LLaVA record: the image tag opens the first question, then human/gpt turns alternate."""
     conv = []
@@ -92,5 +106,5 @@ def qa_drill(image_id: str, qa: list[dict], image: str, seed: int, max_questions
     if not qa:
         return None
     rng = random.Random(f"qa-drill:{seed}:{image_id}")
-    picked = presence_before_mentions(rng.sample(qa, min(max_questions, len(qa))))
+    picked = drill_order(rng.sample(qa, min(max_questions, len(qa))))
     return _record(image_id, image, "qa", [(f"{q['question']} {SHORT_ANSWER}", q["answer"]) for q in picked])
