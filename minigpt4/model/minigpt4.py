@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from minigpt4.config import MiniGPT4Config
+from minigpt4.config import MiniGPT4Config, VisionSideConfig
 from minigpt4.data.image import ImageInput, adapt_pixels, load_image, preprocess
 from minigpt4.model.losses import head_cross_entropy
 from minigpt4.model.qformer import QFormer
@@ -67,26 +67,34 @@ def word_embeddings(llm: nn.Module, tokenizer, words: Sequence[str]) -> torch.Te
     return table[torch.tensor(first_token_ids(tokenizer, words), device=table.device)].detach().float().clone()
 
 
-def place_vision_side(visual_encoder: nn.Module, ln_vision: nn.Module, qformer: nn.Module | None, device,
-                      dtype: torch.dtype) -> None:
-    """One vision side onto `device`: ViT and Q-Former in the compute dtype, ln_vision in fp32 (as the original)."""
-    visual_encoder.to(device, dtype)
-    if qformer is not None:
-        qformer.to(device, dtype)
-    ln_vision.to(device, torch.float32)
+def build_vision_side(m: nn.Module, side: VisionSideConfig) -> None:
+    """One vision side's modules on `m` (their names are the weight keys): encoder, ln_vision (BLIP-2's: default eps
+    1e-5) and the Q-Former, or none (LLaMA-2 variant)."""
+    m.visual_encoder = build_vision_encoder(side.vision)
+    m.ln_vision = nn.LayerNorm(side.vision.width)
+    m.qformer = QFormer.for_vision(side.qformer, side.vision) if side.qformer is not None else None
 
 
-def frozen_features(visual_encoder: nn.Module, ln_vision: nn.Module, qformer: nn.Module | None, pixels: torch.Tensor,
-                    concat_tokens: int) -> torch.Tensor:
-    """One vision side: pixels -> Q-Former outputs (or, with no Q-Former, every `concat_tokens` ViT tokens joined)."""
-    enc = next(visual_encoder.parameters())
-    feats = visual_encoder(pixels.to(enc.device, enc.dtype))
-    feats = ln_vision(feats.to(ln_vision.weight.dtype))
-    if qformer is not None:
-        return qformer(feats.to(qformer.query_tokens.dtype))
+def place_vision_side(m: nn.Module, device, dtype: torch.dtype) -> None:
+    """One vision side onto `device`: encoder and Q-Former in the compute dtype, ln_vision in fp32 (as the original)."""
+    m.visual_encoder.to(device, dtype)
+    if m.qformer is not None:
+        m.qformer.to(device, dtype)
+    m.ln_vision.to(device, torch.float32)
+
+
+def frozen_features(m: nn.Module, side: VisionSideConfig, pixels: torch.Tensor, pixels_from) -> torch.Tensor:
+    """One vision side (its modules on `m`): pixels normalised with `pixels_from` (mean, std), resized and
+    renormalised as `side` expects -> Q-Former outputs (or, with no Q-Former, every `concat_tokens` tokens joined)."""
+    pixels = adapt_pixels(pixels, side.vision.image_size, *pixels_from, side.image_mean, side.image_std)
+    enc = next(m.visual_encoder.parameters())
+    feats = m.visual_encoder(pixels.to(enc.device, enc.dtype))
+    feats = m.ln_vision(feats.to(m.ln_vision.weight.dtype))
+    if m.qformer is not None:
+        return m.qformer(feats.to(m.qformer.query_tokens.dtype))
     feats = feats[:, 1:, :]  # LLaMA-2 variant: drop CLS, concatenate every k tokens
     B, N, C = feats.shape
-    return feats.reshape(B, N // concat_tokens, C * concat_tokens)
+    return feats.reshape(B, N // side.concat_tokens, C * side.concat_tokens)
 
 
 class WordVision(nn.Module):
@@ -97,26 +105,19 @@ class WordVision(nn.Module):
 
     def __init__(self, cfg: MiniGPT4Config):
         super().__init__()
-        side = cfg.word_side_config
-        self.side = side
+        self.side = cfg.word_side_config
         self.pixels_from = (cfg.image_mean, cfg.image_std)  # how the pixels it is given were normalised
-        self.visual_encoder = build_vision_encoder(side.vision)
-        self.ln_vision = nn.LayerNorm(side.vision.width)
-        self.qformer = QFormer.for_vision(side.qformer, side.vision) if side.qformer is not None else None
+        build_vision_side(self, self.side)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        side = self.side
-        pixels = adapt_pixels(pixels, side.vision.image_size, *self.pixels_from, side.image_mean, side.image_std)
-        return frozen_features(self.visual_encoder, self.ln_vision, self.qformer, pixels, side.concat_tokens)
+        return frozen_features(self, self.side, pixels, self.pixels_from)
 
 
 class MiniGPT4(nn.Module):
     def __init__(self, cfg: MiniGPT4Config, llm: nn.Module, tokenizer, cache_size: int = 256):
         super().__init__()
         self.cfg = cfg
-        self.visual_encoder = build_vision_encoder(cfg.vision)
-        self.ln_vision = nn.LayerNorm(cfg.vision.width)  # BLIP-2's ln_vision: default eps 1e-5
-        self.qformer = QFormer.for_vision(cfg.qformer, cfg.vision) if cfg.qformer is not None else None
+        build_vision_side(self, cfg.main_side)
         llm_hidden = llm.get_input_embeddings().weight.shape[1]
         if llm_hidden != cfg.llm.hidden_size:
             raise ValueError(f"config says llm.hidden_size={cfg.llm.hidden_size} but the loaded LLM has "
@@ -176,10 +177,9 @@ class MiniGPT4(nn.Module):
     def place(self, device, dtype: torch.dtype) -> None:
         """Our parts (not the LLM) onto `device`: vision sides in the compute dtype, except ln_vision; the projection and
         the word readout in fp32, as the original keeps llama_proj."""
-        place_vision_side(self.visual_encoder, self.ln_vision, self.qformer, device, dtype)
+        place_vision_side(self, device, dtype)
         if self.word_vision is not None:
-            wv = self.word_vision
-            place_vision_side(wv.visual_encoder, wv.ln_vision, wv.qformer, device, dtype)
+            place_vision_side(self.word_vision, device, dtype)
         self.proj.to(device, torch.float32)
         if self.word_proj is not None:
             self.word_proj.to(device, torch.float32)
@@ -193,8 +193,7 @@ class MiniGPT4(nn.Module):
         """Frozen vision side: pixels -> (B, num_vision_tokens, D) Q-Former outputs (or concatenated ViT tokens);
         with a word vision side, its outputs follow the main side's."""
         cfg = self.cfg
-        main = adapt_pixels(pixels, cfg.vision.image_size, cfg.image_mean, cfg.image_std, cfg.image_mean, cfg.image_std)
-        feats = frozen_features(self.visual_encoder, self.ln_vision, self.qformer, main, cfg.concat_tokens)
+        feats = frozen_features(self, cfg.main_side, pixels, (cfg.image_mean, cfg.image_std))
         if self.word_vision is None:
             return feats
         words = self.word_vision(pixels).to(feats.dtype)

@@ -71,13 +71,10 @@ def short(keys: Iterable[str], n: int = 12) -> str:
 # --- the layout we load into ------------------------------------------------------------------
 def skeleton(cfg: MiniGPT4Config) -> nn.Module:
     """The non-LLM part of the model on the meta device: key names and shapes, no memory."""
-    from minigpt4.model.qformer import QFormer
-    from minigpt4.model.vision import build_vision_encoder
+    from minigpt4.model.minigpt4 import build_vision_side
     with torch.device("meta"):
         m = nn.Module()
-        m.visual_encoder = build_vision_encoder(cfg.vision)
-        m.ln_vision = nn.LayerNorm(cfg.vision.width)
-        m.qformer = QFormer.for_vision(cfg.qformer, cfg.vision) if cfg.qformer is not None else None
+        build_vision_side(m, cfg.main_side)
         m.proj = nn.Linear(cfg.proj_in_features, cfg.llm.hidden_size)
         if cfg.proj_words:  # the word readout's classifier (its word table is rebuilt from the LLM, not stored)
             m.word_proj = nn.Module()
