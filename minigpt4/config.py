@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 # CLIP normalisation used by BLIP-2 / MiniGPT-4 preprocessing.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -94,7 +94,8 @@ class GenerationConfig:
     seed: int | None = None
 
 
-READOUT_KEYS = ("proj_words", "word_layout")  # MiniGPT4Config.readout_meta(): what a projection file records
+# MiniGPT4Config.readout_meta(): what a projection file records
+READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids")
 
 
 @dataclass
@@ -165,6 +166,12 @@ class MiniGPT4Config:
     # That side's own architecture, input size and normalisation when they are not the main side's (None: the main
     # side's), e.g. the ImageNet EfficientNet naming objects beside the ViT + Q-Former the projection reads.
     word_side: VisionSideConfig | None = None
+    # Text before each word token (our addition; empty = none), e.g. "top left:" for a readout over region tokens: the
+    # LLM reads where a word came from as words it knows and answers "where is the X?" by copying the label before
+    # X (session 22: position answers 11% -> 51% at 80 steps). word_label_ids are the labels' token ids (set both with
+    # label_words()); they take image-token slots and are filled with the LLM's own embeddings.
+    word_labels: list[str] = field(default_factory=list)
+    word_label_ids: list[list[int]] = field(default_factory=list)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property
@@ -212,9 +219,22 @@ class MiniGPT4Config:
 
     @property
     def num_image_tokens(self) -> int:
+        labels = sum(len(ids) for ids in self.word_label_ids)
         if not self.proj_words or self.word_layout == "sum":
-            return self.num_queries
-        return self.num_queries + self.num_word_queries
+            return self.num_queries + labels
+        return self.num_queries + self.num_word_queries + labels
+
+    def label_words(self, labels: Sequence[str], tokenizer) -> None:
+        """Put `labels[i]` before word token i (see word_labels); an empty list removes the labels."""
+        if labels and not self.proj_words:
+            raise ValueError("word labels go before the word readout's tokens, but this model has no readout")
+        if labels and len(labels) != self.num_word_queries:
+            raise ValueError(f"{len(labels)} word labels for {self.num_word_queries} word tokens: give one per token")
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in labels]
+        empty = [t for t, i in zip(labels, ids) if not i]
+        if empty:
+            raise ValueError(f"word labels {empty} tokenize to nothing; give non-empty text")
+        self.word_labels, self.word_label_ids = list(labels), ids
 
     @property
     def proj_in_features(self) -> int:
@@ -224,7 +244,10 @@ class MiniGPT4Config:
         """The word readout's settings as string metadata (safetensors headers, meta.json); {} without one."""
         if not self.proj_words:
             return {}
-        return {"proj_words": json.dumps(self.proj_words), "word_layout": self.word_layout}
+        meta = {"proj_words": json.dumps(self.proj_words), "word_layout": self.word_layout}
+        if self.word_labels:
+            meta.update(word_labels=json.dumps(self.word_labels), word_label_ids=json.dumps(self.word_label_ids))
+        return meta
 
     def apply_readout_meta(self, meta: dict[str, str]) -> None:
         """Take a projection file's readout_meta (files written before word_layout existed summed). A published
@@ -233,6 +256,8 @@ class MiniGPT4Config:
             self.proj_words = json.loads(meta["proj_words"])
             self.word_layout = meta.get("word_layout", "sum")
             self.word_vision = bool(meta.get("word_vision"))
+            self.word_labels = json.loads(meta.get("word_labels", "[]"))
+            self.word_label_ids = json.loads(meta.get("word_label_ids", "[]"))
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

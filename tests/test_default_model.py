@@ -380,3 +380,24 @@ def test_a_readout_on_a_pretrained_encoder_beside_the_shipped_side_configures_an
     state = load_default_state(root, "stage0-dual")
     assert state["word_vision.visual_encoder.stem.weight"].shape == (32, 3, 3, 3)
     assert not any(k.startswith("visual_encoder.blocks.") for k in state)  # not on the main side
+    # arrange: the same readouts with "top left:" ... "bottom right:" before their nine words
+    from minigpt4.weights.default import arrange
+    grid = arrange("stage0-effnet-words", "stage0-effnet-grid", "pair", "grid", root)
+    assert (grid / "stage0.json").read_bytes() == (words / "stage0.json").read_bytes()
+    labelled = default_config(root=root, stage="stage0-effnet-grid")
+    assert labelled.word_labels[0] == "top left:" and labelled.word_labels[-1] == "; bottom right:"
+    assert labelled.word_layout == "pair" and labelled.vision.arch == "efficientnet_lite0"
+    assert labelled.num_image_tokens == 18 + sum(len(ids) for ids in labelled.word_label_ids)
+    with pytest.raises(CheckpointError, match="gives each of the 16 projection tokens a word.*gives 9: use append"):
+        arrange("stage0-dual", "stage0-dual-grid", "pair", "grid", root)
+    arrange("stage0-dual", "stage0-dual-grid", "append", "grid", root)
+    dual = default_config(root=root, stage="stage0-dual-grid")
+    assert dual.word_vision and dual.word_side.vision.arch == "efficientnet_lite0" and len(dual.word_labels) == 9
+    assert float(load_default_state(root, "stage0-dual-grid")["word_proj.classify.weight"][0, 0]) == 1.0
+    with pytest.raises(CheckpointError, match="has no word readout to arrange"):
+        arrange("stage0", "stage0-grid", "append", "grid", root)
+    (root / "stage0-names").mkdir()  # a readout on stage0's own side: 32 tokens, not a 3x3 grid
+    save_file(readout | {"word_proj.classify.weight": torch.ones(3, 256)},
+              str(root / "stage0-names" / "proj.safetensors"), metadata=cfg.readout_meta())
+    with pytest.raises(ValueError, match="3x3 grid of region tokens, but this readout has 16"):
+        arrange("stage0-names", "stage0-names-grid", "append", "grid", root)

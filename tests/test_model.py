@@ -220,6 +220,69 @@ def test_a_paired_word_readout_gives_each_query_a_word_slot_and_a_projection_slo
 
 
 @torch.no_grad()
+def test_word_labels_put_the_llms_own_text_before_each_word():
+    """word_labels: label i's tokens (the LLM's own embeddings) come before word i, so the LLM reads "top left: cat"
+    as text; the labels take image-token slots, travel with the readout's metadata and must match the tokenizer."""
+    from minigpt4.chat.templates import tokenize
+    from minigpt4.config import MiniGPT4Config
+    from minigpt4.weights.pretrained import assemble
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout = ["cat", "dog"], "pair"
+    model = build_model(cfg).eval()
+    texts = ["top left:"] + [f"; slot {i}:" for i in range(1, N_IMG)]
+    with pytest.raises(ValueError, match="3 word labels for 8 word tokens"):
+        cfg.label_words(texts[:3], model.tokenizer)
+    cfg.label_words(texts, model.tokenizer)
+    n_label = sum(len(i) for i in cfg.word_label_ids)
+    assert n_label > N_IMG and cfg.num_image_tokens == 2 * N_IMG + n_label
+    model = build_model(cfg).eval()
+    table = model.llm.get_input_embeddings().weight.float()
+    feats = torch.randn(2, N_IMG, cfg.proj_in_features)
+    words, proj = model.word_proj(feats), model.proj(feats)
+    out = model.project(feats)
+    assert out.shape == (2, cfg.num_image_tokens, cfg.llm.hidden_size)
+    at = 0
+    for i, ids in enumerate(cfg.word_label_ids):  # pair: label, word, projection
+        assert torch.equal(out[:, at:at + len(ids)], table[ids].expand(2, -1, -1))
+        at += len(ids)
+        assert torch.equal(out[:, at], words[:, i]) and torch.equal(out[:, at + 1], proj[:, i])
+        at += 2
+    model.cfg.word_layout = "append"  # the projection's tokens first, then each label and its word
+    appended = model.project(feats)
+    assert torch.equal(appended[:, :N_IMG], proj)
+    assert torch.equal(appended[:, N_IMG:], torch.cat([out[:, s:s + len(ids) + 1] for s, ids in
+                                                       zip(_label_starts(cfg), cfg.word_label_ids)], 1))
+    model.cfg.word_layout = "sum"
+    assert model.project(feats).shape[1] == N_IMG + n_label == cfg.num_image_tokens
+    model.cfg.word_layout = "pair"
+    ids = torch.tensor([tokenize(model.tokenizer, "<ImageHere> a dog", cfg.num_image_tokens)])
+    labels = torch.where(ids == IMAGE_TOKEN_ID, -100, ids)
+    assert torch.isfinite(model(ids, torch.ones_like(ids), labels, features=feats[:1]))
+    # the labels travel with the readout's metadata; a model assembled on the meta device embeds them for real
+    again = get_config("tiny")
+    again.apply_readout_meta(cfg.readout_meta())
+    assert (again.word_labels, again.word_label_ids, again.num_image_tokens) == \
+        (texts, cfg.word_label_ids, cfg.num_image_tokens)
+    assert MiniGPT4Config.from_dict(cfg.to_dict()).word_label_ids == cfg.word_label_ids
+    loaded = assemble(again, {k: v for k, v in model.state_dict().items() if not k.startswith("llm.")}).eval()
+    assert torch.allclose(loaded.project(feats), out, atol=1e-6)
+    again.word_label_ids = [[i + 1 for i in ids] for ids in again.word_label_ids]  # another tokenizer's ids
+    with pytest.raises(ValueError, match="not what this LLM's tokenizer makes of word_labels"):
+        build_model(again)
+    with pytest.raises(ValueError, match="no readout"):
+        get_config("tiny").label_words(texts, model.tokenizer)
+
+
+def _label_starts(cfg):
+    """Where each label starts in the pair layout (label, word, projection per word)."""
+    starts, at = [], 0
+    for ids in cfg.word_label_ids:
+        starts.append(at)
+        at += len(ids) + 2
+    return starts
+
+
+@torch.no_grad()
 def test_a_word_side_of_another_build_reads_the_image_at_its_own_size_and_normalisation(word_side_cfg):
     """word_side: the readout's side may differ from the main one in encoder, input size, normalisation, token count
     and width. One pixel tensor at the larger size feeds both; each side resizes and renormalises it; the feature rows

@@ -129,6 +129,21 @@ def default_gguf_path() -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def tokenizer_for(cfg: LLMConfig):
+    """The tokenizer load_llm(cfg) returns, without loading the LLM: a GGUF's from its converted cache (made once),
+    the default SmolLM2 GGUF's the bundled copy of it."""
+    if cfg.source == "gguf":
+        if cfg.path is None:
+            return load_tokenizer(BUNDLED_TOKENIZER)
+        cached = gguf_cache_path(Path(cfg.path))
+        if not (cached / "model.safetensors").exists():
+            load_gguf_llm(cfg.path)  # converts once and caches, as the first load_llm does
+        return load_tokenizer(str(cached))
+    if cfg.source == "random":
+        return load_tokenizer(cfg.tokenizer)
+    return load_tokenizer(cfg.tokenizer or cfg.path)
+
+
 def load_llm(cfg: LLMConfig, dtype=torch.float32, quantize: str | None = None, device: str | None = None):
     """Return (llm, tokenizer) for the config; the LLM's parameters are frozen by the caller."""
     if cfg.source == "random":

@@ -67,6 +67,18 @@ def word_embeddings(llm: nn.Module, tokenizer, words: Sequence[str]) -> torch.Te
     return table[torch.tensor(first_token_ids(tokenizer, words), device=table.device)].detach().float().clone()
 
 
+def check_word_labels(cfg: MiniGPT4Config, tokenizer) -> None:
+    """word_labels must be one per word token and tokenize, with this LLM's tokenizer, to the recorded ids (another
+    tokenizer's ids would fill the slots with unrelated words)."""
+    if len(cfg.word_labels) != cfg.num_word_queries:
+        raise ValueError(f"{len(cfg.word_labels)} word_labels for {cfg.num_word_queries} word tokens: give one per "
+                         f"token (MiniGPT4Config.label_words)")
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in cfg.word_labels]
+    if ids != cfg.word_label_ids:
+        raise ValueError(f"word_label_ids {cfg.word_label_ids} are not what this LLM's tokenizer makes of word_labels "
+                         f"{cfg.word_labels} ({ids}): set them with cfg.label_words(labels, tokenizer)")
+
+
 def build_vision_side(m: nn.Module, side: VisionSideConfig) -> None:
     """One vision side's modules on `m` (their names are the weight keys): encoder, ln_vision (BLIP-2's: default eps
     1e-5) and the Q-Former, or none (LLaMA-2 variant)."""
@@ -132,6 +144,8 @@ class MiniGPT4(nn.Module):
         if cfg.proj_words and cfg.word_layout != "append" and cfg.num_word_queries != cfg.num_queries:
             raise ValueError(f"word_layout {cfg.word_layout!r} pairs each of the {cfg.num_queries} projection tokens "
                              f"with a word, but the word side gives {cfg.num_word_queries}: use word_layout: append")
+        if cfg.word_labels:
+            check_word_labels(cfg, tokenizer)
         self.word_proj = WordReadout.for_llm(cfg, llm, tokenizer) if cfg.proj_words else None
         self.word_vision = WordVision(cfg) if cfg.word_vision else None
         self.llm = llm
@@ -217,11 +231,27 @@ class MiniGPT4(nn.Module):
         if self.word_proj is None:
             return tokens
         words = self.word_proj(for_words)
+        if self.cfg.word_labels:
+            return self.labelled(tokens, words)
         if self.cfg.word_layout == "sum":
             return tokens + words
         if self.cfg.word_layout == "append":
             return torch.cat([tokens, words], dim=1)
         return torch.stack([words, tokens], dim=2).flatten(1, 2)
+
+    def labelled(self, tokens: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """project() with word_labels: word i follows its label's tokens (the LLM's own embeddings of them), with
+        its projection token after it ("pair"), added to it ("sum"), or all projection tokens first ("append")."""
+        emb = self.llm.get_input_embeddings()
+        ids = torch.tensor([i for label in self.cfg.word_label_ids for i in label], device=emb.weight.device)
+        labels = emb(ids).to(words.device, words.dtype)[None].expand(words.shape[0], -1, -1)
+        labels = labels.split([len(label) for label in self.cfg.word_label_ids], dim=1)
+        layout = self.cfg.word_layout
+        per_word = {"sum": [tokens + words], "pair": [words, tokens], "append": [words]}[layout]
+        parts = [tokens] if layout == "append" else []
+        for i, label in enumerate(labels):
+            parts += [label, *(t[:, i:i + 1] for t in per_word)]
+        return torch.cat(parts, dim=1)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) normalised pixels -> (B, num_image_tokens, llm_hidden) image embeddings."""

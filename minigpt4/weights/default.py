@@ -317,6 +317,51 @@ def dual_vision(vision: str, words: str, name: str, root: Path = DEFAULT_DIR, la
     return out
 
 
+def grid_labels(n: int) -> list[str]:
+    """Labels for a readout over a 3x3 grid of region tokens, row by row: the world's position names (the answers to
+    "where is the X?"), "; "-separated so the image reads "top left: cat; top center: ...; bottom right: dog"."""
+    from minigpt4.world.textgen import POSITION_NAMES
+    if n != len(POSITION_NAMES):
+        raise ValueError(f"grid labels name a 3x3 grid of region tokens, but this readout has {n} tokens")
+    return [name + ":" if i == 0 else f"; {name}:" for i, name in enumerate(POSITION_NAMES)]
+
+
+def arrange(src: str, name: str, layout: str, labels: str = "none", root: Path = DEFAULT_DIR) -> Path:
+    """Stage-0 folder `name`: `src`'s vision side(s) and word readout with another word_layout and word labels
+    ("grid": grid_labels; "none"). The projection stays untrained (zero), as in any stage-0 folder."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from minigpt4.model.llm import tokenizer_for
+    from minigpt4.utils import atomic_save_safetensors
+    from minigpt4.weights.common import CheckpointError
+    src_file = root / src / "proj.safetensors"
+    meta = proj_metadata(src_file if src_file.exists() else None)
+    if not is_vision_stage(src) or not is_vision_stage(name):
+        raise CheckpointError(f"arrange works on stage-0 folders (stage0-NAME), not {src!r} -> {name!r}")
+    if not meta.get("proj_words"):
+        raise CheckpointError(f"{root / src} has no word readout to arrange: fit one first (minigpt4 fit-words)")
+    if labels not in ("grid", "none"):
+        raise ValueError(f"labels must be 'grid' or 'none', not {labels!r}")
+    cfg = default_config(stage=src, root=root)
+    cfg.word_layout = layout
+    cfg.label_words(grid_labels(cfg.num_word_queries) if labels == "grid" else [],
+                    tokenizer_for(cfg.llm))
+    if layout != "append" and cfg.num_word_queries != cfg.num_queries:
+        raise CheckpointError(f"word_layout {layout!r} gives each of the {cfg.num_queries} projection tokens a word, "
+                              f"but {src}'s readout gives {cfg.num_word_queries}: use append")
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    for f in ("vision.safetensors", "stage0.json"):
+        if (root / src / f).exists():
+            shutil.copyfile(root / src / f, out / f)
+    keep = {k: v for k, v in meta.items() if k not in READOUT_KEYS}
+    atomic_save_safetensors(load_file(src_file), out / "proj.safetensors",
+                            metadata={**keep, **cfg.readout_meta(), "vision": name})
+    return out
+
+
 def attach_words(stage: str, base: str, root: Path = DEFAULT_DIR) -> Path:
     """Add `base`'s word readout (a dual_vision folder) to the published `stage`, whose projection and adapters were
     trained on `base`'s main vision side: the stage then records `base` as its vision side and loads both."""
@@ -338,7 +383,8 @@ def attach_words(stage: str, base: str, root: Path = DEFAULT_DIR) -> Path:
                               f"export: its projection would read features it never saw")
     tensors = {k: v for k, v in load_file(stage_file).items() if not k.startswith("word_proj.")}
     tensors.update({k: v for k, v in load_file(base_file).items() if k.startswith("word_proj.")})
-    meta = {**proj_metadata(stage_file), **{k: readout[k] for k in (*READOUT_KEYS, "word_vision")}, "vision": base}
+    kept = {k: v for k, v in proj_metadata(stage_file).items() if k not in READOUT_KEYS}  # the base's readout only
+    meta = {**kept, **{k: readout[k] for k in (*READOUT_KEYS, "word_vision") if k in readout}, "vision": base}
     atomic_save_safetensors(tensors, stage_file, metadata=meta)
     return stage_file
 
@@ -362,6 +408,12 @@ if __name__ == "__main__":
     dv.add_argument("words", help="the export with a fitted word readout, e.g. stage0-word")
     dv.add_argument("name", help="the new folder's name, e.g. stage0-dual")
     dv.add_argument("--layout", choices=list(WORD_LAYOUTS), default="append")
+    ar = sub.add_parser("arrange", help="stage-0 folder NAME: SRC's readout with another layout and word labels")
+    ar.add_argument("src", help="a stage-0 folder with a word readout, e.g. stage0-effnet-words")
+    ar.add_argument("name", help="the new folder's name, e.g. stage0-effnet-grid")
+    ar.add_argument("--layout", choices=list(WORD_LAYOUTS), required=True)
+    ar.add_argument("--labels", choices=["grid", "none"], default="none",
+                    help="grid: 'top left:' ... 'bottom right:' before the 3x3 region tokens' words")
     aw = sub.add_parser("attach-words", help="add the word readout of a dual-vision folder to a published stage")
     aw.add_argument("stage", choices=STAGES)
     aw.add_argument("base", help="the dual-vision folder, e.g. stage0-dual")
@@ -370,5 +422,7 @@ if __name__ == "__main__":
         print(f"wrote {publish(args.run_dir, args.stage, vision=args.vision, out_dir=args.out)}")
     elif args.command == "dual-vision":
         print(f"wrote {dual_vision(args.vision, args.words, args.name, layout=args.layout)}")
+    elif args.command == "arrange":
+        print(f"wrote {arrange(args.src, args.name, args.layout, args.labels)}")
     else:
         print(f"wrote {attach_words(args.stage, args.base)}")

@@ -86,7 +86,10 @@ def _words_line(cfg) -> str | None:
     side = cfg.word_side_config
     reads = (f"its own side: {_vision_line(side.vision)}" + (f" + Q-Former, {side.num_queries} queries"
              if side.qformer else "")) if cfg.word_vision else "the main side's features"
-    return f"{len(cfg.proj_words)} names, one per token from {reads}; {cfg.num_word_queries} tokens ({cfg.word_layout})"
+    line = f"{len(cfg.proj_words)} names, one per token from {reads}; {cfg.num_word_queries} tokens ({cfg.word_layout})"
+    if cfg.word_labels:
+        line += f", each after its label ({cfg.word_labels[0]!r} ... {cfg.word_labels[-1]!r})"
+    return line
 
 
 def _vision_line(v) -> str:
