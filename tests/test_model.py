@@ -220,7 +220,7 @@ def test_a_paired_word_readout_gives_each_query_a_word_slot_and_a_projection_slo
 
 
 @torch.no_grad()
-def test_word_labels_put_the_llms_own_text_before_each_word():
+def test_word_labels_put_the_llms_own_text_before_each_word(word_side_cfg):
     """word_labels: label i's tokens (the LLM's own embeddings) come before word i, so the LLM reads "top left: cat"
     as text; the labels take image-token slots, travel with the readout's metadata and must match the tokenizer."""
     from minigpt4.chat.templates import tokenize
@@ -271,6 +271,18 @@ def test_word_labels_put_the_llms_own_text_before_each_word():
         build_model(again)
     with pytest.raises(ValueError, match="no readout"):
         get_config("tiny").label_words(texts, model.tokenizer)
+    # a readout of its own build with more tokens (9) than the projection (8): appended, each word labelled
+    from minigpt4.weights.default import grid_labels
+    word_side_cfg.label_words(grid_labels(9), model.tokenizer)
+    side = build_model(word_side_cfg).eval()
+    pixels = torch.randn(2, 3, word_side_cfg.input_size, word_side_cfg.input_size)
+    feats = side.vision_features(pixels)
+    main, for_words = side.split_features(feats)
+    tokens = side.project(feats)
+    assert tokens.shape[1] == word_side_cfg.num_image_tokens == 8 + 9 + sum(map(len, word_side_cfg.word_label_ids))
+    assert torch.equal(tokens[:, :8], side.proj(main))
+    last = side.word_proj(for_words)[:, -1]  # "; bottom right:" then the last region's word
+    assert torch.equal(tokens[:, -1], last)
 
 
 def _label_starts(cfg):

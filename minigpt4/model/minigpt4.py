@@ -247,7 +247,7 @@ class MiniGPT4(nn.Module):
         labels = emb(ids).to(words.device, words.dtype)[None].expand(words.shape[0], -1, -1)
         labels = labels.split([len(label) for label in self.cfg.word_label_ids], dim=1)
         layout = self.cfg.word_layout
-        per_word = {"sum": [tokens + words], "pair": [words, tokens], "append": [words]}[layout]
+        per_word = [tokens + words] if layout == "sum" else [words, tokens] if layout == "pair" else [words]
         parts = [tokens] if layout == "append" else []
         for i, label in enumerate(labels):
             parts += [label, *(t[:, i:i + 1] for t in per_word)]
