@@ -49,6 +49,21 @@ def test_scorers_give_full_marks_for_ground_truth_and_low_marks_for_wrong_answer
     assert sum(structure_match("<html><body><p>hi</p></body></html>", s.html) for s in sketches) / 6 < 0.6
 
 
+def test_attribute_accuracy_splits_by_whether_training_showed_the_asked_kind():
+    """attribute:seen / attribute:heldout: the test split's questions about held-out kinds are scored apart, so a
+    model right only about the kinds it was shown scores 100% seen, 0% held-out (and the split covers every one)."""
+    from minigpt4.world.vocab import heldout_names
+    held = heldout_names()
+    qa = [q for seed in range(12) for q in generate("scene", seed, "test", 96).qa if q["type"] == "presence"]
+    about_held = [q["target"] in held for q in qa]
+    assert any(about_held) and not all(about_held)
+    preds = [("maybe" if h else q["answer"]) for q, h in zip(qa, about_held)]
+    scores = qa_scores(preds, qa, held)
+    assert scores["attribute:seen"] == 1.0 and scores["attribute:heldout"] == 0.0
+    assert scores["attribute"] == pytest.approx(1 - sum(about_held) / len(qa))
+    assert "attribute:seen" not in qa_scores(preds, qa)  # no held-out set given: no split
+
+
 @pytest.mark.parametrize("pred, answer, qtype, ok", [
     ("There are 3 circles.", "three", "count", True),
     ("Three.", "three", "count", True),

@@ -14,6 +14,8 @@ from minigpt4.utils import atomic_write_bytes, atomic_write_json, atomic_write_t
 # (label, path into metrics, target text, format)
 HEADLINE: list[tuple[str, tuple[str, ...], str, str]] = [
     ("attribute Q&A accuracy (object, color, count, position)", ("qa", "attribute"), ">= 90%", "pct"),
+    ("... on questions about kinds seen in training", ("qa", "attribute:seen"), "", "pct"),
+    ("... on questions about held-out kinds", ("qa", "attribute:heldout"), "", "pct"),
     ("all Q&A accuracy", ("qa", "all"), "", "pct"),
     ("hallucinated objects, CHAIR_i (describe)", ("describe", "chair_i"), "<= 5%", "pct"),
     ("object recall (describe)", ("describe", "object_recall"), "", "pct"),
@@ -116,7 +118,7 @@ def report_markdown(report: dict, out_dir: Path) -> str:
              "| metric | value | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in headline_rows(report)]
     if "qa" in m:
-        types = [k for k in m["qa"] if k not in ("all", "attribute")]
+        types = [k for k in m["qa"] if k not in ("all", "attribute") and ":" not in k]
         lines += ["", "## Q&A accuracy per question type", "", "| type | accuracy | questions |", "|---|---|---|"]
         counts = {}
         for rec in report["items"]:
@@ -161,7 +163,7 @@ def compare_markdown(reports: list[dict]) -> str:
         if all(v is None for v in vals):
             continue
         lines.append(f"| {label} | " + " | ".join(fmt(v, kind) for v in vals) + f" | {target} |")
-    types = sorted({t for r in reports for t in (r["metrics"].get("qa") or {}) if t not in ("all", "attribute")})
+    types = sorted({t for r in reports for t in (r["metrics"].get("qa") or {}) if t not in ("all", "attribute") and ":" not in t})
     for t in types:
         lines.append(f"| Q&A: {t} | " + " | ".join(fmt(lookup(r["metrics"], ("qa", t)), "pct") for r in reports) + " | |")
     cfg = reports[0]["config"]

@@ -22,6 +22,7 @@ from minigpt4.chat.templates import Message
 from minigpt4.config import GenerationConfig
 from minigpt4.eval.broken import REASONS, BrokenConfig, broken_reasons
 from minigpt4.eval.scoring import answer_correct, qa_scores
+from minigpt4.world.vocab import heldout_names
 from minigpt4.world import SPLITS, chair_i, generate, ingredient_recall, object_recall, prompt_similarity, structure_match
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,8 @@ def score_items(items: list[Item]) -> dict[str, Any]:
             it.broken = broken_reasons(raw, finish, BrokenConfig(prose=task != "prompt"))
             it.scores["broken"] = float(bool(it.broken))
     if task == "qa":
-        return qa_scores([it.result.text if it.result else "" for it in items], [it.question for it in items])
+        return qa_scores([it.result.text if it.result else "" for it in items], [it.question for it in items],
+                         heldout_names())
     keys = items[0].scores.keys()
     return {k: sum(it.scores[k] for it in items) / len(items) for k in keys}
 

@@ -102,14 +102,18 @@ def answer_correct(pred: str, answer: str, qtype: str | None = None) -> bool:
 ATTRIBUTE_TYPES = ("presence", "object", "color", "count", "position")
 
 
-def qa_scores(preds: list[str], qa: list[dict]) -> dict[str, float]:
-    """Accuracy overall ("all"), over attribute questions ("attribute") and per question type."""
+def qa_scores(preds: list[str], qa: list[dict], heldout: set[str] | frozenset = frozenset()) -> dict[str, float]:
+    """Accuracy overall ("all"), over attribute questions ("attribute") and per question type; with `heldout` (object
+    kinds no training image shows), attribute accuracy on questions about those kinds ("attribute:heldout") and the
+    rest ("attribute:seen"): a model can only name what it was shown."""
     if len(preds) != len(qa):
         raise ValueError(f"{len(preds)} answers for {len(qa)} questions")
     hits: dict[str, list[int]] = {}
     for p, q in zip(preds, qa):
         ok = int(answer_correct(p, q["answer"], q.get("type")))
         keys = ["all", q.get("type", "other")] + (["attribute"] if q.get("type") in ATTRIBUTE_TYPES else [])
+        if heldout and q.get("type") in ATTRIBUTE_TYPES:
+            keys.append("attribute:heldout" if q.get("target") in heldout else "attribute:seen")
         for k in keys:
             hits.setdefault(k, []).append(ok)
     return {k: sum(v) / len(v) for k, v in hits.items()}
