@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from minigpt4.config import MiniGPT4Config, get_config
 from minigpt4.model.minigpt4 import IMAGE_TOKEN_ID, build_model
@@ -283,6 +284,34 @@ def test_word_labels_put_the_llms_own_text_before_each_word(word_side_cfg):
     assert torch.equal(tokens[:, :8], side.proj(main))
     last = side.word_proj(for_words)[:, -1]  # "; bottom right:" then the last region's word
     assert torch.equal(tokens[:, -1], last)
+
+
+@torch.no_grad()
+def test_word_dropout_turns_words_into_none_or_a_wrong_name_only_while_training():
+    """TrainConfig.word_dropout: while training, a readout word becomes "none" or a random name (how an unseen kind
+    looks to the readout), about half each; a model not being trained (chat, eval) always gets the readout's words."""
+    from minigpt4.model.minigpt4 import WordReadout
+    torch.manual_seed(0)
+    probs = nn.functional.one_hot(torch.full((64, 9), 3), 6).float()
+    assert torch.equal(WordReadout.drop_words(probs, 0.0), probs)
+    dropped = WordReadout.drop_words(probs, 1.0).argmax(-1)
+    assert (dropped == 0).float().mean().item() == pytest.approx(0.5, abs=0.08)  # "none"
+    assert ((dropped != 0) & (dropped != 3)).any() and (dropped != 3).float().mean() > 0.85  # mostly another name
+    some = WordReadout.drop_words(probs, 0.25).argmax(-1)
+    assert 0.1 < (some != 3).float().mean().item() < 0.35
+    cfg = get_config("tiny")
+    cfg.proj_words = ["cat", "dog"]
+    model = build_model(cfg)
+    model.word_proj.classify.weight.zero_()
+    model.word_proj.classify.bias.copy_(torch.tensor([0.0, 0.0, 50.0]))  # every query: "dog"
+    feats = torch.randn(2, N_IMG, cfg.proj_in_features)
+    model.word_dropout = 0.9
+    model.eval()
+    clean = model.project(feats)
+    model.train()
+    assert not torch.allclose(model.project(feats), clean)
+    model.eval()
+    assert torch.equal(model.project(feats), clean)
 
 
 def _label_starts(cfg):

@@ -101,6 +101,10 @@ def test_config_errors_name_the_field_and_line(tmp_path, data, capsys):
         load(base + "trainable: [proj, qformer]\nfeature_cache: on\n")
     with pytest.raises(ConfigError, match=r"'trainable'"):
         load(base + "trainable: [projection]\n")
+    with pytest.raises(ConfigError, match=r"'word_dropout'.*probability in \[0, 1\), got 1.5"):
+        load(base + "word_dropout: 1.5\n")
+    with pytest.raises(ConfigError, match=r"'word_dropout': this model has no word readout"):
+        Trainer(load(base + "word_dropout: 0.2\n", f"output_dir={tmp_path}/wd"))
     cfg = load(base, "optim.lr=2e-4", "data.0.weight=3", f"output_dir={tmp_path}/o")
     assert cfg.optim.lr == 2e-4 and cfg.data[0].weight == 3.0 and cfg.output_dir == f"{tmp_path}/o"
     assert cfg.data[0].name == "folder0"
@@ -204,6 +208,12 @@ def test_a_readout_on_its_own_vision_side_trains_from_cached_features_like_from_
     assert_same(runs["on"], runs["off"], atol=1e-5)
     assert runs["on"]["proj.weight"].ne(base.proj.weight).any()
     assert torch.equal(runs["on"]["word_proj.classify.weight"], base.word_proj.classify.weight)
+    # word dropout (how unseen kinds look to the readout) changes what the projection learns, not the readout
+    train(load_config(recipe(data, tmp_path / "drop", model=str(tmp_path / "dual"), max_steps=2, word_dropout=0.5,
+                             data=[{"type": "folder", "path": str(data["folder"])}], batch_size=8)))
+    dropped = params(tmp_path / "drop")
+    assert not torch.allclose(dropped["proj.weight"], runs["on"]["proj.weight"], atol=1e-6)
+    assert torch.equal(dropped["word_proj.classify.weight"], base.word_proj.classify.weight)
 
 
 def test_stage2_with_lora_starts_from_stage1_and_saves_only_adapters(data, tmp_path):

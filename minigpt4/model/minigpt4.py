@@ -47,8 +47,21 @@ class WordReadout(nn.Module):
     def probs(self, features: torch.Tensor) -> torch.Tensor:
         return (self.classify(features) / self.temperature).softmax(-1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.probs(features) @ self.table.to(features.dtype)
+    def forward(self, features: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
+        probs = self.probs(features)
+        if drop > 0:
+            probs = self.drop_words(probs, drop)
+        return probs @ self.table.to(features.dtype)
+
+    @staticmethod
+    def drop_words(probs: torch.Tensor, drop: float) -> torch.Tensor:
+        """Each token's word, with probability `drop`, becomes "none" or a random name (half each): what an object of a
+        kind the readout never learned looks like to it (unnamed, or named wrongly), so the LLM trained on this learns
+        to fall back on the image instead of trusting the words alone. Training only (TrainConfig.word_dropout)."""
+        hit = torch.rand(probs.shape[:2], device=probs.device) < drop
+        other = torch.randint(1, probs.shape[-1], probs.shape[:2], device=probs.device)
+        other = torch.where(torch.rand(probs.shape[:2], device=probs.device) < 0.5, other, torch.zeros_like(other))
+        return torch.where(hit[..., None], nn.functional.one_hot(other, probs.shape[-1]).to(probs.dtype), probs)
 
 
 def first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
@@ -148,6 +161,7 @@ class MiniGPT4(nn.Module):
             check_word_labels(cfg, tokenizer)
         self.word_proj = WordReadout.for_llm(cfg, llm, tokenizer) if cfg.proj_words else None
         self.word_vision = WordVision(cfg) if cfg.word_vision else None
+        self.word_dropout = 0.0  # set by training (TrainConfig.word_dropout); see WordReadout.drop_words
         self.llm = llm
         self.tokenizer = tokenizer
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -230,7 +244,7 @@ class MiniGPT4(nn.Module):
         tokens = self.proj(main)
         if self.word_proj is None:
             return tokens
-        words = self.word_proj(for_words)
+        words = self.word_proj(for_words, self.word_dropout if self.training else 0.0)
         if self.cfg.word_labels:
             return self.labelled(tokens, words)
         if self.cfg.word_layout == "sum":

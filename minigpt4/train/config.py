@@ -60,6 +60,8 @@ class TrainConfig:
     proj_conditioning: bool = False          # fit the projection on standardised cached features, starting at
                                              # text-token norm; checkpoints store the plain Linear (conditioning.py)
     lora: dict[str, Any] | None = None       # r, alpha, dropout, target_modules (default: r 64, alpha 16, q/v)
+    word_dropout: float = 0.0                # each readout word -> "none" or a random name with this probability
+                                             # (WordReadout.drop_words: how unseen kinds look to the readout)
     max_txt_len: int = 32                    # caption/answer tokens kept (original: 32 stage 1, 160 stage 2)
     max_len: int = 2048                      # conversation tokens kept (llava)
     loss_average: str = "token"              # token: mean over answer tokens (the original) | sample: each
@@ -289,6 +291,8 @@ def _check(cfg: TrainConfig, ctx: _Ctx) -> None:
         raise ctx.error("max_steps", "set max_steps, or iters_per_epoch and max_epoch")
     if cfg.total_steps <= 0:
         raise ctx.error("max_steps", f"must be > 0, got {cfg.total_steps}")
+    if not 0.0 <= cfg.word_dropout < 1.0:
+        raise ctx.error("word_dropout", f"is a probability in [0, 1), got {cfg.word_dropout}")
     for name in ("batch_size", "checkpoint_every", "log_every", "max_txt_len", "max_len", "keep_checkpoints"):
         if getattr(cfg, name) <= 0:
             raise ctx.error(name, f"must be > 0, got {getattr(cfg, name)}")

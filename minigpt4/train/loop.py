@@ -92,6 +92,10 @@ class Trainer:
         self.sync_params = [p for _, p in self.params if not isinstance(p, DTensor)]
         D.broadcast_params(self.sync_params, self.dist)
         self.model.train()
+        if cfg.word_dropout:
+            if self.model.word_proj is None:
+                raise ConfigError("config field 'word_dropout': this model has no word readout to drop words from")
+            self.model.word_dropout = cfg.word_dropout
         self.optimizer = build_optimizer(self.params, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.total_steps)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
