@@ -147,14 +147,14 @@ def tokenizer_for(cfg: LLMConfig):
 def load_llm(cfg: LLMConfig, dtype=torch.float32, quantize: str | None = None, device: str | None = None):
     """Return (llm, tokenizer) for the config; the LLM's parameters are frozen by the caller."""
     if cfg.source == "random":
-        return build_random_llm(cfg.arch, dtype), load_tokenizer(cfg.tokenizer)
+        return build_random_llm(cfg.arch, dtype), tokenizer_for(cfg)
     if cfg.source == "hf":
         if not cfg.path:
             raise ValueError("this preset needs the LLM's Hugging Face folder: pass --llm PATH "
                              "(e.g. a Vicuna-7B v0 folder made from LLaMA + delta weights)")
-        return load_hf_llm(cfg.path, dtype, quantize, device), load_tokenizer(cfg.tokenizer or cfg.path)
+        return load_hf_llm(cfg.path, dtype, quantize, device), tokenizer_for(cfg)
     if cfg.source == "gguf":
         return load_gguf_llm(cfg.path or default_gguf_path(), dtype)
     if cfg.source == "folder":
-        return load_llm_folder(Path(cfg.path), dtype), load_tokenizer(cfg.tokenizer or cfg.path)
+        return load_llm_folder(Path(cfg.path), dtype), tokenizer_for(cfg)
     raise ValueError(f"unknown llm.source '{cfg.source}'; use random, hf, gguf or folder")

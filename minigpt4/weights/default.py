@@ -272,12 +272,21 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     return out / "proj.safetensors"
 
 
+def copy_vision_side(src: Path, out: Path) -> Path:
+    """A stage-0 folder's vision side (vision.safetensors and its stage0.json record, when there) copied into `out`
+    (git stores the identical files once)."""
+    import shutil
+    out.mkdir(parents=True, exist_ok=True)
+    for f in ("vision.safetensors", "stage0.json"):
+        if (src / f).exists():
+            shutil.copyfile(src / f, out / f)
+    return out
+
+
 def dual_vision(vision: str, words: str, name: str, root: Path = DEFAULT_DIR, layout: str = "append") -> Path:
     """A stage-0 folder `name` that reads two exports: `vision`'s side for the projection (its vision.safetensors and
     stage0.json, copied: git stores the identical file once) and the word readout fit on `words` (minigpt4 fit-words),
     which reads its own export. Its projection is untrained (zero), like any stage-0 export's."""
-    import shutil
-
     import torch
     from safetensors.torch import load_file
 
@@ -301,11 +310,7 @@ def dual_vision(vision: str, words: str, name: str, root: Path = DEFAULT_DIR, la
     if gives != width:
         raise CheckpointError(f"{root / words}'s readout reads {width}-wide features but that export's vision side "
                               f"gives {gives}: re-fit it (minigpt4 fit-words default@{words} --out {root / words})")
-    out = root / name
-    out.mkdir(parents=True, exist_ok=True)
-    for f in ("vision.safetensors", "stage0.json"):
-        if (root / vision / f).exists():
-            shutil.copyfile(root / vision / f, out / f)
+    out = copy_vision_side(root / vision, root / name)
     tensors = {k: v for k, v in fitted.items() if k.startswith("word_proj.")}
     main_record = export_record(root / vision)  # an export without one is an older side built like the readout's
     main = recorded_side(main_record, preset).out_features if main_record else fitted["proj.weight"].shape[1]
@@ -329,8 +334,6 @@ def grid_labels(n: int) -> list[str]:
 def arrange(src: str, name: str, layout: str, labels: str = "none", root: Path = DEFAULT_DIR) -> Path:
     """Stage-0 folder `name`: `src`'s vision side(s) and word readout with another word_layout and word labels
     ("grid": grid_labels; "none"). The projection stays untrained (zero), as in any stage-0 folder."""
-    import shutil
-
     from safetensors.torch import load_file
 
     from minigpt4.model.llm import tokenizer_for
@@ -351,11 +354,7 @@ def arrange(src: str, name: str, layout: str, labels: str = "none", root: Path =
     if layout != "append" and cfg.num_word_queries != cfg.num_queries:
         raise CheckpointError(f"word_layout {layout!r} gives each of the {cfg.num_queries} projection tokens a word, "
                               f"but {src}'s readout gives {cfg.num_word_queries}: use append")
-    out = root / name
-    out.mkdir(parents=True, exist_ok=True)
-    for f in ("vision.safetensors", "stage0.json"):
-        if (root / src / f).exists():
-            shutil.copyfile(root / src / f, out / f)
+    out = copy_vision_side(root / src, root / name)
     keep = {k: v for k, v in meta.items() if k not in READOUT_KEYS}
     atomic_save_safetensors(load_file(src_file), out / "proj.safetensors",
                             metadata={**keep, **cfg.readout_meta(), "vision": name})
