@@ -95,7 +95,7 @@ class GenerationConfig:
 
 
 # MiniGPT4Config.readout_meta(): what a projection file records
-READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids")
+READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes")
 
 
 @dataclass
@@ -172,6 +172,11 @@ class MiniGPT4Config:
     # label_words()); they take image-token slots and are filled with the LLM's own embeddings.
     word_labels: list[str] = field(default_factory=list)
     word_label_ids: list[list[int]] = field(default_factory=list)
+    # More words per word token, before its name (our addition; empty = the name only): attribute -> its words, each
+    # picked (or none) by a classifier of its own, e.g. {"count": [one, two, ...], "size": [...], "color": [...]} makes
+    # a region "top left: two small red apple": colour and count are properties of the pixels that a classifier reads
+    # off kinds it never saw named, where the name classifier can only say "thing" (session 23).
+    word_attributes: dict[str, list[str]] = field(default_factory=dict)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property
@@ -218,11 +223,16 @@ class MiniGPT4Config:
         return self.vision.image_size
 
     @property
+    def words_per_query(self) -> int:
+        """Word slots per word token: its attributes' words, then its name."""
+        return len(self.word_attributes) + 1
+
+    @property
     def num_image_tokens(self) -> int:
         labels = sum(len(ids) for ids in self.word_label_ids)
         if not self.proj_words or self.word_layout == "sum":
             return self.num_queries + labels
-        return self.num_queries + self.num_word_queries + labels
+        return self.num_queries + self.num_word_queries * self.words_per_query + labels
 
     def label_words(self, labels: Sequence[str], tokenizer) -> None:
         """Put `labels[i]` before word token i (see word_labels); an empty list removes the labels."""
@@ -247,6 +257,8 @@ class MiniGPT4Config:
         meta = {"proj_words": json.dumps(self.proj_words), "word_layout": self.word_layout}
         if self.word_labels:
             meta.update(word_labels=json.dumps(self.word_labels), word_label_ids=json.dumps(self.word_label_ids))
+        if self.word_attributes:
+            meta["word_attributes"] = json.dumps(self.word_attributes)
         return meta
 
     def apply_readout_meta(self, meta: dict[str, str]) -> None:
@@ -258,6 +270,7 @@ class MiniGPT4Config:
             self.word_vision = bool(meta.get("word_vision"))
             self.word_labels = json.loads(meta.get("word_labels", "[]"))
             self.word_label_ids = json.loads(meta.get("word_label_ids", "[]"))
+            self.word_attributes = json.loads(meta.get("word_attributes", "{}"))
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -239,7 +239,7 @@ def test_word_labels_put_the_llms_own_text_before_each_word(word_side_cfg):
     model = build_model(cfg).eval()
     table = model.llm.get_input_embeddings().weight.float()
     feats = torch.randn(2, N_IMG, cfg.proj_in_features)
-    words, proj = model.word_proj(feats), model.proj(feats)
+    words, proj = model.word_proj(feats)[:, :, -1], model.proj(feats)
     out = model.project(feats)
     assert out.shape == (2, cfg.num_image_tokens, cfg.llm.hidden_size)
     at = 0
@@ -282,8 +282,66 @@ def test_word_labels_put_the_llms_own_text_before_each_word(word_side_cfg):
     tokens = side.project(feats)
     assert tokens.shape[1] == word_side_cfg.num_image_tokens == 8 + 9 + sum(map(len, word_side_cfg.word_label_ids))
     assert torch.equal(tokens[:, :8], side.proj(main))
-    last = side.word_proj(for_words)[:, -1]  # "; bottom right:" then the last region's word
+    last = side.word_proj(for_words)[:, -1, -1]  # "; bottom right:" then the last region's word
     assert torch.equal(tokens[:, -1], last)
+
+
+@torch.no_grad()
+def test_word_attributes_put_more_words_before_each_name():
+    """word_attributes: each word token gets one more word per attribute, picked by a classifier of its own, before
+    its name ("two red cat"); they take image-token slots in every layout, travel with the readout's metadata and
+    load on the meta device."""
+    from minigpt4.model.minigpt4 import first_token_ids
+    from minigpt4.weights.pretrained import assemble
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout = ["cat", "dog"], "pair"
+    cfg.word_attributes = {"count": ["one", "two"], "color": ["red", "blue", "green"]}
+    model = build_model(cfg).eval()
+    assert cfg.words_per_query == 3 and cfg.num_image_tokens == N_IMG + 3 * N_IMG
+    assert model.word_proj.attributes["color"].out_features == 4  # none + three colours
+    table = model.llm.get_input_embeddings().weight.float()
+    readout = model.word_proj
+    for head, pick in ((readout.attributes["count"], 2), (readout.attributes["color"], 1), (readout.classify, 1)):
+        head.weight.zero_()
+        head.bias.fill_(-50.0)
+        head.bias[pick] = 50.0  # every query: "two", "red", "cat"
+    feats = torch.randn(2, N_IMG, cfg.proj_in_features)
+    out, proj = model.project(feats), model.proj(feats)
+    want = table[first_token_ids(model.tokenizer, ["two", "red", "cat"])]
+    assert out.shape == (2, cfg.num_image_tokens, cfg.llm.hidden_size)
+    for i in range(N_IMG):  # pair: count, colour, name, projection
+        assert torch.allclose(out[:, 4 * i:4 * i + 3], want.expand(2, -1, -1), atol=1e-5)
+        assert torch.equal(out[:, 4 * i + 3], proj[:, i])
+    readout.attributes["color"].bias.fill_(0.0)
+    readout.attributes["color"].bias[0] = 50.0  # "none": a zero vector, as for the name
+    assert out.abs().sum() > 0 and model.project(feats)[:, 1].abs().max() < 1e-6
+    model.cfg.word_layout = "sum"
+    assert torch.allclose(model.project(feats), proj + table[first_token_ids(model.tokenizer, ["two", "cat"])].sum(0),
+                          atol=1e-5)
+    model.cfg.word_layout = "append"
+    assert model.project(feats).shape[1] == N_IMG + 3 * N_IMG
+    # labelled: label, the query's words, its projection
+    model.cfg.word_layout = "pair"
+    cfg.label_words(["top left:"] + [f"; slot {i}:" for i in range(1, N_IMG)], model.tokenizer)
+    n_label = sum(map(len, cfg.word_label_ids))
+    labelled = model.project(feats)
+    assert labelled.shape[1] == cfg.num_image_tokens == 4 * N_IMG + n_label
+    at = len(cfg.word_label_ids[0])
+    assert torch.allclose(labelled[:, at], want[0].expand(2, -1), atol=1e-5)  # "top left:" then "two"
+    assert torch.equal(labelled[:, at + 3], proj[:, 0])
+    # metadata round trip, and a model assembled from the saved weights answers the same
+    again = get_config("tiny")
+    again.apply_readout_meta(cfg.readout_meta())
+    assert again.word_attributes == cfg.word_attributes and again.num_image_tokens == cfg.num_image_tokens
+    loaded = assemble(again, {k: v for k, v in model.state_dict().items() if not k.startswith("llm.")}).eval()
+    assert torch.allclose(loaded.project(feats), labelled, atol=1e-6)
+    bad = get_config("tiny")
+    bad.word_attributes = {"color": ["red"]}
+    with pytest.raises(ValueError, match="proj_words is empty"):
+        build_model(bad)
+    bad.proj_words, bad.word_attributes = ["cat"], {"color": []}
+    with pytest.raises(ValueError, match=r"word_attributes \['color'\] have no words"):
+        build_model(bad)
 
 
 @torch.no_grad()
@@ -312,6 +370,11 @@ def test_word_dropout_turns_words_into_none_or_a_wrong_name_only_while_training(
     assert not torch.allclose(model.project(feats), clean)
     model.eval()
     assert torch.equal(model.project(feats), clean)
+    # word_dropout_to: a dropped name that named something becomes that word; an empty region stays empty
+    probs[:, :3] = nn.functional.one_hot(torch.tensor(0), 6).float()
+    to = WordReadout.drop_words(probs, 1.0, to=5).argmax(-1)
+    assert (to[:, :3] == 0).all() and (to[:, 3:] == 5).all()
+    assert (WordReadout.drop_words(probs, 0.25, to=5).argmax(-1)[:, 3:] == 5).float().mean().item() < 0.4
 
 
 def _label_starts(cfg):
@@ -353,7 +416,7 @@ def test_a_word_side_of_another_build_reads_the_image_at_its_own_size_and_normal
     assert torch.allclose(main, alone.vision_features(alone.preprocess([img])), atol=0.15)
     tokens = model.project(feats)
     assert tokens.shape == (1, 17, cfg.llm.hidden_size)
-    assert torch.allclose(tokens[:, 8:], model.word_proj(words), atol=1e-6)
+    assert torch.allclose(tokens[:, 8:], model.word_proj(words)[:, :, -1], atol=1e-6)
     # its settings travel with the config (to_dict / from_dict), and the weights load back the same
     again = MiniGPT4Config.from_dict(cfg.to_dict())
     assert again.word_side == cfg.word_side
@@ -402,7 +465,7 @@ def test_a_word_vision_side_feeds_the_readout_and_only_the_readout():
     assert not torch.allclose(feats[:, :N_IMG], feats[:, N_IMG:])
     tokens = model.project(feats)
     assert torch.allclose(tokens[:, 1::2], model.proj(feats[:, :N_IMG]), atol=1e-6)
-    assert torch.allclose(tokens[:, 0::2], model.word_proj(feats[:, N_IMG:]), atol=1e-6)
+    assert torch.allclose(tokens[:, 0::2], model.word_proj(feats[:, N_IMG:])[:, :, -1], atol=1e-6)
     model.set_trainable(["proj", "words", "vision", "qformer"])
     assert not any(p.requires_grad for p in model.word_vision.parameters())
     # weights (also assembled on the meta device) carry the word side as word_vision.*

@@ -214,6 +214,16 @@ def test_a_readout_on_its_own_vision_side_trains_from_cached_features_like_from_
     dropped = params(tmp_path / "drop")
     assert not torch.allclose(dropped["proj.weight"], runs["on"]["proj.weight"], atol=1e-6)
     assert torch.equal(dropped["word_proj.classify.weight"], base.word_proj.classify.weight)
+    # word_dropout_to names a readout word; one it does not have, or without word_dropout, is refused by name
+    trainer = Trainer(load_config(recipe(data, tmp_path / "to", model=str(tmp_path / "dual"), max_steps=1,
+                                         word_dropout=0.5, word_dropout_to="red")))
+    assert trainer.model.word_dropout_to == 3
+    with pytest.raises(ConfigError, match="'thing' is not one of the readout's 3 words"):
+        Trainer(load_config(recipe(data, tmp_path / "to2", model=str(tmp_path / "dual"), max_steps=1,
+                                   word_dropout=0.5, word_dropout_to="thing")))
+    with pytest.raises(ConfigError, match="set word_dropout too"):
+        Trainer(load_config(recipe(data, tmp_path / "to3", model=str(tmp_path / "dual"), max_steps=1,
+                                   word_dropout_to="red")))
 
 
 def test_stage2_with_lora_starts_from_stage1_and_saves_only_adapters(data, tmp_path):

@@ -70,3 +70,64 @@ def test_fit_words_cli_writes_a_readout_the_model_loads(tmp_path):
     assert model.encode_images([Image.new("RGB", (40, 30), "red")]).shape[1] == 2 * cfg.num_queries
     fitted = json.loads((tmp_path / "fit.json").read_text())
     assert [h["epoch"] for h in fitted["history"]] == [1, 2, "none margin"] and fitted["words"] == len(words)
+
+
+def _regions(n, centers, seed):
+    """Region features: class k's regions sit at centers[k] (0: an empty region) plus noise and an offset."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, len(centers), (n,), generator=g)
+    return torch.randn(n, centers.shape[1], generator=g) + 3.0 + centers[y], y
+
+
+def test_fit_head_with_an_unknown_word_names_new_kinds_unknown_and_keeps_the_seen_ones():
+    """--unknown: each batch masks a share of the kinds on their own regions and teaches the unknown word there, so
+    a kind no training region showed (same 'something is here' direction, its own identity) reads as unknown."""
+    from minigpt4.train.words import fit_head
+    g = torch.Generator().manual_seed(0)
+    centers = torch.zeros(8, 24)
+    centers[1:] = torch.randn(7, 24, generator=g) * 2.0 + torch.randn(24, generator=g) * 3.0  # identity + objectness
+    tx, ty = _regions(3000, centers[:6], 0)
+    vx, vy = _regions(600, centers[:6], 1)
+    novel, _ = _regions(600, centers[6:], 2)  # kinds 6 and 7: never in training
+    said = {}
+    for share in (0.0, 0.3):
+        head, history = fit_head(tx, ty, vx, vy, classes=7, epochs=6, lr=1e-2, batch_size=128, unknown=6,
+                                 unknown_share=share, log=lambda _: None)
+        assert history[-1]["occupied"] > 0.97 and history[-1]["unknown_on_seen"] < 0.03  # seen kinds keep names
+        said[share] = ((novel @ head["weight"].T + head["bias"]).argmax(-1) == 6).float().mean().item()
+    assert said[0.3] > 0.1 and said[0.3] > 20 * said[0.0], said
+
+
+def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, capsys):
+    """--targets regions on a grid side (the EfficientNet's nine region tokens): a name classifier with the unknown
+    word last and one classifier per attribute, which the model config reads back and loads strictly."""
+    import re
+
+    from minigpt4.cli import main
+    from minigpt4.train.words import region_attribute_words
+    from minigpt4.weights.common import check_layout, expected_layout
+    assert main(["fit-words", "default@stage0-effnet", "--targets", "regions", "--attributes", "count,color",
+                 "--unknown", "thing", "--images", "24", "--val", "8", "--epochs", "2", "--layout", "pair",
+                 "--out", str(tmp_path)]) == 0
+    with safe_open(str(tmp_path / "proj.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    from minigpt4.weights.default import default_config, parse_spec
+    from minigpt4.weights.pretrained import preset_config
+    cfg = default_config(preset_config("small", None), stage=parse_spec("default@stage0-effnet"))
+    cfg.apply_readout_meta(meta)
+    words = region_attribute_words()
+    assert cfg.proj_words[-1] == "thing" and cfg.proj_words[:-1] == sorted(cfg.proj_words[:-1])
+    assert cfg.word_attributes == {"count": words["count"], "color": words["color"]}
+    state = load_file(tmp_path / "proj.safetensors")
+    assert state["word_proj.attributes.color.weight"].shape[0] == len(words["color"]) + 1
+    fitted = json.loads((tmp_path / "fit.json").read_text())
+    assert fitted["targets"] == "regions" and set(fitted["history"]) == {"name", "count", "color"}
+    assert [h["epoch"] for h in fitted["history"]["name"]] == [1, 2]
+    check_layout(state, expected_layout(cfg, ["proj"]), "fit-words output")
+    # what cannot work is refused by name (one line on stderr, exit status 2)
+    for args, message in ((["tiny", "--attributes", "color"], "need --targets regions"),
+                          (["tiny", "--targets", "regions"], "one token per region"),
+                          (["default@stage0-effnet", "--targets", "regions", "--attributes", "weight"],
+                           r"unknown --attributes \['weight'\]")):
+        assert main(["fit-words", *args, "--images", "8", "--val", "4", "--out", str(tmp_path / "x")]) == 2
+        assert re.search(message, capsys.readouterr().err)

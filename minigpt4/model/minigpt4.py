@@ -31,34 +31,54 @@ class WordReadout(nn.Module):
     """Each query as a word the LLM already knows: a linear classifier over `words` and "none" (class 0); the query's
     token is the probability-weighted mix of those words' input embeddings (none adds nothing). MiniGPT-4's linear
     projection has to learn directions a frozen LLM reads as names; a small LLM reads almost none of them (session 16:
-    1% of names from a fitted linear map, 64% from the names' own embeddings), so this puts the embeddings there."""
+    1% of names from a fitted linear map, 64% from the names' own embeddings), so this puts the embeddings there.
+    `attributes` (name -> word table) give each query more words, each from a classifier of its own, before the name
+    (MiniGPT4Config.word_attributes)."""
 
-    def __init__(self, in_features: int, table: torch.Tensor, temperature: float = 0.5):
+    def __init__(self, in_features: int, table: torch.Tensor, temperature: float = 0.5,
+                 attributes: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.classify = nn.Linear(in_features, table.shape[0] + 1)
         self.temperature = temperature
         # Rebuilt from the LLM at load (not saved): row 0 is "none", a zero vector.
-        self.register_buffer("table", torch.cat([table.new_zeros(1, table.shape[1]), table]), persistent=False)
+        self.register_buffer("table", self.with_none(table), persistent=False)
+        attributes = attributes or {}
+        self.attributes = nn.ModuleDict({a: nn.Linear(in_features, t.shape[0] + 1) for a, t in attributes.items()})
+        for a, t in attributes.items():
+            self.register_buffer(f"table_{a}", self.with_none(t), persistent=False)
+
+    @staticmethod
+    def with_none(table: torch.Tensor) -> torch.Tensor:
+        return torch.cat([table.new_zeros(1, table.shape[1]), table])
 
     @classmethod
     def for_llm(cls, cfg: MiniGPT4Config, llm: nn.Module, tokenizer) -> "WordReadout":
-        return cls(cfg.word_features, word_embeddings(llm, tokenizer, cfg.proj_words), cfg.word_temperature)
+        attributes = {a: word_embeddings(llm, tokenizer, words) for a, words in cfg.word_attributes.items()}
+        return cls(cfg.word_features, word_embeddings(llm, tokenizer, cfg.proj_words), cfg.word_temperature,
+                   attributes)
 
     def probs(self, features: torch.Tensor) -> torch.Tensor:
         return (self.classify(features) / self.temperature).softmax(-1)
 
-    def forward(self, features: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, drop: float = 0.0, drop_to: int | None = None) -> torch.Tensor:
+        """(B, Q, D) features -> (B, Q, words_per_query, hidden): each query's attribute words, then its name."""
         probs = self.probs(features)
         if drop > 0:
-            probs = self.drop_words(probs, drop)
-        return probs @ self.table.to(features.dtype)
+            probs = self.drop_words(probs, drop, drop_to)
+        slots = [(head(features) / self.temperature).softmax(-1) @ getattr(self, f"table_{a}").to(features.dtype)
+                 for a, head in self.attributes.items()]
+        return torch.stack(slots + [probs @ self.table.to(features.dtype)], dim=2)
 
     @staticmethod
-    def drop_words(probs: torch.Tensor, drop: float) -> torch.Tensor:
+    def drop_words(probs: torch.Tensor, drop: float, to: int | None = None) -> torch.Tensor:
         """Each token's word, with probability `drop`, becomes "none" or a random name (half each): what an object of a
         kind the readout never learned looks like to it (unnamed, or named wrongly), so the LLM trained on this learns
-        to fall back on the image instead of trusting the words alone. Training only (TrainConfig.word_dropout)."""
+        to fall back on the image instead of trusting the words alone. With `to` (a class, e.g. the fit's unknown
+        word "thing"), a dropped word that named something becomes that class. Training only (TrainConfig.word_dropout)."""
         hit = torch.rand(probs.shape[:2], device=probs.device) < drop
+        if to is not None:
+            hit &= probs.argmax(-1) != 0  # an empty region stays empty
+            return torch.where(hit[..., None], nn.functional.one_hot(torch.tensor(to), probs.shape[-1]).to(probs), probs)
         other = torch.randint(1, probs.shape[-1], probs.shape[:2], device=probs.device)
         other = torch.where(torch.rand(probs.shape[:2], device=probs.device) < 0.5, other, torch.zeros_like(other))
         return torch.where(hit[..., None], nn.functional.one_hot(other, probs.shape[-1]).to(probs.dtype), probs)
@@ -159,9 +179,15 @@ class MiniGPT4(nn.Module):
                              f"with a word, but the word side gives {cfg.num_word_queries}: use word_layout: append")
         if cfg.word_labels:
             check_word_labels(cfg, tokenizer)
+        if cfg.word_attributes and not cfg.proj_words:
+            raise ValueError("word_attributes add words before the word readout's names, but proj_words is empty")
+        empty = [a for a, words in cfg.word_attributes.items() if not words]
+        if empty:
+            raise ValueError(f"word_attributes {empty} have no words: give each attribute its words or drop it")
         self.word_proj = WordReadout.for_llm(cfg, llm, tokenizer) if cfg.proj_words else None
         self.word_vision = WordVision(cfg) if cfg.word_vision else None
         self.word_dropout = 0.0  # set by training (TrainConfig.word_dropout); see WordReadout.drop_words
+        self.word_dropout_to: int | None = None  # TrainConfig.word_dropout_to's class
         self.llm = llm
         self.tokenizer = tokenizer
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -244,14 +270,15 @@ class MiniGPT4(nn.Module):
         tokens = self.proj(main)
         if self.word_proj is None:
             return tokens
-        words = self.word_proj(for_words, self.word_dropout if self.training else 0.0)
+        words = self.word_proj(for_words, self.word_dropout if self.training else 0.0,  # (B, Q, words_per_query, H)
+                               self.word_dropout_to)
         if self.cfg.word_labels:
             return self.labelled(tokens, words)
         if self.cfg.word_layout == "sum":
-            return tokens + words
+            return tokens + words.sum(2)
         if self.cfg.word_layout == "append":
-            return torch.cat([tokens, words], dim=1)
-        return torch.stack([words, tokens], dim=2).flatten(1, 2)
+            return torch.cat([tokens, words.flatten(1, 2)], dim=1)
+        return torch.cat([words, tokens[:, :, None]], dim=2).flatten(1, 2)
 
     def labelled(self, tokens: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         """project() with word_labels: word i follows its label's tokens (the LLM's own embeddings of them), with
@@ -261,10 +288,15 @@ class MiniGPT4(nn.Module):
         labels = emb(ids).to(words.device, words.dtype)[None].expand(words.shape[0], -1, -1)
         labels = labels.split([len(label) for label in self.cfg.word_label_ids], dim=1)
         layout = self.cfg.word_layout
-        per_word = [tokens + words] if layout == "sum" else [words, tokens] if layout == "pair" else [words]
+        if layout == "sum":
+            tokens, words = tokens + words.sum(2), None  # one slot per query holds its projection and words
         parts = [tokens] if layout == "append" else []
-        for i, label in enumerate(labels):
-            parts += [label, *(t[:, i:i + 1] for t in per_word)]
+        for i, label in enumerate(labels):  # words[:, i]: query i's attribute words and name
+            parts.append(label)
+            if words is not None:
+                parts.append(words[:, i])
+            if layout != "append":
+                parts.append(tokens[:, i:i + 1])
         return torch.cat(parts, dim=1)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,8 @@ class TrainConfig:
     lora: dict[str, Any] | None = None       # r, alpha, dropout, target_modules (default: r 64, alpha 16, q/v)
     word_dropout: float = 0.0                # each readout word -> "none" or a random name with this probability
                                              # (WordReadout.drop_words: how unseen kinds look to the readout)
+    word_dropout_to: str = ""                # instead: a dropped name becomes this readout word (e.g. the fit's
+                                             # --unknown "thing"), on regions that show something
     max_txt_len: int = 32                    # caption/answer tokens kept (original: 32 stage 1, 160 stage 2)
     max_len: int = 2048                      # conversation tokens kept (llava)
     loss_average: str = "token"              # token: mean over answer tokens (the original) | sample: each

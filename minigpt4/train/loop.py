@@ -96,6 +96,14 @@ class Trainer:
             if self.model.word_proj is None:
                 raise ConfigError("config field 'word_dropout': this model has no word readout to drop words from")
             self.model.word_dropout = cfg.word_dropout
+        if cfg.word_dropout_to:
+            words = self.model.cfg.proj_words
+            if not cfg.word_dropout:
+                raise ConfigError("config field 'word_dropout_to': set word_dropout too (how often a name is dropped)")
+            if cfg.word_dropout_to not in words:
+                raise ConfigError(f"config field 'word_dropout_to': {cfg.word_dropout_to!r} is not one of the readout's "
+                                  f"{len(words)} words (fit it with `minigpt4 fit-words --unknown WORD`)")
+            self.model.word_dropout_to = words.index(cfg.word_dropout_to) + 1
         self.optimizer = build_optimizer(self.params, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.total_steps)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None

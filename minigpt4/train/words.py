@@ -10,6 +10,14 @@ readout's tokens are the LLM's own word embeddings, so the frozen LLM reads them
 the classifier, keeps the epoch with the best held-out F1 of the names an image shows, raises "none" by the margin that
 best trades the names found against false ones on the same held-out images, and writes `proj.safetensors`
 (the readout, the plain projection zeroed unless `--keep-proj`) with the word list and the vision side in its metadata.
+
+`--targets regions` (a vision side with one token per region of the world's 3x3 grid, e.g. default@stage0-effnet):
+each token's targets are the object group in its region of a scene (the world's truth names the region of each
+group), no matching. `--attributes count,size,color` fits a classifier per attribute beside the name's, so a region
+reads "two small red apple" (MiniGPT4Config.word_attributes); `--unknown thing` adds a word for kinds the readout
+never learned: in each batch a random share of the kinds (`--unknown-share`) loses its own class on its regions and
+learns the unknown word there instead (session 23: 85% of the regions showing a held-out kind say "thing", and 7% of
+the seen kinds' regions lose their name to it).
 """
 from __future__ import annotations
 
@@ -126,6 +134,137 @@ def fit(train_x: torch.Tensor, train_ids: list[list[int]], val_x: torch.Tensor, 
     return best[1], history
 
 
+# --- region targets (--targets regions) ----------------------------------------------------------------------------
+NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
+
+
+def region_attribute_words() -> dict[str, list[str]]:
+    """Each region attribute's words, in the order they are read before the name: "two small red apple"."""
+    from minigpt4.world.vocab import COLORS
+    return {"count": list(NUMBER_WORDS), "size": ["small", "medium", "large"], "color": list(COLORS)}
+
+
+def region_groups(truth: dict) -> list[dict | None]:
+    """The object group in each of the world's nine regions (reading order) of a scene, None where empty."""
+    from minigpt4.world.textgen import POSITION_NAMES
+    at = {o["position"]: o for o in truth.get("objects", []) if o.get("position")}
+    return [at.get(p) for p in POSITION_NAMES]
+
+
+def region_value(group: dict | None, attr: str) -> str | None:
+    if group is None:
+        return None
+    if attr == "count":
+        n = group.get("count")
+        return NUMBER_WORDS[n - 1] if isinstance(n, int) and 1 <= n <= len(NUMBER_WORDS) else None
+    return group.get(attr)
+
+
+def region_targets(rows: list[list[dict | None]], attr: str, words: list[str]) -> torch.Tensor:
+    """(images * regions,) class ids of `attr` (0: an empty region or a value not among `words`)."""
+    index = {w: i + 1 for i, w in enumerate(words)}
+    return torch.tensor([index.get(region_value(g, attr), 0) for row in rows for g in row])
+
+
+@torch.no_grad()
+def extract_regions(model, n: int, split: str, seed: int, batch_size: int = 64,
+                    desc: str = "features") -> tuple[torch.Tensor, list[list[dict | None]]]:
+    """(n, 9, hidden) frozen features the readout reads, for world scenes `seed`.. of `split`, and each scene's
+    groups by region."""
+    from minigpt4.world import generate
+    from minigpt4.world.textgen import POSITION_NAMES
+    if model.cfg.num_word_queries != len(POSITION_NAMES):
+        raise ValueError(f"--targets regions needs one token per region of the world's 3x3 grid, but this model's "
+                         f"readout reads {model.cfg.num_word_queries} tokens: use a grid vision side such as "
+                         f"default@stage0-effnet, or --targets matched")
+    feats, rows = [], []
+    for start in tqdm(range(seed, seed + n, batch_size), desc=desc, unit="batch"):
+        samples = [generate("scene", i, split, model.cfg.input_size)
+                   for i in range(start, min(start + batch_size, seed + n))]
+        feats.append(model.split_features(model.vision_features(model.preprocess([s.image for s in samples])))[1]
+                     .float().cpu())
+        rows += [region_groups(s.truth) for s in samples]
+    return torch.cat(feats), rows
+
+
+def fit_head(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, classes: int,
+             epochs: int = 12, lr: float = 3e-3, batch_size: int = 512, unknown: int | None = None,
+             unknown_share: float = 0.15, seed: int = 0, name: str = "head", log=print) -> tuple[dict, list[dict]]:
+    """A linear classifier on (N, hidden) region features with direct targets; returns the best epoch's (held-out
+    accuracy on all regions: on the occupied ones alone, "none" for an uncoloured emoji would count as colour) {weight, bias} with the standardisation folded in, and the history. With
+    `unknown` (a class id): each batch draws `unknown_share` of the other classes, and their regions learn `unknown`
+    with their own class masked out, so an object the classifier cannot place says `unknown` rather than a wrong
+    name; the held-out score counts it as wrong on seen kinds (it is the price)."""
+    g = torch.Generator().manual_seed(seed)
+    mean, std = x.mean(0), x.std(0) + 1e-5
+    head = torch.nn.Linear(x.shape[-1], classes)
+    opt = torch.optim.AdamW(head.parameters(), lr, weight_decay=1e-4)
+    steps = epochs * -(-len(x) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    xs, vx = (x - mean) / std, (val_x - mean) / std
+    occupied = val_y > 0
+    best, history = None, []
+    for epoch in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(batch_size):
+            logits, target = head(xs[idx]), y[idx].clone()
+            if unknown is not None:
+                masked = torch.rand(classes, generator=g) < unknown_share
+                masked[0] = masked[unknown] = False
+                hit = masked[target]  # regions whose class is masked this batch: their class is gone, say unknown
+                logits = logits.masked_fill(hit[:, None] & masked[None], -1e4)
+                target[hit] = unknown
+            loss = F.cross_entropy(logits, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        with torch.no_grad():
+            pred = head(vx).argmax(-1)
+        row = {"epoch": epoch + 1, "loss": round(loss.item(), 4),
+               "accuracy": round((pred == val_y).float().mean().item(), 4),
+               "occupied": round((pred[occupied] == val_y[occupied]).float().mean().item(), 4) if occupied.any() else None}
+        if unknown is not None:
+            row["unknown_on_seen"] = round((pred[occupied] == unknown).float().mean().item(), 4)
+        history.append(row)
+        log(f"{name} epoch {epoch + 1}: loss {row['loss']:.3f}, held-out regions {row['accuracy']:.1%}, "
+            f"occupied {row['occupied'] or 0:.1%}")
+        if best is None or row["accuracy"] >= best[0]:
+            with torch.no_grad():  # W (x - m) / s + b = (W / s) x + (b - W m / s)
+                w = head.weight / std
+                best = (row["accuracy"], {"weight": w.clone(), "bias": (head.bias - w @ mean).clone()})
+    return best[1], history
+
+
+def fit_regions(a, model) -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
+    """--targets regions: the name classifier and each --attributes classifier on direct region targets; returns the
+    readout's tensors, its metadata and the fit's record."""
+    attrs = [t for t in a.attributes.split(",") if t] if a.attributes else []
+    known = region_attribute_words()
+    bad = [t for t in attrs if t not in known]
+    if bad:
+        raise ValueError(f"unknown --attributes {bad}: choose from {list(known)}")
+    train_x, train_rows = extract_regions(model, a.images, "train", 500_000 + a.seed, desc="train features")
+    val_x, val_rows = extract_regions(model, a.val, "val", 0, desc="val features")
+    names = sorted({g["name"] for row in train_rows for g in row if g and g.get("name")})
+    if a.unknown and a.unknown in names:
+        raise ValueError(f"--unknown {a.unknown!r} is also an object name of the world: pick another word")
+    words = names + ([a.unknown] if a.unknown else [])
+    flat, vflat = train_x.flatten(0, 1), val_x.flatten(0, 1)
+    tensors, record = {}, {}
+    for attr, vocab in [("name", words)] + [(t, known[t]) for t in attrs]:
+        head, history = fit_head(flat, region_targets(train_rows, attr, vocab), vflat,
+                                 region_targets(val_rows, attr, vocab), len(vocab) + 1, a.epochs, seed=a.seed,
+                                 unknown=len(vocab) if attr == "name" and a.unknown else None,
+                                 unknown_share=a.unknown_share, name=attr)
+        key = "word_proj.classify" if attr == "name" else f"word_proj.attributes.{attr}"
+        tensors[f"{key}.weight"], tensors[f"{key}.bias"] = head["weight"].contiguous(), head["bias"].contiguous()
+        record[attr] = history
+    meta = {"proj_words": json.dumps(words)}
+    if attrs:
+        meta["word_attributes"] = json.dumps({t: known[t] for t in attrs})
+    return tensors, meta, {"words": len(words), "unknown": a.unknown, "attributes": attrs, "history": record}
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("fit-words", help="fit the word readout on frozen vision features (no LLM runs)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,6 +287,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="how the LLM gets each query's word: 'sum' (added to its projection, one slot), 'pair' (a slot "
                          "each, word first) or 'append' (all the projection's tokens, then all the words); pair and "
                          "append double the image tokens (MiniGPT4Config.word_layout)")
+    ap.add_argument("--targets", choices=["matched", "regions"], default="matched",
+                    help="'matched': each image's names matched to the queries (any vision side); 'regions': each of "
+                         "a grid side's nine tokens learns the group in its region of a scene")
+    ap.add_argument("--attributes", default="",
+                    help="with --targets regions: comma-separated region attributes read before each name "
+                         "(count, size, color)")
+    ap.add_argument("--unknown", default="",
+                    help="with --targets regions: a word for objects of kinds the readout never learned (e.g. thing)")
+    ap.add_argument("--unknown-share", type=float, default=0.15,
+                    help="share of the kinds whose class is masked per batch to teach --unknown (default 0.15)")
     ap.add_argument("--seed", type=int, default=0)
 
 
@@ -156,32 +305,46 @@ def run(a) -> int:
     from minigpt4.weights import load_model
     from minigpt4.weights.default import is_vision_stage
     torch.manual_seed(a.seed)
+    if a.targets == "matched" and (a.attributes or a.unknown):
+        raise ValueError("--attributes and --unknown need --targets regions (the world's truth by region)")
+    if not 0 <= a.unknown_share < 1:
+        raise ValueError(f"--unknown-share must be in [0, 1), not {a.unknown_share}")
     model = load_model(a.model, quantize=None).eval()
     t0 = time.time()
-    train_x, train_names = extract(model, a.images, "train", 500_000 + a.seed, desc="train features")
-    val_x, val_names = extract(model, a.val, "val", 0, desc="val features")
-    words = sorted({w for ws in train_names for w in ws})  # object kinds, shapes, "sign", ingredients
-    index = {w: i + 1 for i, w in enumerate(words)}  # class 0: none
-    to_ids = lambda rows: [[index[w] for w in ws if w in index] for ws in rows]
-    head, history = fit(train_x, to_ids(train_names), val_x, to_ids(val_names), len(words) + 1, a.epochs,
-                        a.none_weight, seed=a.seed)
-    tensors = {"word_proj.classify.weight": head["weight"].contiguous(),
-               "word_proj.classify.bias": head["bias"].contiguous()}
+    if a.targets == "regions":
+        tensors, meta, record = fit_regions(a, model)
+        history = record.pop("history")
+    else:
+        train_x, train_names = extract(model, a.images, "train", 500_000 + a.seed, desc="train features")
+        val_x, val_names = extract(model, a.val, "val", 0, desc="val features")
+        words = sorted({w for ws in train_names for w in ws})  # object kinds, shapes, "sign", ingredients
+        index = {w: i + 1 for i, w in enumerate(words)}  # class 0: none
+        to_ids = lambda rows: [[index[w] for w in ws if w in index] for ws in rows]
+        head, history = fit(train_x, to_ids(train_names), val_x, to_ids(val_names), len(words) + 1, a.epochs,
+                            a.none_weight, seed=a.seed)
+        tensors = {"word_proj.classify.weight": head["weight"].contiguous(),
+                   "word_proj.classify.bias": head["bias"].contiguous()}
+        meta, record = {"proj_words": json.dumps(words)}, {"words": len(words)}
     proj = model.proj
     tensors["proj.weight"] = proj.weight.detach().float().clone() if a.keep_proj else torch.zeros_like(proj.weight)
     tensors["proj.bias"] = proj.bias.detach().float().clone() if a.keep_proj else torch.zeros_like(proj.bias)
-    meta = {"proj_words": json.dumps(words), "word_layout": a.layout, "fit": "minigpt4 fit-words"}
+    meta.update(word_layout=a.layout, fit="minigpt4 fit-words")
     spec = a.model.split("@")
     if len(spec) == 2 and spec[0] == "default" and is_vision_stage(spec[1]):  # default@stage0-NAME: that export
         meta["vision"] = spec[1]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_safetensors(tensors, out / "proj.safetensors", metadata=meta)
-    atomic_write_json(out / "fit.json", {"model": a.model, "images": a.images, "val": a.val, "words": len(words),
-                                         "none_weight": a.none_weight, "minutes": (time.time() - t0) / 60,
-                                         "history": history})
+    atomic_write_json(out / "fit.json", {"model": a.model, "images": a.images, "val": a.val, "targets": a.targets,
+                                         **record, "none_weight": a.none_weight,
+                                         "minutes": (time.time() - t0) / 60, "history": history})
+    if a.targets == "regions":
+        last = {k: max(v, key=lambda r: r["accuracy"]) for k, v in history.items()}  # the epochs kept
+        print(f"wrote {out / 'proj.safetensors'}: {record['words']} words; held-out occupied regions: " +
+              ", ".join(f"{k} {v['occupied'] or 0:.1%}" for k, v in last.items()))
+        return 0
     final = history[-1]
-    print(f"wrote {out / 'proj.safetensors'}: {len(words)} words; held-out names recall {final['recall']:.1%}, "
+    print(f"wrote {out / 'proj.safetensors'}: {record['words']} words; held-out names recall {final['recall']:.1%}, "
           f"false names per image {final['false_per_image']:.2f}, F1 {final['f1']:.3f}")
     return 0
 

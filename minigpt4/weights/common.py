@@ -79,6 +79,8 @@ def skeleton(cfg: MiniGPT4Config) -> nn.Module:
         if cfg.proj_words:  # the word readout's classifier (its word table is rebuilt from the LLM, not stored)
             m.word_proj = nn.Module()
             m.word_proj.classify = nn.Linear(cfg.word_features, len(cfg.proj_words) + 1)
+            m.word_proj.attributes = nn.ModuleDict({a: nn.Linear(cfg.word_features, len(words) + 1)
+                                                    for a, words in cfg.word_attributes.items()})
         if cfg.word_vision:  # the readout's own frozen vision side (MiniGPT4.word_vision)
             from minigpt4.model.minigpt4 import WordVision
             m.word_vision = WordVision(cfg)

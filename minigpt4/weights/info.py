@@ -87,6 +87,8 @@ def _words_line(cfg) -> str | None:
     reads = (f"its own side: {_vision_line(side.vision)}" + (f" + Q-Former, {side.num_queries} queries"
              if side.qformer else "")) if cfg.word_vision else "the main side's features"
     line = f"{len(cfg.proj_words)} names, one per token from {reads}; {cfg.num_word_queries} tokens ({cfg.word_layout})"
+    if cfg.word_attributes:
+        line += ", each name after its " + ", ".join(f"{a} ({len(w)} words)" for a, w in cfg.word_attributes.items())
     if cfg.word_labels:
         line += f", each after its label ({cfg.word_labels[0]!r} ... {cfg.word_labels[-1]!r})"
     return line
