@@ -190,8 +190,9 @@ def extract_regions(model, n: int, split: str, seed: int, batch_size: int = 64,
 def fit_head(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, classes: int,
              epochs: int = 12, lr: float = 3e-3, batch_size: int = 512, unknown: int | None = None,
              unknown_share: float = 0.15, seed: int = 0, name: str = "head", log=print) -> tuple[dict, list[dict]]:
-    """A linear classifier on (N, hidden) region features with direct targets; returns the best epoch's (held-out
-    accuracy on all regions: on the occupied ones alone, "none" for an uncoloured emoji would count as colour) {weight, bias} with the standardisation folded in, and the history. With
+    """A linear classifier on (N, hidden) region features with direct targets; returns the best epoch's {weight, bias}
+    with the standardisation folded in, and the history. "Best" is held-out accuracy over all regions: over the regions
+    with a word alone ("occupied" in the history), an epoch that colours every uncoloured emoji would win. With
     `unknown` (a class id): each batch draws `unknown_share` of the other classes, and their regions learn `unknown`
     with their own class masked out, so an object the classifier cannot place says `unknown` rather than a wrong
     name; the held-out score counts it as wrong on seen kinds (it is the price)."""
@@ -202,7 +203,7 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch
     steps = epochs * -(-len(x) // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
     xs, vx = (x - mean) / std, (val_x - mean) / std
-    occupied = val_y > 0
+    occupied = val_y > 0  # regions whose truth is one of the words
     best, history = None, []
     for epoch in range(epochs):
         for idx in torch.randperm(len(x), generator=g).split(batch_size):
@@ -227,7 +228,7 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch
             row["unknown_on_seen"] = round((pred[occupied] == unknown).float().mean().item(), 4)
         history.append(row)
         log(f"{name} epoch {epoch + 1}: loss {row['loss']:.3f}, held-out regions {row['accuracy']:.1%}, "
-            f"occupied {row['occupied'] or 0:.1%}")
+            f"regions with a word {row['occupied'] or 0:.1%}")
         if best is None or row["accuracy"] >= best[0]:
             with torch.no_grad():  # W (x - m) / s + b = (W / s) x + (b - W m / s)
                 w = head.weight / std
@@ -340,7 +341,7 @@ def run(a) -> int:
                                          "minutes": (time.time() - t0) / 60, "history": history})
     if a.targets == "regions":
         last = {k: max(v, key=lambda r: r["accuracy"]) for k, v in history.items()}  # the epochs kept
-        print(f"wrote {out / 'proj.safetensors'}: {record['words']} words; held-out occupied regions: " +
+        print(f"wrote {out / 'proj.safetensors'}: {record['words']} words; held-out regions with a word: " +
               ", ".join(f"{k} {v['occupied'] or 0:.1%}" for k, v in last.items()))
         return 0
     final = history[-1]
