@@ -57,15 +57,16 @@ class WordReadout(nn.Module):
         return cls(cfg.word_features, word_embeddings(llm, tokenizer, cfg.proj_words), cfg.word_temperature,
                    attributes)
 
-    def probs(self, features: torch.Tensor) -> torch.Tensor:
-        return (self.classify(features) / self.temperature).softmax(-1)
+    def probs(self, features: torch.Tensor, head: nn.Linear | None = None) -> torch.Tensor:
+        """The name classifier's (or `head`'s, an attribute's) tempered softmax."""
+        return ((head or self.classify)(features) / self.temperature).softmax(-1)
 
     def forward(self, features: torch.Tensor, drop: float = 0.0, drop_to: int | None = None) -> torch.Tensor:
         """(B, Q, D) features -> (B, Q, words_per_query, hidden): each query's attribute words, then its name."""
         probs = self.probs(features)
         if drop > 0:
             probs = self.drop_words(probs, drop, drop_to)
-        slots = [(head(features) / self.temperature).softmax(-1) @ getattr(self, f"table_{a}").to(features.dtype)
+        slots = [self.probs(features, head) @ getattr(self, f"table_{a}").to(features.dtype)
                  for a, head in self.attributes.items()]
         return torch.stack(slots + [probs @ self.table.to(features.dtype)], dim=2)
 

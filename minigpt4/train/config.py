@@ -295,6 +295,8 @@ def _check(cfg: TrainConfig, ctx: _Ctx) -> None:
         raise ctx.error("max_steps", f"must be > 0, got {cfg.total_steps}")
     if not 0.0 <= cfg.word_dropout < 1.0:
         raise ctx.error("word_dropout", f"is a probability in [0, 1), got {cfg.word_dropout}")
+    if cfg.word_dropout_to and not cfg.word_dropout:
+        raise ctx.error("word_dropout_to", "set word_dropout too (how often a name is dropped)")
     for name in ("batch_size", "checkpoint_every", "log_every", "max_txt_len", "max_len", "keep_checkpoints"):
         if getattr(cfg, name) <= 0:
             raise ctx.error(name, f"must be > 0, got {getattr(cfg, name)}")

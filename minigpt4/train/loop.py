@@ -98,8 +98,6 @@ class Trainer:
             self.model.word_dropout = cfg.word_dropout
         if cfg.word_dropout_to:
             words = self.model.cfg.proj_words
-            if not cfg.word_dropout:
-                raise ConfigError("config field 'word_dropout_to': set word_dropout too (how often a name is dropped)")
             if cfg.word_dropout_to not in words:
                 raise ConfigError(f"config field 'word_dropout_to': {cfg.word_dropout_to!r} is not one of the readout's "
                                   f"{len(words)} words (fit it with `minigpt4 fit-words --unknown WORD`)")

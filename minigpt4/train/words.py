@@ -16,7 +16,7 @@ each token's targets are the object group in its region of a scene (the world's 
 group), no matching. `--attributes count,size,color` fits a classifier per attribute beside the name's, so a region
 reads "two small red apple" (MiniGPT4Config.word_attributes); `--unknown thing` adds a word for kinds the readout
 never learned: in each batch a random share of the kinds (`--unknown-share`) loses its own class on its regions and
-learns the unknown word there instead (session 23: 85% of the regions showing a held-out kind say "thing", and 7% of
+learns the unknown word there instead (session 23: 81% of the regions showing a held-out kind say "thing", and 7% of
 the seen kinds' regions lose their name to it).
 """
 from __future__ import annotations
@@ -87,17 +87,32 @@ def name_scores(pred: torch.Tensor, present: list[list[int]]) -> dict:
             "f1": 2 * recall * precision / max(1e-9, recall + precision)}
 
 
+def linear_classifier(x: torch.Tensor, classes: int, epochs: int, lr: float, batch_size: int):
+    """A Linear over x's last dimension, AdamW and a cosine schedule over `epochs` passes of `batch_size`, and the
+    standardisation (mean, std over every dimension but the last) the classifier reads its inputs through."""
+    dims = tuple(range(x.dim() - 1))
+    mean, std = x.mean(dims), x.std(dims) + 1e-5
+    head = torch.nn.Linear(x.shape[-1], classes)
+    opt = torch.optim.AdamW(head.parameters(), lr, weight_decay=1e-4)
+    steps = epochs * -(-len(x) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    return head, opt, sched, mean, std
+
+
+@torch.no_grad()
+def folded(head: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{weight, bias} that read raw features: W (x - m) / s + b = (W / s) x + (b - W m / s)."""
+    w = head.weight / std
+    return {"weight": w.clone(), "bias": (head.bias - w @ mean).clone()}
+
+
 def fit(train_x: torch.Tensor, train_ids: list[list[int]], val_x: torch.Tensor, val_ids: list[list[int]],
         classes: int, epochs: int = 6, none_weight: float = 0.2, lr: float = 3e-3, batch_size: int = 256,
         seed: int = 0, log=print) -> tuple[dict, list[dict]]:
     """Train the classifier; returns the best epoch's {weight, bias} (standardisation folded in) and the history."""
     g = torch.Generator().manual_seed(seed)
-    mean, std = train_x.mean((0, 1)), train_x.std((0, 1)) + 1e-5
+    head, opt, sched, mean, std = linear_classifier(train_x, classes, epochs, lr, batch_size)
     standard = lambda x: (x - mean) / std
-    head = torch.nn.Linear(train_x.shape[-1], classes)
-    opt = torch.optim.AdamW(head.parameters(), lr, weight_decay=1e-4)
-    steps = epochs * -(-len(train_x) // batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
     weight = torch.ones(classes)
     weight[0] = none_weight  # most queries show nothing; at weight 1 the fit learns to say "none" everywhere
     best, history = None, []
@@ -119,9 +134,7 @@ def fit(train_x: torch.Tensor, train_ids: list[list[int]], val_x: torch.Tensor, 
         log(f"epoch {epoch + 1}: loss {loss.item():.3f}, held-out names recall {scores['recall']:.1%}, "
             f"false names per image {scores['false_per_image']:.2f}, F1 {scores['f1']:.3f}")
         if best is None or scores["f1"] > best[0]:
-            with torch.no_grad():  # fold the standardisation: W (x - m) / s + b = (W / s) x + (b - W m / s)
-                w = head.weight / std
-                best = (scores["f1"], {"weight": w.clone(), "bias": head.bias - w @ mean})
+            best = (scores["f1"], folded(head, mean, std))
     # Then raise "none" by the margin that gives the best held-out F1: a false name is a hallucination to come.
     with torch.no_grad():
         logits = val_x @ best[1]["weight"].T + best[1]["bias"]
@@ -197,11 +210,7 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch
     with their own class masked out, so an object the classifier cannot place says `unknown` rather than a wrong
     name; the held-out score counts it as wrong on seen kinds (it is the price)."""
     g = torch.Generator().manual_seed(seed)
-    mean, std = x.mean(0), x.std(0) + 1e-5
-    head = torch.nn.Linear(x.shape[-1], classes)
-    opt = torch.optim.AdamW(head.parameters(), lr, weight_decay=1e-4)
-    steps = epochs * -(-len(x) // batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    head, opt, sched, mean, std = linear_classifier(x, classes, epochs, lr, batch_size)
     xs, vx = (x - mean) / std, (val_x - mean) / std
     occupied = val_y > 0  # regions whose truth is one of the words
     best, history = None, []
@@ -230,20 +239,25 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch
         log(f"{name} epoch {epoch + 1}: loss {row['loss']:.3f}, held-out regions {row['accuracy']:.1%}, "
             f"regions with a word {row['occupied'] or 0:.1%}")
         if best is None or row["accuracy"] >= best[0]:
-            with torch.no_grad():  # W (x - m) / s + b = (W / s) x + (b - W m / s)
-                w = head.weight / std
-                best = (row["accuracy"], {"weight": w.clone(), "bias": (head.bias - w @ mean).clone()})
+            best = (row["accuracy"], folded(head, mean, std), row)
+    best[2]["kept"] = True  # the epoch whose weights are returned
     return best[1], history
 
 
-def fit_regions(a, model) -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
-    """--targets regions: the name classifier and each --attributes classifier on direct region targets; returns the
-    readout's tensors, its metadata and the fit's record."""
-    attrs = [t for t in a.attributes.split(",") if t] if a.attributes else []
+def parse_attributes(text: str) -> list[str]:
+    """--attributes "count,size,color" -> the names, each one of region_attribute_words()."""
+    attrs = [t for t in text.split(",") if t]
     known = region_attribute_words()
     bad = [t for t in attrs if t not in known]
     if bad:
         raise ValueError(f"unknown --attributes {bad}: choose from {list(known)}")
+    return attrs
+
+
+def fit_regions(a, model, attrs: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
+    """--targets regions: the name classifier and each of `attrs`' classifiers on direct region targets; returns the
+    readout's tensors, its metadata and the fit's record."""
+    known = region_attribute_words()
     train_x, train_rows = extract_regions(model, a.images, "train", 500_000 + a.seed, desc="train features")
     val_x, val_rows = extract_regions(model, a.val, "val", 0, desc="val features")
     names = sorted({g["name"] for row in train_rows for g in row if g and g.get("name")})
@@ -310,10 +324,11 @@ def run(a) -> int:
         raise ValueError("--attributes and --unknown need --targets regions (the world's truth by region)")
     if not 0 <= a.unknown_share < 1:
         raise ValueError(f"--unknown-share must be in [0, 1), not {a.unknown_share}")
+    attrs = parse_attributes(a.attributes)  # refused before the model loads
     model = load_model(a.model, quantize=None).eval()
     t0 = time.time()
     if a.targets == "regions":
-        tensors, meta, record = fit_regions(a, model)
+        tensors, meta, record = fit_regions(a, model, attrs)
         history = record.pop("history")
     else:
         train_x, train_names = extract(model, a.images, "train", 500_000 + a.seed, desc="train features")
@@ -340,9 +355,9 @@ def run(a) -> int:
                                          **record, "none_weight": a.none_weight,
                                          "minutes": (time.time() - t0) / 60, "history": history})
     if a.targets == "regions":
-        last = {k: max(v, key=lambda r: r["accuracy"]) for k, v in history.items()}  # the epochs kept
+        kept = {k: next(r for r in v if r.get("kept")) for k, v in history.items()}
         print(f"wrote {out / 'proj.safetensors'}: {record['words']} words; held-out regions with a word: " +
-              ", ".join(f"{k} {v['occupied'] or 0:.1%}" for k, v in last.items()))
+              ", ".join(f"{k} {v['occupied'] or 0:.1%}" for k, v in kept.items()))
         return 0
     final = history[-1]
     print(f"wrote {out / 'proj.safetensors'}: {record['words']} words; held-out names recall {final['recall']:.1%}, "
