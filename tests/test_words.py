@@ -128,6 +128,31 @@ def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, ca
     for args, message in ((["tiny", "--attributes", "color"], "need --targets regions"),
                           (["tiny", "--targets", "regions"], "one token per region"),
                           (["default@stage0-effnet", "--targets", "regions", "--attributes", "weight"],
-                           r"unknown --attributes \['weight'\]")):
+                           r"unknown --attributes \['weight'\]"),
+                          (["default@stage0-effnet", "--targets", "regions", "--dish-every", "-1"],
+                           "--dish-every must be 0")):
         assert main(["fit-words", *args, "--images", "8", "--val", "4", "--out", str(tmp_path / "x")]) == 2
         assert re.search(message, capsys.readouterr().err)
+
+
+def test_dish_regions_hold_the_ingredient_with_most_pieces_there():
+    """A dish scatters its ingredients: each region names the one with most pieces centred in it, with that count;
+    drawn ingredients (no boxes) and empty regions give nothing."""
+    from minigpt4.train.words import region_groups, region_targets, region_value
+    from minigpt4.world import generate
+    truth = {"kind": "dish", "size": 90, "ingredients": [
+        {"name": "pasta", "drawn": True, "count": None},  # drawn everywhere, no boxes: no region word
+        {"name": "apple", "count": 3, "bboxes": [[0, 0, 20, 20], [10, 5, 28, 25], [60, 60, 89, 89]]},
+        {"name": "banana", "count": 1, "bboxes": [[2, 2, 12, 12]]},
+        {"name": "kiwi", "count": 1, "bboxes": [[35, 0, 55, 20]]}]}
+    groups = region_groups(truth)
+    assert [(g["name"], g["count"]) if g else None for g in groups] == [
+        ("apple", 2), ("kiwi", 1), None, None, None, None, None, None, ("apple", 1)]
+    assert region_value(groups[0], "count") == "two" and region_value(groups[0], "color") is None
+    assert region_targets([groups], "name", ["apple", "kiwi"]).tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 1]
+    # a rendered dish: every region word is one of its emoji ingredients, and every piece is counted once at most
+    sample = generate("dish", 5, "train", 224)
+    pieces = {i["name"]: len(i["bboxes"]) for i in sample.truth["ingredients"] if i.get("bboxes")}
+    found = [g for g in region_groups(sample.truth) if g]
+    assert found and all(g["name"] in pieces for g in found)
+    assert sum(g["count"] for g in found) <= sum(pieces.values())

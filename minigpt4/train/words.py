@@ -47,12 +47,12 @@ def truth_names(truth: dict) -> list[str]:
 def extract(model, n: int, split: str, seed: int, batch_size: int = 64, dish_every: int = 5,
             desc: str = "features") -> tuple[torch.Tensor, list[list[str]]]:
     """(n, queries, hidden) frozen features and each image's names, for world images `seed`.. of `split`
-    (every `dish_every`-th a dish, the rest scenes)."""
+    (every `dish_every`-th a dish, the rest scenes; 0: scenes only)."""
     from minigpt4.world import generate
     feats, names = [], []
     size = model.cfg.input_size
     for start in tqdm(range(seed, seed + n, batch_size), desc=desc, unit="batch"):
-        samples = [generate(KINDS[int(i % dish_every == 0)], i, split, size)
+        samples = [generate(KINDS[int(dish_every > 0 and i % dish_every == 0)], i, split, size)
                    for i in range(start, min(start + batch_size, seed + n))]
         pixels = model.preprocess([s.image for s in samples])
         feats.append(model.split_features(model.vision_features(pixels))[1].float().cpu())  # what the readout reads
@@ -158,8 +158,18 @@ def region_attribute_words() -> dict[str, list[str]]:
 
 
 def region_groups(truth: dict) -> list[dict | None]:
-    """The object group in each of the world's nine regions (reading order) of a scene, None where empty."""
+    """The object group in each of the world's nine regions (reading order), None where empty. A scene places one
+    group per region; a dish scatters its drawn-as-emoji ingredients, so a region holds the ingredient with the most
+    pieces whose centre falls in it, counted there (no size or colour: the world gives ingredients neither)."""
     from minigpt4.world.textgen import POSITION_NAMES
+    if truth["kind"] == "dish":
+        size, cells = truth["size"], [dict() for _ in POSITION_NAMES]
+        for ing in truth["ingredients"]:
+            for x0, y0, x1, y1 in ing.get("bboxes", []):
+                col, row = (min(2, int(3 * (v0 + v1) / 2 / size)) for v0, v1 in ((x0, x1), (y0, y1)))
+                here = cells[3 * max(row, 0) + max(col, 0)]
+                here[ing["name"]] = here.get(ing["name"], 0) + 1
+        return [{"name": max(c, key=c.get), "count": max(c.values())} if c else None for c in cells]
     at = {o["position"]: o for o in truth.get("objects", []) if o.get("position")}
     return [at.get(p) for p in POSITION_NAMES]
 
@@ -180,10 +190,10 @@ def region_targets(rows: list[list[dict | None]], attr: str, words: list[str]) -
 
 
 @torch.no_grad()
-def extract_regions(model, n: int, split: str, seed: int, batch_size: int = 64,
+def extract_regions(model, n: int, split: str, seed: int, batch_size: int = 64, dish_every: int = 5,
                     desc: str = "features") -> tuple[torch.Tensor, list[list[dict | None]]]:
-    """(n, 9, hidden) frozen features the readout reads, for world scenes `seed`.. of `split`, and each scene's
-    groups by region."""
+    """(n, 9, hidden) frozen features the readout reads, for world images `seed`.. of `split` (every `dish_every`-th
+    a dish, the rest scenes; 0: scenes only), and each image's groups by region."""
     from minigpt4.world import generate
     from minigpt4.world.textgen import POSITION_NAMES
     if model.cfg.num_word_queries != len(POSITION_NAMES):
@@ -192,7 +202,7 @@ def extract_regions(model, n: int, split: str, seed: int, batch_size: int = 64,
                          f"default@stage0-effnet, or --targets matched")
     feats, rows = [], []
     for start in tqdm(range(seed, seed + n, batch_size), desc=desc, unit="batch"):
-        samples = [generate("scene", i, split, model.cfg.input_size)
+        samples = [generate(KINDS[int(dish_every > 0 and i % dish_every == 0)], i, split, model.cfg.input_size)
                    for i in range(start, min(start + batch_size, seed + n))]
         feats.append(model.split_features(model.vision_features(model.preprocess([s.image for s in samples])))[1]
                      .float().cpu())
@@ -258,8 +268,9 @@ def fit_regions(a, model, attrs: list[str]) -> tuple[dict[str, torch.Tensor], di
     """--targets regions: the name classifier and each of `attrs`' classifiers on direct region targets; returns the
     readout's tensors, its metadata and the fit's record."""
     known = region_attribute_words()
-    train_x, train_rows = extract_regions(model, a.images, "train", 500_000 + a.seed, desc="train features")
-    val_x, val_rows = extract_regions(model, a.val, "val", 0, desc="val features")
+    train_x, train_rows = extract_regions(model, a.images, "train", 500_000 + a.seed, dish_every=a.dish_every,
+                                          desc="train features")
+    val_x, val_rows = extract_regions(model, a.val, "val", 0, dish_every=a.dish_every, desc="val features")
     names = sorted({g["name"] for row in train_rows for g in row if g and g.get("name")})
     if a.unknown and a.unknown in names:
         raise ValueError(f"--unknown {a.unknown!r} is also an object name of the world: pick another word")
@@ -291,7 +302,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("model", help="model spec whose frozen vision side to read (e.g. default@stage0-word)")
     ap.add_argument("--out", required=True, help="folder for proj.safetensors and fit.json (e.g. the stage-0 "
                                                  "export's folder, so default@stage0-NAME loads it)")
-    ap.add_argument("--images", type=int, default=30000, help="training images (1 in 5 a dish; default 30000)")
+    ap.add_argument("--images", type=int, default=30000, help="training images (default 30000)")
     ap.add_argument("--val", type=int, default=2000, help="held-out val images scored after each epoch")
     ap.add_argument("--epochs", type=int, default=20, help="passes over the training features (cosine learning rate)")
     ap.add_argument("--none-weight", type=float, default=0.2, help="loss weight of 'none' (default 0.2)")
@@ -304,7 +315,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "append double the image tokens (MiniGPT4Config.word_layout)")
     ap.add_argument("--targets", choices=["matched", "regions"], default="matched",
                     help="'matched': each image's names matched to the queries (any vision side); 'regions': each of "
-                         "a grid side's nine tokens learns the group in its region of a scene")
+                         "a grid side's nine tokens learns the group in its region of a scene, or a dish's main "
+                         "ingredient there")
     ap.add_argument("--attributes", default="",
                     help="with --targets regions: comma-separated region attributes read before each name "
                          "(count, size, color)")
@@ -312,6 +324,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="with --targets regions: a word for objects of kinds the readout never learned (e.g. thing)")
     ap.add_argument("--unknown-share", type=float, default=0.15,
                     help="share of the kinds whose class is masked per batch to teach --unknown (default 0.15)")
+    ap.add_argument("--dish-every", type=int, default=5,
+                    help="every N-th image is a dish, the rest scenes (default 5; 0: scenes only)")
     ap.add_argument("--seed", type=int, default=0)
 
 
@@ -324,6 +338,8 @@ def run(a) -> int:
         raise ValueError("--attributes and --unknown need --targets regions (the world's truth by region)")
     if not 0 <= a.unknown_share < 1:
         raise ValueError(f"--unknown-share must be in [0, 1), not {a.unknown_share}")
+    if a.dish_every < 0:
+        raise ValueError(f"--dish-every must be 0 (scenes only) or more, not {a.dish_every}")
     attrs = parse_attributes(a.attributes)  # refused before the model loads
     model = load_model(a.model, quantize=None).eval()
     t0 = time.time()
@@ -331,8 +347,9 @@ def run(a) -> int:
         tensors, meta, record = fit_regions(a, model, attrs)
         history = record.pop("history")
     else:
-        train_x, train_names = extract(model, a.images, "train", 500_000 + a.seed, desc="train features")
-        val_x, val_names = extract(model, a.val, "val", 0, desc="val features")
+        train_x, train_names = extract(model, a.images, "train", 500_000 + a.seed, dish_every=a.dish_every,
+                                       desc="train features")
+        val_x, val_names = extract(model, a.val, "val", 0, dish_every=a.dish_every, desc="val features")
         words = sorted({w for ws in train_names for w in ws})  # object kinds, shapes, "sign", ingredients
         index = {w: i + 1 for i, w in enumerate(words)}  # class 0: none
         to_ids = lambda rows: [[index[w] for w in ws if w in index] for ws in rows]
@@ -352,7 +369,7 @@ def run(a) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_safetensors(tensors, out / "proj.safetensors", metadata=meta)
     atomic_write_json(out / "fit.json", {"model": a.model, "images": a.images, "val": a.val, "targets": a.targets,
-                                         **record, "none_weight": a.none_weight,
+                                         "dish_every": a.dish_every, **record, "none_weight": a.none_weight,
                                          "minutes": (time.time() - t0) / 60, "history": history})
     if a.targets == "regions":
         kept = {k: next(r for r in v if r.get("kept")) for k, v in history.items()}
