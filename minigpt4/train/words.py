@@ -36,6 +36,11 @@ from minigpt4.model.minigpt4 import WORD_LAYOUTS
 KINDS = ("scene", "dish")  # images whose truth names objects: scene objects, dish ingredients
 
 
+def image_kind(index: int, dish_every: int) -> str:
+    """The world kind of the fit's `index`-th image: every `dish_every`-th a dish, the rest scenes (0: scenes only)."""
+    return KINDS[int(dish_every > 0 and index % dish_every == 0)]
+
+
 def truth_names(truth: dict) -> list[str]:
     """The object names an image shows, once each (a kind drawn twice is one object with a count)."""
     if truth["kind"] == "dish":
@@ -47,12 +52,12 @@ def truth_names(truth: dict) -> list[str]:
 def extract(model, n: int, split: str, seed: int, batch_size: int = 64, dish_every: int = 5,
             desc: str = "features") -> tuple[torch.Tensor, list[list[str]]]:
     """(n, queries, hidden) frozen features and each image's names, for world images `seed`.. of `split`
-    (every `dish_every`-th a dish, the rest scenes; 0: scenes only)."""
+    (kinds by `image_kind`)."""
     from minigpt4.world import generate
     feats, names = [], []
     size = model.cfg.input_size
     for start in tqdm(range(seed, seed + n, batch_size), desc=desc, unit="batch"):
-        samples = [generate(KINDS[int(dish_every > 0 and i % dish_every == 0)], i, split, size)
+        samples = [generate(image_kind(i, dish_every), i, split, size)
                    for i in range(start, min(start + batch_size, seed + n))]
         pixels = model.preprocess([s.image for s in samples])
         feats.append(model.split_features(model.vision_features(pixels))[1].float().cpu())  # what the readout reads
@@ -192,8 +197,8 @@ def region_targets(rows: list[list[dict | None]], attr: str, words: list[str]) -
 @torch.no_grad()
 def extract_regions(model, n: int, split: str, seed: int, batch_size: int = 64, dish_every: int = 5,
                     desc: str = "features") -> tuple[torch.Tensor, list[list[dict | None]]]:
-    """(n, 9, hidden) frozen features the readout reads, for world images `seed`.. of `split` (every `dish_every`-th
-    a dish, the rest scenes; 0: scenes only), and each image's groups by region."""
+    """(n, 9, hidden) frozen features the readout reads, for world images `seed`.. of `split` (kinds by
+    `image_kind`), and each image's groups by region."""
     from minigpt4.world import generate
     from minigpt4.world.textgen import POSITION_NAMES
     if model.cfg.num_word_queries != len(POSITION_NAMES):
@@ -202,7 +207,7 @@ def extract_regions(model, n: int, split: str, seed: int, batch_size: int = 64, 
                          f"default@stage0-effnet, or --targets matched")
     feats, rows = [], []
     for start in tqdm(range(seed, seed + n, batch_size), desc=desc, unit="batch"):
-        samples = [generate(KINDS[int(dish_every > 0 and i % dish_every == 0)], i, split, model.cfg.input_size)
+        samples = [generate(image_kind(i, dish_every), i, split, model.cfg.input_size)
                    for i in range(start, min(start + batch_size, seed + n))]
         feats.append(model.split_features(model.vision_features(model.preprocess([s.image for s in samples])))[1]
                      .float().cpu())
