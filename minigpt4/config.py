@@ -95,7 +95,8 @@ class GenerationConfig:
 
 
 # MiniGPT4Config.readout_meta(): what a projection file records
-READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes")
+READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "image_words",
+                "image_word_ids", "image_word_text", "image_word_text_ids")
 
 
 @dataclass
@@ -177,6 +178,14 @@ class MiniGPT4Config:
     # a region "top left: two small red apple": colour and count are properties of the pixels that a classifier reads
     # off kinds it never saw named, where the name classifier can only say "thing" (session 23).
     word_attributes: dict[str, list[str]] = field(default_factory=dict)
+    # One phrase for the whole image before the region words (our addition; empty = none), picked by a classifier on
+    # all the word tokens' features together: what the picture is ("pasta", "web page sketch", "pixel art"), which no
+    # single region shows. Each phrase keeps all its tokens (image_word_ids; shorter ones end in zero slots), between
+    # image_word_text[0] and [1] ("picture:" ... ";"); set all four with image_phrases().
+    image_words: list[str] = field(default_factory=list)
+    image_word_ids: list[list[int]] = field(default_factory=list)
+    image_word_text: list[str] = field(default_factory=list)
+    image_word_text_ids: list[list[int]] = field(default_factory=list)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property
@@ -228,8 +237,15 @@ class MiniGPT4Config:
         return len(self.word_attributes) + 1
 
     @property
+    def image_word_slots(self) -> int:
+        """Image-token slots of the whole-image phrase (image_words), its text around it included; 0 without."""
+        if not self.image_words:
+            return 0
+        return max(len(ids) for ids in self.image_word_ids) + sum(len(ids) for ids in self.image_word_text_ids)
+
+    @property
     def num_image_tokens(self) -> int:
-        labels = sum(len(ids) for ids in self.word_label_ids)
+        labels = sum(len(ids) for ids in self.word_label_ids) + self.image_word_slots
         if not self.proj_words or self.word_layout == "sum":
             return self.num_queries + labels
         return self.num_queries + self.num_word_queries * self.words_per_query + labels
@@ -246,6 +262,21 @@ class MiniGPT4Config:
             raise ValueError(f"word labels {empty} tokenize to nothing; give non-empty text")
         self.word_labels, self.word_label_ids = list(labels), ids
 
+    def image_phrases(self, words: Sequence[str], tokenizer, text: Sequence[str] = ("picture:", ";")) -> None:
+        """Set image_words (one phrase per whole-image class) and the text around the phrase, with their token ids in
+        this LLM's tokenizer (phrases as they read mid-sentence, " pasta"); an empty `words` removes them."""
+        if words and not self.proj_words:
+            raise ValueError("the image phrase goes before the word readout's tokens, but this model has no readout")
+        if words and len(text) != 2:
+            raise ValueError(f"image_word_text is the text before and after the phrase (2 strings), not {list(text)}")
+        ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
+        text_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in text] if words else []
+        empty = [w for w, i in zip([*words, *text], ids + text_ids) if not i]
+        if empty:
+            raise ValueError(f"image phrase text {empty} tokenizes to nothing; give non-empty text")
+        self.image_words, self.image_word_ids = list(words), ids
+        self.image_word_text, self.image_word_text_ids = (list(text), text_ids) if words else ([], [])
+
     @property
     def proj_in_features(self) -> int:
         return self.main_side.out_features
@@ -259,6 +290,9 @@ class MiniGPT4Config:
             meta.update(word_labels=json.dumps(self.word_labels), word_label_ids=json.dumps(self.word_label_ids))
         if self.word_attributes:
             meta["word_attributes"] = json.dumps(self.word_attributes)
+        if self.image_words:
+            meta.update({k: json.dumps(getattr(self, k)) for k in
+                         ("image_words", "image_word_ids", "image_word_text", "image_word_text_ids")})
         return meta
 
     def apply_readout_meta(self, meta: dict[str, str]) -> None:
@@ -271,6 +305,8 @@ class MiniGPT4Config:
             self.word_labels = json.loads(meta.get("word_labels", "[]"))
             self.word_label_ids = json.loads(meta.get("word_label_ids", "[]"))
             self.word_attributes = json.loads(meta.get("word_attributes", "{}"))
+            for k in ("image_words", "image_word_ids", "image_word_text", "image_word_text_ids"):
+                setattr(self, k, json.loads(meta.get(k, "[]")))
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

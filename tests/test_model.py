@@ -345,6 +345,63 @@ def test_word_attributes_put_more_words_before_each_name():
 
 
 @torch.no_grad()
+def test_an_image_phrase_names_the_whole_picture_before_the_region_words():
+    """image_words: one phrase for the whole image, picked by a classifier on all word tokens' features at once, with
+    all of its tokens ("vegetable soup") between "picture:" and ";", before the labelled regions; shorter phrases end
+    in zero slots; the phrase travels with the readout's metadata, loads strictly and must match the tokenizer."""
+    from minigpt4.chat.templates import tokenize
+    from minigpt4.weights.common import check_layout
+    from minigpt4.weights.pretrained import assemble
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout = ["cat", "dog"], "pair"
+    model = build_model(cfg)
+    cfg.label_words(["top left:"] + [f"; slot {i}:" for i in range(1, N_IMG)], model.tokenizer)
+    before = cfg.num_image_tokens
+    cfg.image_phrases(["pasta", "vegetable soup", "web page sketch"], model.tokenizer)
+    ids, text_ids = cfg.image_word_ids, cfg.image_word_text_ids
+    longest = max(map(len, ids))
+    assert longest > len(ids[0]) and [len(t) for t in text_ids] == [len(model.tokenizer("picture:")["input_ids"]), 1]
+    assert cfg.num_image_tokens == before + longest + sum(map(len, text_ids))
+    model = build_model(cfg).eval()
+    head = model.word_proj.image
+    assert head.in_features == N_IMG * cfg.proj_in_features and head.out_features == 4  # none + three phrases
+    feats = torch.randn(2, N_IMG, cfg.proj_in_features)
+    regions = model.project(feats)  # the layout with an undecided phrase, to compare the regions' part
+    head.weight.zero_()
+    head.bias.fill_(-50.0)
+    head.bias[2] = 50.0  # "vegetable soup"
+    out = model.project(feats)
+    table = model.llm.get_input_embeddings().weight.float()
+    n0 = len(text_ids[0])
+    assert out.shape == (2, cfg.num_image_tokens, cfg.llm.hidden_size)
+    assert torch.equal(out[:, :n0], table[text_ids[0]].expand(2, -1, -1))  # "picture:"
+    assert torch.allclose(out[:, n0:n0 + len(ids[1])], table[ids[1]].expand(2, -1, -1), atol=1e-5)
+    assert out[:, n0 + len(ids[1]):n0 + longest].abs().max() < 1e-6  # shorter than the longest: zero slots
+    assert torch.equal(out[:, n0 + longest], table[text_ids[1][0]].expand(2, -1))  # ";"
+    assert torch.equal(out[:, n0 + longest + 1:], regions[:, n0 + longest + 1:])  # "top left: ..." as before
+    head.bias[2], head.bias[1] = -50.0, 50.0  # "pasta": one token, then zeros
+    assert out[:, n0 + 1:n0 + longest].abs().max() > 0 and model.project(feats)[:, n0 + 1:n0 + longest].abs().max() < 1e-6
+    tok = torch.tensor([tokenize(model.tokenizer, "<ImageHere> a dog", cfg.num_image_tokens)])
+    assert torch.isfinite(model(tok, torch.ones_like(tok), torch.where(tok == IMAGE_TOKEN_ID, -100, tok),
+                                features=feats[:1]))
+    # metadata round trip; strict layout; a model assembled from the saved weights answers the same
+    again = get_config("tiny")
+    again.apply_readout_meta(cfg.readout_meta())
+    assert (again.image_words, again.image_word_ids, again.num_image_tokens) == \
+        (cfg.image_words, ids, cfg.num_image_tokens)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("llm.")}
+    check_layout({k: v for k, v in state.items() if k.startswith(("proj.", "word_proj."))},
+                 expected_layout(again, ["proj"]), "image phrase readout")
+    loaded = assemble(again, state).eval()
+    assert torch.allclose(loaded.project(feats), model.project(feats), atol=1e-6)
+    again.image_word_ids = [[i + 1 for i in p] for p in ids]  # another tokenizer's ids
+    with pytest.raises(ValueError, match="not what this LLM's tokenizer makes of image_words"):
+        build_model(again)
+    with pytest.raises(ValueError, match="no readout"):
+        get_config("tiny").image_phrases(["pasta"], model.tokenizer)
+
+
+@torch.no_grad()
 def test_word_dropout_turns_words_into_none_or_a_wrong_name_only_while_training():
     """TrainConfig.word_dropout: while training, a readout word becomes "none" or a random name (how an unseen kind
     looks to the readout), about half each; a model not being trained (chat, eval) always gets the readout's words."""

@@ -36,7 +36,8 @@ class WordReadout(nn.Module):
     (MiniGPT4Config.word_attributes)."""
 
     def __init__(self, in_features: int, table: torch.Tensor, temperature: float = 0.5,
-                 attributes: dict[str, torch.Tensor] | None = None):
+                 attributes: dict[str, torch.Tensor] | None = None, image_table: torch.Tensor | None = None,
+                 tokens: int = 1):
         super().__init__()
         self.classify = nn.Linear(in_features, table.shape[0] + 1)
         self.temperature = temperature
@@ -46,6 +47,12 @@ class WordReadout(nn.Module):
         self.attributes = nn.ModuleDict({a: nn.Linear(in_features, t.shape[0] + 1) for a, t in attributes.items()})
         for a, t in attributes.items():
             self.register_buffer(f"table_{a}", self.with_none(t), persistent=False)
+        # The whole-image phrase (MiniGPT4Config.image_words): a classifier on all `tokens` word tokens' features
+        # side by side; image_table is (phrases, slots, hidden), each phrase's token embeddings, zero-padded.
+        self.image = nn.Linear(tokens * in_features, image_table.shape[0] + 1) if image_table is not None else None
+        if image_table is not None:
+            self.register_buffer("table_image", torch.cat([image_table.new_zeros(1, *image_table.shape[1:]),
+                                                           image_table]), persistent=False)  # row 0: none
 
     @staticmethod
     def with_none(table: torch.Tensor) -> torch.Tensor:
@@ -55,7 +62,8 @@ class WordReadout(nn.Module):
     def for_llm(cls, cfg: MiniGPT4Config, llm: nn.Module, tokenizer) -> "WordReadout":
         attributes = {a: word_embeddings(llm, tokenizer, words) for a, words in cfg.word_attributes.items()}
         return cls(cfg.word_features, word_embeddings(llm, tokenizer, cfg.proj_words), cfg.word_temperature,
-                   attributes)
+                   attributes, phrase_embeddings(llm, cfg.image_word_ids) if cfg.image_words else None,
+                   cfg.num_word_queries)
 
     def probs(self, features: torch.Tensor, head: nn.Linear | None = None) -> torch.Tensor:
         """The name classifier's (or `head`'s, an attribute's) tempered softmax."""
@@ -69,6 +77,11 @@ class WordReadout(nn.Module):
         slots = [self.probs(features, head) @ getattr(self, f"table_{a}").to(features.dtype)
                  for a, head in self.attributes.items()]
         return torch.stack(slots + [probs @ self.table.to(features.dtype)], dim=2)
+
+    def image_phrase(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, Q, D) features -> (B, slots, hidden): the whole-image phrase's tokens, probability-weighted."""
+        probs = self.probs(features.flatten(1), self.image)
+        return torch.einsum("bc,csh->bsh", probs, self.table_image.to(features.dtype))
 
     @staticmethod
     def drop_words(probs: torch.Tensor, drop: float, to: int | None = None) -> torch.Tensor:
@@ -101,6 +114,15 @@ def word_embeddings(llm: nn.Module, tokenizer, words: Sequence[str]) -> torch.Te
     return table[torch.tensor(first_token_ids(tokenizer, words), device=table.device)].detach().float().clone()
 
 
+def phrase_embeddings(llm: nn.Module, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(len(ids), longest, hidden): each phrase's token embeddings from the LLM's input table, zero after its end."""
+    table = llm.get_input_embeddings().weight
+    out = torch.zeros(len(ids), max(map(len, ids)), table.shape[1], device=table.device)
+    for i, phrase in enumerate(ids):
+        out[i, :len(phrase)] = table[torch.tensor(phrase, device=table.device)].detach().float()
+    return out
+
+
 def check_word_labels(cfg: MiniGPT4Config, tokenizer) -> None:
     """word_labels must be one per word token and tokenize, with this LLM's tokenizer, to the recorded ids (another
     tokenizer's ids would fill the slots with unrelated words)."""
@@ -111,6 +133,19 @@ def check_word_labels(cfg: MiniGPT4Config, tokenizer) -> None:
     if ids != cfg.word_label_ids:
         raise ValueError(f"word_label_ids {cfg.word_label_ids} are not what this LLM's tokenizer makes of word_labels "
                          f"{cfg.word_labels} ({ids}): set them with cfg.label_words(labels, tokenizer)")
+
+
+def check_image_phrases(cfg: MiniGPT4Config, tokenizer) -> None:
+    """image_words and the text around them must tokenize, with this LLM's tokenizer, to the recorded ids."""
+    if len(cfg.image_word_text) != 2:
+        raise ValueError(f"image_word_text is the text before and after the image phrase (2 strings), not "
+                         f"{cfg.image_word_text}: set it with cfg.image_phrases(words, tokenizer)")
+    ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in cfg.image_words]
+    text_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in cfg.image_word_text]
+    if ids != cfg.image_word_ids or text_ids != cfg.image_word_text_ids:
+        raise ValueError(f"image_word_ids / image_word_text_ids are not what this LLM's tokenizer makes of "
+                         f"image_words {cfg.image_words[:4]}... and {cfg.image_word_text}: set them with "
+                         f"cfg.image_phrases(words, tokenizer)")
 
 
 def build_vision_side(m: nn.Module, side: VisionSideConfig) -> None:
@@ -180,6 +215,10 @@ class MiniGPT4(nn.Module):
                              f"with a word, but the word side gives {cfg.num_word_queries}: use word_layout: append")
         if cfg.word_labels:
             check_word_labels(cfg, tokenizer)
+        if cfg.image_words:
+            if not cfg.proj_words:
+                raise ValueError("image_words go before the word readout's tokens, but proj_words is empty")
+            check_image_phrases(cfg, tokenizer)
         if cfg.word_attributes and not cfg.proj_words:
             raise ValueError("word_attributes add words before the word readout's names, but proj_words is empty")
         empty = [a for a, words in cfg.word_attributes.items() if not words]
@@ -274,19 +313,28 @@ class MiniGPT4(nn.Module):
         words = self.word_proj(for_words, self.word_dropout if self.training else 0.0,  # (B, Q, words_per_query, H)
                                self.word_dropout_to)
         if self.cfg.word_labels:
-            return self.labelled(tokens, words)
-        if self.cfg.word_layout == "sum":
-            return tokens + words.sum(2)
-        if self.cfg.word_layout == "append":
-            return torch.cat([tokens, words.flatten(1, 2)], dim=1)
-        return torch.cat([words, tokens[:, :, None]], dim=2).flatten(1, 2)
+            out = self.labelled(tokens, words)
+        elif self.cfg.word_layout == "sum":
+            out = tokens + words.sum(2)
+        elif self.cfg.word_layout == "append":
+            out = torch.cat([tokens, words.flatten(1, 2)], dim=1)
+        else:
+            out = torch.cat([words, tokens[:, :, None]], dim=2).flatten(1, 2)
+        if self.word_proj.image is None:
+            return out
+        before, after = (self.text_embeddings(ids, out) for ids in self.cfg.image_word_text_ids)
+        return torch.cat([before, self.word_proj.image_phrase(for_words).to(out.dtype), after, out], dim=1)
+
+    def text_embeddings(self, ids: list[int], like: torch.Tensor) -> torch.Tensor:
+        """(B, len(ids), hidden): the LLM's own input embeddings of `ids`, for each of `like`'s batch rows."""
+        emb = self.llm.get_input_embeddings()
+        x = emb(torch.tensor(ids, device=emb.weight.device)).to(like.device, like.dtype)
+        return x[None].expand(like.shape[0], -1, -1)
 
     def labelled(self, tokens: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         """project() with word_labels: word i follows its label's tokens (the LLM's own embeddings of them), with
         its projection token after it ("pair"), added to it ("sum"), or all projection tokens first ("append")."""
-        emb = self.llm.get_input_embeddings()
-        ids = torch.tensor([i for label in self.cfg.word_label_ids for i in label], device=emb.weight.device)
-        labels = emb(ids).to(words.device, words.dtype)[None].expand(words.shape[0], -1, -1)
+        labels = self.text_embeddings([i for label in self.cfg.word_label_ids for i in label], words)
         labels = labels.split([len(label) for label in self.cfg.word_label_ids], dim=1)
         layout = self.cfg.word_layout
         if layout == "sum":

