@@ -95,8 +95,13 @@ class GenerationConfig:
 
 
 # MiniGPT4Config.readout_meta(): what a projection file records
-READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "image_words",
-                "image_word_ids", "image_word_text", "image_word_text_ids")
+def image_phrase_ids(words: Sequence[str], text: Sequence[str], tokenizer) -> dict[str, list[list[int]]]:
+    """An image phrase group's token ids: each phrase as it reads mid-sentence (" pasta"), the text around it as is."""
+    return {"word_ids": [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words],
+            "text_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in text]}
+
+
+READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "image_phrases")
 
 
 @dataclass
@@ -178,14 +183,13 @@ class MiniGPT4Config:
     # a region "top left: two small red apple": colour and count are properties of the pixels that a classifier reads
     # off kinds it never saw named, where the name classifier can only say "thing" (session 23).
     word_attributes: dict[str, list[str]] = field(default_factory=dict)
-    # One phrase for the whole image before the region words (our addition; empty = none), picked by a classifier on
-    # all the word tokens' features together: what the picture is ("pasta", "web page sketch", "pixel art"), which no
-    # single region shows. Each phrase keeps all its tokens (image_word_ids; shorter ones end in zero slots), between
-    # image_word_text[0] and [1] ("picture:" ... ";"); set all four with image_phrases().
-    image_words: list[str] = field(default_factory=list)
-    image_word_ids: list[list[int]] = field(default_factory=list)
-    image_word_text: list[str] = field(default_factory=list)
-    image_word_text_ids: list[list[int]] = field(default_factory=list)
+    # Phrases for the whole image before the region words (our addition; empty = none), each group picked by
+    # classifiers on all the word tokens' features together: what no single region shows, e.g. the picture ("picture:
+    # vegetable soup;") or a web page sketch's blocks in order ("page: nav 3 links header 2 columns image footer;").
+    # A group: {"name", "text": [before, after], "words": its phrases, "slots": phrases it picks (one classifier
+    # each), "word_ids", "text_ids": their token ids}; a phrase keeps all its tokens (shorter ones end in zero slots).
+    # Add groups with add_image_phrases().
+    image_phrases: list[dict] = field(default_factory=list)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property
@@ -237,15 +241,13 @@ class MiniGPT4Config:
         return len(self.word_attributes) + 1
 
     @property
-    def image_word_slots(self) -> int:
-        """Image-token slots of the whole-image phrase (image_words), its text around it included; 0 without."""
-        if not self.image_words:
-            return 0
-        return max(len(ids) for ids in self.image_word_ids) + sum(len(ids) for ids in self.image_word_text_ids)
+    def image_phrase_tokens(self) -> int:
+        """Image-token slots of the image phrases (image_phrases), their text included; 0 without."""
+        return sum(g["slots"] * max(map(len, g["word_ids"])) + sum(map(len, g["text_ids"])) for g in self.image_phrases)
 
     @property
     def num_image_tokens(self) -> int:
-        labels = sum(len(ids) for ids in self.word_label_ids) + self.image_word_slots
+        labels = sum(len(ids) for ids in self.word_label_ids) + self.image_phrase_tokens
         if not self.proj_words or self.word_layout == "sum":
             return self.num_queries + labels
         return self.num_queries + self.num_word_queries * self.words_per_query + labels
@@ -262,20 +264,22 @@ class MiniGPT4Config:
             raise ValueError(f"word labels {empty} tokenize to nothing; give non-empty text")
         self.word_labels, self.word_label_ids = list(labels), ids
 
-    def image_phrases(self, words: Sequence[str], tokenizer, text: Sequence[str] = ("picture:", ";")) -> None:
-        """Set image_words (one phrase per whole-image class) and the text around the phrase, with their token ids in
-        this LLM's tokenizer (phrases as they read mid-sentence, " pasta"); an empty `words` removes them."""
-        if words and not self.proj_words:
-            raise ValueError("the image phrase goes before the word readout's tokens, but this model has no readout")
-        if words and len(text) != 2:
-            raise ValueError(f"image_word_text is the text before and after the phrase (2 strings), not {list(text)}")
-        ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
-        text_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in text] if words else []
-        empty = [w for w, i in zip([*words, *text], ids + text_ids) if not i]
+    def add_image_phrases(self, name: str, words: Sequence[str], tokenizer, slots: int = 1,
+                          text: Sequence[str] | None = None) -> None:
+        """Add (or replace) the image phrase group `name`: `slots` picks among `words`, between text[0] and text[1]
+        (default "NAME:" and ";"), with their token ids in this LLM's tokenizer (phrases as they read mid-sentence)."""
+        if not self.proj_words:
+            raise ValueError("image phrases go before the word readout's tokens, but this model has no readout")
+        text = list(text) if text is not None else [f"{name}:", ";"]
+        if len(text) != 2 or not words or slots < 1:
+            raise ValueError(f"image phrase group {name!r} needs words, slots >= 1 and the text before and after it "
+                             f"(2 strings), not {len(words)} words, {slots} slots, {text}")
+        group = {"name": name, "text": text, "words": list(words), "slots": int(slots),
+                 **image_phrase_ids(words, text, tokenizer)}
+        empty = [w for w, i in zip([*words, *text], group["word_ids"] + group["text_ids"]) if not i]
         if empty:
             raise ValueError(f"image phrase text {empty} tokenizes to nothing; give non-empty text")
-        self.image_words, self.image_word_ids = list(words), ids
-        self.image_word_text, self.image_word_text_ids = (list(text), text_ids) if words else ([], [])
+        self.image_phrases = [g for g in self.image_phrases if g["name"] != name] + [group]
 
     @property
     def proj_in_features(self) -> int:
@@ -290,9 +294,8 @@ class MiniGPT4Config:
             meta.update(word_labels=json.dumps(self.word_labels), word_label_ids=json.dumps(self.word_label_ids))
         if self.word_attributes:
             meta["word_attributes"] = json.dumps(self.word_attributes)
-        if self.image_words:
-            meta.update({k: json.dumps(getattr(self, k)) for k in
-                         ("image_words", "image_word_ids", "image_word_text", "image_word_text_ids")})
+        if self.image_phrases:
+            meta["image_phrases"] = json.dumps(self.image_phrases)
         return meta
 
     def apply_readout_meta(self, meta: dict[str, str]) -> None:
@@ -305,8 +308,7 @@ class MiniGPT4Config:
             self.word_labels = json.loads(meta.get("word_labels", "[]"))
             self.word_label_ids = json.loads(meta.get("word_label_ids", "[]"))
             self.word_attributes = json.loads(meta.get("word_attributes", "{}"))
-            for k in ("image_words", "image_word_ids", "image_word_text", "image_word_text_ids"):
-                setattr(self, k, json.loads(meta.get(k, "[]")))
+            self.image_phrases = json.loads(meta.get("image_phrases", "[]"))
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -345,10 +345,11 @@ def test_word_attributes_put_more_words_before_each_name():
 
 
 @torch.no_grad()
-def test_an_image_phrase_names_the_whole_picture_before_the_region_words():
-    """image_words: one phrase for the whole image, picked by a classifier on all word tokens' features at once, with
-    all of its tokens ("vegetable soup") between "picture:" and ";", before the labelled regions; shorter phrases end
-    in zero slots; the phrase travels with the readout's metadata, loads strictly and must match the tokenizer."""
+def test_image_phrases_name_the_whole_picture_before_the_region_words():
+    """image_phrases: groups of phrases for the whole image, each slot picked by a classifier on all word tokens'
+    features at once, with all of a phrase's tokens ("vegetable soup") between the group's text ("picture:" ... ";"),
+    before the labelled regions; shorter phrases end in zero slots; the groups travel with the readout's metadata,
+    load strictly and must match the tokenizer."""
     from minigpt4.chat.templates import tokenize
     from minigpt4.weights.common import check_layout
     from minigpt4.weights.pretrained import assemble
@@ -357,19 +358,27 @@ def test_an_image_phrase_names_the_whole_picture_before_the_region_words():
     model = build_model(cfg)
     cfg.label_words(["top left:"] + [f"; slot {i}:" for i in range(1, N_IMG)], model.tokenizer)
     before = cfg.num_image_tokens
-    cfg.image_phrases(["pasta", "vegetable soup", "web page sketch"], model.tokenizer)
-    ids, text_ids = cfg.image_word_ids, cfg.image_word_text_ids
-    longest = max(map(len, ids))
+    cfg.add_image_phrases("picture", ["pasta", "vegetable soup", "web page sketch"], model.tokenizer)
+    cfg.add_image_phrases("page", ["nav 3 links", "header", "footer"], model.tokenizer, slots=2)
+    picture, page = cfg.image_phrases
+    ids, text_ids = picture["word_ids"], picture["text_ids"]
+    longest, page_longest = max(map(len, ids)), max(map(len, page["word_ids"]))
     assert longest > len(ids[0]) and [len(t) for t in text_ids] == [len(model.tokenizer("picture:")["input_ids"]), 1]
-    assert cfg.num_image_tokens == before + longest + sum(map(len, text_ids))
+    page_tokens = 2 * page_longest + sum(map(len, page["text_ids"]))
+    assert cfg.num_image_tokens == before + longest + sum(map(len, text_ids)) + page_tokens
     model = build_model(cfg).eval()
-    head = model.word_proj.image
+    head = model.word_proj.phrases["picture"]
     assert head.in_features == N_IMG * cfg.proj_in_features and head.out_features == 4  # none + three phrases
+    assert model.word_proj.phrases["page"].out_features == 2 * 4  # two slots, each none + three phrases
     feats = torch.randn(2, N_IMG, cfg.proj_in_features)
-    regions = model.project(feats)  # the layout with an undecided phrase, to compare the regions' part
+    undecided = model.project(feats)
     head.weight.zero_()
     head.bias.fill_(-50.0)
     head.bias[2] = 50.0  # "vegetable soup"
+    pager = model.word_proj.phrases["page"]
+    pager.weight.zero_()
+    pager.bias.fill_(-50.0)
+    pager.bias[1], pager.bias[4 + 3] = 50.0, 50.0  # slot 0 "nav 3 links", slot 1 "footer"
     out = model.project(feats)
     table = model.llm.get_input_embeddings().weight.float()
     n0 = len(text_ids[0])
@@ -378,7 +387,13 @@ def test_an_image_phrase_names_the_whole_picture_before_the_region_words():
     assert torch.allclose(out[:, n0:n0 + len(ids[1])], table[ids[1]].expand(2, -1, -1), atol=1e-5)
     assert out[:, n0 + len(ids[1]):n0 + longest].abs().max() < 1e-6  # shorter than the longest: zero slots
     assert torch.equal(out[:, n0 + longest], table[text_ids[1][0]].expand(2, -1))  # ";"
-    assert torch.equal(out[:, n0 + longest + 1:], regions[:, n0 + longest + 1:])  # "top left: ..." as before
+    at = n0 + longest + 1 + len(page["text_ids"][0])  # after "page:"
+    nav, footer = page["word_ids"][0], page["word_ids"][2]
+    assert torch.allclose(out[:, at:at + len(nav)], table[nav].expand(2, -1, -1), atol=1e-5)
+    at += page_longest
+    assert torch.allclose(out[:, at:at + len(footer)], table[footer].expand(2, -1, -1), atol=1e-5)
+    rest = n0 + longest + 1 + page_tokens
+    assert torch.equal(out[:, rest:], undecided[:, rest:])  # "top left: ..." as before
     head.bias[2], head.bias[1] = -50.0, 50.0  # "pasta": one token, then zeros
     assert out[:, n0 + 1:n0 + longest].abs().max() > 0 and model.project(feats)[:, n0 + 1:n0 + longest].abs().max() < 1e-6
     tok = torch.tensor([tokenize(model.tokenizer, "<ImageHere> a dog", cfg.num_image_tokens)])
@@ -387,18 +402,17 @@ def test_an_image_phrase_names_the_whole_picture_before_the_region_words():
     # metadata round trip; strict layout; a model assembled from the saved weights answers the same
     again = get_config("tiny")
     again.apply_readout_meta(cfg.readout_meta())
-    assert (again.image_words, again.image_word_ids, again.num_image_tokens) == \
-        (cfg.image_words, ids, cfg.num_image_tokens)
+    assert again.image_phrases == cfg.image_phrases and again.num_image_tokens == cfg.num_image_tokens
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("llm.")}
     check_layout({k: v for k, v in state.items() if k.startswith(("proj.", "word_proj."))},
                  expected_layout(again, ["proj"]), "image phrase readout")
     loaded = assemble(again, state).eval()
     assert torch.allclose(loaded.project(feats), model.project(feats), atol=1e-6)
-    again.image_word_ids = [[i + 1 for i in p] for p in ids]  # another tokenizer's ids
-    with pytest.raises(ValueError, match="not what this LLM's tokenizer makes of image_words"):
+    again.image_phrases[1]["word_ids"] = [[i + 1 for i in p] for p in page["word_ids"]]  # another tokenizer's ids
+    with pytest.raises(ValueError, match="image phrase group 'page' are not what this LLM's tokenizer makes"):
         build_model(again)
     with pytest.raises(ValueError, match="no readout"):
-        get_config("tiny").image_phrases(["pasta"], model.tokenizer)
+        get_config("tiny").add_image_phrases("picture", ["pasta"], model.tokenizer)
 
 
 @torch.no_grad()

@@ -108,7 +108,7 @@ def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, ca
     from minigpt4.weights.common import check_layout, expected_layout
     assert main(["fit-words", "default@stage0-effnet", "--targets", "regions", "--attributes", "count,color",
                  "--unknown", "thing", "--images", "24", "--val", "8", "--epochs", "2", "--layout", "pair",
-                 "--image-words", "--out", str(tmp_path)]) == 0
+                 "--phrases", "picture,page", "--out", str(tmp_path)]) == 0
     with safe_open(str(tmp_path / "proj.safetensors"), framework="pt") as f:
         meta = f.metadata()
     from minigpt4.weights.default import DEFAULT_DIR, default_config, parse_spec
@@ -121,14 +121,22 @@ def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, ca
     state = load_file(tmp_path / "proj.safetensors")
     assert state["word_proj.attributes.color.weight"].shape[0] == len(words["color"]) + 1
     fitted = json.loads((tmp_path / "fit.json").read_text())
-    assert fitted["targets"] == "regions" and set(fitted["history"]) == {"name", "count", "color", "picture"}
-    # --image-words: one phrase for the whole picture, over scenes, dishes, sketches and prompt pictures' styles
+    page = [f"page.{k}" for k in range(6)]
+    assert fitted["targets"] == "regions" and set(fitted["history"]) == {"name", "count", "color", "picture.0", *page}
+    # --phrases: one phrase for the whole picture (scenes, dishes, sketches, prompt pictures' styles) and a web page
+    # sketch's blocks in order, six slots
+    from minigpt4.train.words import block_phrase
     from minigpt4.world import generate
     from minigpt4.world.prompt import STYLES
-    assert {"objects", "web page sketch"} <= set(cfg.image_words) and set(cfg.image_words) & set(STYLES)
-    assert generate("dish", 500_000, "train", 224).truth["dish"] in cfg.image_words  # the fit's first image
-    assert state["word_proj.image.weight"].shape == (len(cfg.image_words) + 1, 9 * cfg.word_features)
-    assert cfg.image_word_text == ["picture:", ";"] and fitted["image_words"] == cfg.image_words
+    picture, pages = cfg.image_phrases
+    assert (picture["name"], picture["slots"], picture["text"]) == ("picture", 1, ["picture:", ";"])
+    assert {"objects", "web page sketch"} <= set(picture["words"]) and set(picture["words"]) & set(STYLES)
+    assert generate("dish", 500_000, "train", 224).truth["dish"] in picture["words"]  # the fit's first image
+    first_sketch = generate("sketch", 700_000, "train", 224).truth["blocks"]  # the first of the extra images
+    assert {block_phrase(b) for b in first_sketch} <= set(pages["words"]) and pages["slots"] == 6
+    assert "header" in pages["words"] and pages["text"] == ["page:", ";"]
+    assert state["word_proj.phrases.page.weight"].shape == (6 * (len(pages["words"]) + 1), 9 * cfg.word_features)
+    assert fitted["image_phrases"] == {"picture": picture["words"], "page": pages["words"]}
     assert [h["epoch"] for h in fitted["history"]["name"]] == [1, 2]
     check_layout(state, expected_layout(cfg, ["proj"]), "fit-words output")
     # into a new stage-0 folder, the fit copies the vision side it read, so default@stage0-NAME loads by itself
@@ -139,7 +147,9 @@ def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, ca
     assert not (tmp_path / "stage0.json").exists()  # not a stage-0 folder's name: only the readout
     # what cannot work is refused by name (one line on stderr, exit status 2)
     for args, message in ((["tiny", "--attributes", "color"], "need --targets regions"),
-                          (["tiny", "--image-words"], "need --targets regions"),
+                          (["tiny", "--phrases", "picture"], "need --targets regions"),
+                          (["default@stage0-effnet", "--targets", "regions", "--phrases", "menu"],
+                           r"unknown --phrases \['menu'\]"),
                           (["tiny", "--targets", "regions"], "one token per region"),
                           (["default@stage0-effnet", "--targets", "regions", "--attributes", "weight"],
                            r"unknown --attributes \['weight'\]"),

@@ -36,8 +36,8 @@ class WordReadout(nn.Module):
     (MiniGPT4Config.word_attributes)."""
 
     def __init__(self, in_features: int, table: torch.Tensor, temperature: float = 0.5,
-                 attributes: dict[str, torch.Tensor] | None = None, image_table: torch.Tensor | None = None,
-                 tokens: int = 1):
+                 attributes: dict[str, torch.Tensor] | None = None,
+                 phrases: dict[str, tuple[torch.Tensor, int]] | None = None, tokens: int = 1):
         super().__init__()
         self.classify = nn.Linear(in_features, table.shape[0] + 1)
         self.temperature = temperature
@@ -47,12 +47,14 @@ class WordReadout(nn.Module):
         self.attributes = nn.ModuleDict({a: nn.Linear(in_features, t.shape[0] + 1) for a, t in attributes.items()})
         for a, t in attributes.items():
             self.register_buffer(f"table_{a}", self.with_none(t), persistent=False)
-        # The whole-image phrase (MiniGPT4Config.image_words): a classifier on all `tokens` word tokens' features
-        # side by side; image_table is (phrases, slots, hidden), each phrase's token embeddings, zero-padded.
-        self.image = nn.Linear(tokens * in_features, image_table.shape[0] + 1) if image_table is not None else None
-        if image_table is not None:
-            self.register_buffer("table_image", torch.cat([image_table.new_zeros(1, *image_table.shape[1:]),
-                                                           image_table]), persistent=False)  # row 0: none
+        # Image phrase groups (MiniGPT4Config.image_phrases): name -> (table, slots); each slot's classifier reads all
+        # `tokens` word tokens' features side by side (one Linear per group, `slots` classifiers stacked); a table
+        # is (phrases, tokens per phrase, hidden), each phrase's token embeddings, zero-padded.
+        phrases = phrases or {}
+        self.phrases = nn.ModuleDict({g: nn.Linear(tokens * in_features, slots * (t.shape[0] + 1))
+                                      for g, (t, slots) in phrases.items()})
+        for g, (t, _) in phrases.items():  # row 0: none
+            self.register_buffer(f"table_phrase_{g}", torch.cat([t.new_zeros(1, *t.shape[1:]), t]), persistent=False)
 
     @staticmethod
     def with_none(table: torch.Tensor) -> torch.Tensor:
@@ -62,8 +64,8 @@ class WordReadout(nn.Module):
     def for_llm(cls, cfg: MiniGPT4Config, llm: nn.Module, tokenizer) -> "WordReadout":
         attributes = {a: word_embeddings(llm, tokenizer, words) for a, words in cfg.word_attributes.items()}
         return cls(cfg.word_features, word_embeddings(llm, tokenizer, cfg.proj_words), cfg.word_temperature,
-                   attributes, phrase_embeddings(llm, cfg.image_word_ids) if cfg.image_words else None,
-                   cfg.num_word_queries)
+                   attributes, {g["name"]: (phrase_embeddings(llm, g["word_ids"]), g["slots"])
+                                for g in cfg.image_phrases}, cfg.num_word_queries)
 
     def probs(self, features: torch.Tensor, head: nn.Linear | None = None) -> torch.Tensor:
         """The name classifier's (or `head`'s, an attribute's) tempered softmax."""
@@ -78,10 +80,15 @@ class WordReadout(nn.Module):
                  for a, head in self.attributes.items()]
         return torch.stack(slots + [probs @ self.table.to(features.dtype)], dim=2)
 
-    def image_phrase(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, Q, D) features -> (B, slots, hidden): the whole-image phrase's tokens, probability-weighted."""
-        probs = self.probs(features.flatten(1), self.image)
-        return torch.einsum("bc,csh->bsh", probs, self.table_image.to(features.dtype))
+    def phrase_probs(self, features: torch.Tensor, group: str) -> torch.Tensor:
+        """(B, Q, D) features -> (B, slots, phrases + 1): each of `group`'s slots' tempered softmax (0: none)."""
+        logits = self.phrases[group](features.flatten(1)).unflatten(1, (-1, getattr(self, f"table_phrase_{group}").shape[0]))
+        return (logits / self.temperature).softmax(-1)
+
+    def image_phrase(self, features: torch.Tensor, group: str) -> torch.Tensor:
+        """(B, Q, D) features -> (B, slots * tokens per phrase, hidden): `group`'s phrases, probability-weighted."""
+        table = getattr(self, f"table_phrase_{group}").to(features.dtype)
+        return torch.einsum("bkc,cth->bkth", self.phrase_probs(features, group), table).flatten(1, 2)
 
     @staticmethod
     def drop_words(probs: torch.Tensor, drop: float, to: int | None = None) -> torch.Tensor:
@@ -136,16 +143,16 @@ def check_word_labels(cfg: MiniGPT4Config, tokenizer) -> None:
 
 
 def check_image_phrases(cfg: MiniGPT4Config, tokenizer) -> None:
-    """image_words and the text around them must tokenize, with this LLM's tokenizer, to the recorded ids."""
-    if len(cfg.image_word_text) != 2:
-        raise ValueError(f"image_word_text is the text before and after the image phrase (2 strings), not "
-                         f"{cfg.image_word_text}: set it with cfg.image_phrases(words, tokenizer)")
-    ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in cfg.image_words]
-    text_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in cfg.image_word_text]
-    if ids != cfg.image_word_ids or text_ids != cfg.image_word_text_ids:
-        raise ValueError(f"image_word_ids / image_word_text_ids are not what this LLM's tokenizer makes of "
-                         f"image_words {cfg.image_words[:4]}... and {cfg.image_word_text}: set them with "
-                         f"cfg.image_phrases(words, tokenizer)")
+    """Each image phrase group's phrases and text must tokenize, with this LLM's tokenizer, to the recorded ids."""
+    from minigpt4.config import image_phrase_ids
+    for g in cfg.image_phrases:
+        if len(g["text"]) != 2 or not g["words"] or g["slots"] < 1:
+            raise ValueError(f"image phrase group {g['name']!r} needs words, slots >= 1 and the text before and after "
+                             f"it (2 strings): set it with cfg.add_image_phrases(name, words, tokenizer)")
+        if image_phrase_ids(g["words"], g["text"], tokenizer) != {"word_ids": g["word_ids"], "text_ids": g["text_ids"]}:
+            raise ValueError(f"the token ids of image phrase group {g['name']!r} are not what this LLM's tokenizer "
+                             f"makes of its words {g['words'][:4]}... and text {g['text']}: set them with "
+                             f"cfg.add_image_phrases(name, words, tokenizer)")
 
 
 def build_vision_side(m: nn.Module, side: VisionSideConfig) -> None:
@@ -215,9 +222,9 @@ class MiniGPT4(nn.Module):
                              f"with a word, but the word side gives {cfg.num_word_queries}: use word_layout: append")
         if cfg.word_labels:
             check_word_labels(cfg, tokenizer)
-        if cfg.image_words:
+        if cfg.image_phrases:
             if not cfg.proj_words:
-                raise ValueError("image_words go before the word readout's tokens, but proj_words is empty")
+                raise ValueError("image_phrases go before the word readout's tokens, but proj_words is empty")
             check_image_phrases(cfg, tokenizer)
         if cfg.word_attributes and not cfg.proj_words:
             raise ValueError("word_attributes add words before the word readout's names, but proj_words is empty")
@@ -320,10 +327,11 @@ class MiniGPT4(nn.Module):
             out = torch.cat([tokens, words.flatten(1, 2)], dim=1)
         else:
             out = torch.cat([words, tokens[:, :, None]], dim=2).flatten(1, 2)
-        if self.word_proj.image is None:
-            return out
-        before, after = (self.text_embeddings(ids, out) for ids in self.cfg.image_word_text_ids)
-        return torch.cat([before, self.word_proj.image_phrase(for_words).to(out.dtype), after, out], dim=1)
+        parts = []
+        for g in self.cfg.image_phrases:  # "picture: vegetable soup;" before the regions
+            before, after = (self.text_embeddings(ids, out) for ids in g["text_ids"])
+            parts += [before, self.word_proj.image_phrase(for_words, g["name"]).to(out.dtype), after]
+        return torch.cat(parts + [out], dim=1) if parts else out
 
     def text_embeddings(self, ids: list[int], like: torch.Tensor) -> torch.Tensor:
         """(B, len(ids), hidden): the LLM's own input embeddings of `ids`, for each of `like`'s batch rows."""

@@ -195,9 +195,9 @@ def region_targets(rows: list[list[dict | None]], attr: str, words: list[str]) -
     return torch.tensor([index.get(region_value(g, attr), 0) for row in rows for g in row])
 
 
-def image_phrase(truth: dict) -> str:
-    """What a world image is as a whole (MiniGPT4Config.image_words): a dish's name, a prompt picture's style, "web
-    page sketch", or "objects" for a scene."""
+def picture_phrase(truth: dict) -> str:
+    """What a world image is as a whole: a dish's name, a prompt picture's style, "web page sketch", or "objects" for a
+    scene."""
     kind = truth["kind"]
     if kind == "dish":
         return truth["dish"]
@@ -206,11 +206,43 @@ def image_phrase(truth: dict) -> str:
     return {"sketch": "web page sketch", "scene": "objects"}[kind]
 
 
+def block_phrase(block: dict) -> str:
+    """A web page sketch's block as the structure its HTML needs: "nav 3 links logo", "header subtitle", "2 columns
+    image button", "form 2 fields textarea", "2 buttons", "image", "paragraph", "footer"."""
+    t = block["type"]
+    if t == "nav":
+        return f"nav {len(block['links'])} links" + (" logo" if block["logo"] else "")
+    if t == "header":
+        return "header subtitle" if block.get("subtitle") else "header"
+    if t == "columns":
+        first = block["columns"][0]
+        return f"{len(block['columns'])} columns" + (" image" if first["image"] else "") + \
+            (" button" if first["button"] else "")
+    if t == "form":
+        return f"form {len(block['fields'])} fields" + (" textarea" if block["textarea"] else "")
+    if t == "buttons":
+        return f"{len(block['buttons'])} buttons"
+    return t
+
+
+PAGE_SLOTS = 6  # a sketch's blocks: nav, header, up to three body blocks, footer
+
+
+def page_phrases(truth: dict) -> list[str | None]:
+    """A web page sketch's blocks top to bottom as block_phrase()s, None past its last (and for any other image)."""
+    blocks = [block_phrase(b) for b in truth.get("blocks", [])] if truth["kind"] == "sketch" else []
+    return (blocks + [None] * PAGE_SLOTS)[:PAGE_SLOTS]
+
+
+# MiniGPT4Config.image_phrases groups fit-words can fit: name -> (phrases of an image's truth, one per slot)
+PHRASE_GROUPS = {"picture": lambda truth: [picture_phrase(truth)], "page": page_phrases}
+
+
 @torch.no_grad()
 def extract_regions(model, n: int, split: str, seed: int, batch_size: int = 64, dish_every: int = 5,
-                    desc: str = "features", kind_of=None) -> tuple[torch.Tensor, list[list[dict | None]], list[str]]:
+                    desc: str = "features", kind_of=None) -> tuple[torch.Tensor, list[list[dict | None]], list[dict]]:
     """(n, 9, hidden) frozen features the readout reads, for world images `seed`.. of `split` (kinds by
-    `image_kind`, or `kind_of(index)`), each image's groups by region and its image_phrase."""
+    `image_kind`, or `kind_of(index)`), each image's groups by region and its truth."""
     from minigpt4.world import generate
     from minigpt4.world.textgen import POSITION_NAMES
     if model.cfg.num_word_queries != len(POSITION_NAMES):
@@ -218,15 +250,15 @@ def extract_regions(model, n: int, split: str, seed: int, batch_size: int = 64, 
                          f"readout reads {model.cfg.num_word_queries} tokens: use a grid vision side such as "
                          f"default@stage0-effnet, or --targets matched")
     kind_of = kind_of or (lambda i: image_kind(i, dish_every))
-    feats, rows, phrases = [], [], []
+    feats, rows, truths = [], [], []
     for start in tqdm(range(seed, seed + n, batch_size), desc=desc, unit="batch"):
         samples = [generate(kind_of(i), i, split, model.cfg.input_size)
                    for i in range(start, min(start + batch_size, seed + n))]
         feats.append(model.split_features(model.vision_features(model.preprocess([s.image for s in samples])))[1]
                      .float().cpu())
         rows += [region_groups(s.truth) for s in samples]
-        phrases += [image_phrase(s.truth) for s in samples]
-    return torch.cat(feats), rows, phrases
+        truths += [s.truth for s in samples]
+    return torch.cat(feats), rows, truths
 
 
 def fit_head(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, classes: int,
@@ -287,9 +319,9 @@ def fit_regions(a, model, attrs: list[str]) -> tuple[dict[str, torch.Tensor], di
     """--targets regions: the name classifier and each of `attrs`' classifiers on direct region targets; returns the
     readout's tensors, its metadata and the fit's record."""
     known = region_attribute_words()
-    train_x, train_rows, train_phrases = extract_regions(model, a.images, "train", 500_000 + a.seed,
+    train_x, train_rows, train_truths = extract_regions(model, a.images, "train", 500_000 + a.seed,
                                                          dish_every=a.dish_every, desc="train features")
-    val_x, val_rows, val_phrases = extract_regions(model, a.val, "val", 0, dish_every=a.dish_every,
+    val_x, val_rows, val_truths = extract_regions(model, a.val, "val", 0, dish_every=a.dish_every,
                                                    desc="val features")
     names = sorted({g["name"] for row in train_rows for g in row if g and g.get("name")})
     if a.unknown and a.unknown in names:
@@ -309,32 +341,58 @@ def fit_regions(a, model, attrs: list[str]) -> tuple[dict[str, torch.Tensor], di
     if attrs:
         meta["word_attributes"] = json.dumps({t: known[t] for t in attrs})
     fitted = {"words": len(words), "unknown": a.unknown, "attributes": attrs, "history": record}
-    if a.image_words:
-        head, phrases, record["picture"] = fit_image_phrases(a, model, (train_x, train_phrases), (val_x, val_phrases))
-        tensors["word_proj.image.weight"], tensors["word_proj.image.bias"] = head["weight"], head["bias"]
+    if a.phrases:
+        groups, phrase_history = fit_image_phrases(a, model, (train_x, train_truths), (val_x, val_truths), tensors)
+        record.update(phrase_history)  # "picture.0", "page.0" ... "page.5": one classifier per slot
         cfg = copy.deepcopy(model.cfg)
         cfg.proj_words = words
-        cfg.image_phrases(phrases, model.tokenizer)
-        meta.update({k: v for k, v in cfg.readout_meta().items() if k.startswith("image_")})
-        fitted["image_words"] = phrases
+        for name, phrases, slots in groups:
+            cfg.add_image_phrases(name, phrases, model.tokenizer, slots)
+        meta["image_phrases"] = cfg.readout_meta()["image_phrases"]
+        fitted["image_phrases"] = {name: phrases for name, phrases, _ in groups}
     return tensors, meta, fitted
 
 
-def fit_image_phrases(a, model, train: tuple[torch.Tensor, list[str]], val: tuple[torch.Tensor, list[str]]):
-    """The whole-image phrase's classifier (image_phrase) on all region features side by side: the scenes and dishes
-    the regions were fit on, plus a fifth as many web page sketches and prompt pictures (alternating)."""
+def parse_phrase_groups(text: str) -> list[str]:
+    """--phrases "picture,page" -> the group names, each one of PHRASE_GROUPS."""
+    names = [t for t in text.split(",") if t]
+    bad = [t for t in names if t not in PHRASE_GROUPS]
+    if bad:
+        raise ValueError(f"unknown --phrases {bad}: choose from {list(PHRASE_GROUPS)}")
+    return names
+
+
+def fit_image_phrases(a, model, train: tuple[torch.Tensor, list[dict]], val: tuple[torch.Tensor, list[dict]],
+                      tensors: dict[str, torch.Tensor]) -> tuple[list[tuple[str, list[str], int]], dict]:
+    """Each --phrases group's slot classifiers (PHRASE_GROUPS) on all region features side by side, into `tensors`
+    (word_proj.phrases.NAME: the slots' classifiers stacked); trained on the scenes and dishes the regions were fit
+    on plus half as many web page sketches and prompt pictures (alternating). Returns (name, phrases, slots)
+    per group and the fit's history."""
     def others(n: int, split: str, seed: int):
-        return extract_regions(model, max(2, n // 5), split, seed, kind_of=lambda i: ("sketch", "prompt")[i % 2],
-                               desc=f"{split} sketches, prompt pictures")
-    x, _, more = others(a.images, "train", 700_000 + a.seed)
-    vx, _, vmore = others(a.val, "val", 50_000)
-    phrases = sorted(set(train[1] + more))
-    index = {p: i + 1 for i, p in enumerate(phrases)}  # class 0: none (never a target; its table row is zero)
-    ids = lambda rows: torch.tensor([index.get(p, 0) for p in rows])
-    head, history = fit_head(torch.cat([train[0], x]).flatten(1), ids(train[1] + more),
-                             torch.cat([val[0], vx]).flatten(1), ids(val[1] + vmore), len(phrases) + 1, a.epochs,
-                             seed=a.seed, name="picture")
-    return {k: v.contiguous() for k, v in head.items()}, phrases, history
+        kinds = lambda i: ("sketch", "prompt")[i % 2]
+        x, _, truths = extract_regions(model, max(2, n // 2), split, seed, kind_of=kinds,
+                                       desc=f"{split} sketches, prompt pictures")
+        return x, truths
+    x, truths = others(a.images, "train", 700_000 + a.seed)
+    vx, vtruths = others(a.val, "val", 50_000)
+    x, vx = torch.cat([train[0], x]).flatten(1), torch.cat([val[0], vx]).flatten(1)
+    truths, vtruths = train[1] + truths, val[1] + vtruths
+    groups, history = [], {}
+    for name in parse_phrase_groups(a.phrases):
+        label = PHRASE_GROUPS[name]
+        rows, vrows = [label(t) for t in truths], [label(t) for t in vtruths]
+        phrases = sorted({p for r in rows for p in r if p})
+        index = {p: i + 1 for i, p in enumerate(phrases)}  # class 0: none (its table row is zero)
+        heads = []
+        for k in range(len(rows[0])):
+            ids = lambda rs: torch.tensor([index.get(r[k], 0) for r in rs])
+            head, history[f"{name}.{k}"] = fit_head(x, ids(rows), vx, ids(vrows), len(phrases) + 1, a.epochs,
+                                                     seed=a.seed, name=f"{name} {k}")
+            heads.append(head)
+        for part in ("weight", "bias"):
+            tensors[f"word_proj.phrases.{name}.{part}"] = torch.cat([h[part] for h in heads]).contiguous()
+        groups.append((name, phrases, len(heads)))
+    return groups, history
 
 
 def register(subparsers) -> None:
@@ -370,10 +428,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="with --targets regions: a word for objects of kinds the readout never learned (e.g. thing)")
     ap.add_argument("--unknown-share", type=float, default=0.15,
                     help="share of the kinds whose class is masked per batch to teach --unknown (default 0.15)")
-    ap.add_argument("--image-words", action="store_true",
-                    help="with --targets regions: also fit one phrase for the whole image, read before the regions "
-                         "(\"picture: pasta; top left: ...\"): a dish's name, a prompt picture's style, \"web page "
-                         "sketch\", \"objects\" for a scene (MiniGPT4Config.image_words)")
+    ap.add_argument("--phrases", default="",
+                    help="with --targets regions: comma-separated phrase groups read before the regions, each from "
+                         "classifiers on all the region features: 'picture' (a dish's name, a prompt picture's "
+                         "style, 'web page sketch', 'objects' for a scene: \"picture: pasta;\"), 'page' (a web page "
+                         "sketch's blocks in order: \"page: nav 3 links header 2 columns image footer;\") "
+                         "(MiniGPT4Config.image_phrases)")
     ap.add_argument("--dish-every", type=int, default=5,
                     help="every N-th image is a dish, the rest scenes (default 5; 0: scenes only)")
     ap.add_argument("--seed", type=int, default=0)
@@ -384,14 +444,14 @@ def run(a) -> int:
     from minigpt4.weights import load_model
     from minigpt4.weights.default import DEFAULT_DIR, copy_vision_side, is_vision_stage
     torch.manual_seed(a.seed)
-    if a.targets == "matched" and (a.attributes or a.unknown or a.image_words):
-        raise ValueError("--attributes, --unknown and --image-words need --targets regions (the world's truth by "
-                         "region)")
+    if a.targets == "matched" and (a.attributes or a.unknown or a.phrases):
+        raise ValueError("--attributes, --unknown and --phrases need --targets regions (the world's truth by region)")
     if not 0 <= a.unknown_share < 1:
         raise ValueError(f"--unknown-share must be in [0, 1), not {a.unknown_share}")
     if a.dish_every < 0:
         raise ValueError(f"--dish-every must be 0 (scenes only) or more, not {a.dish_every}")
     attrs = parse_attributes(a.attributes)  # refused before the model loads
+    parse_phrase_groups(a.phrases)
     model = load_model(a.model, quantize=None).eval()
     t0 = time.time()
     if a.targets == "regions":

