@@ -82,7 +82,8 @@ class WordReadout(nn.Module):
 
     def phrase_probs(self, features: torch.Tensor, group: str) -> torch.Tensor:
         """(B, Q, D) features -> (B, slots, phrases + 1): each of `group`'s slots' tempered softmax (0: none)."""
-        logits = self.phrases[group](features.flatten(1)).unflatten(1, (-1, getattr(self, f"table_phrase_{group}").shape[0]))
+        classes = getattr(self, f"table_phrase_{group}").shape[0]
+        logits = self.phrases[group](features.flatten(1)).unflatten(1, (-1, classes))
         return (logits / self.temperature).softmax(-1)
 
     def image_phrase(self, features: torch.Tensor, group: str) -> torch.Tensor:
