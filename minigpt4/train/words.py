@@ -17,7 +17,10 @@ group), no matching. `--attributes count,size,color` fits a classifier per attri
 reads "two small red apple" (MiniGPT4Config.word_attributes); `--unknown thing` adds a word for kinds the readout
 never learned: in each batch a random share of the kinds (`--unknown-share`) loses its own class on its regions and
 learns the unknown word there instead (session 23: 81% of the regions showing a held-out kind say "thing", and 7% of
-the seen kinds' regions lose their name to it).
+the seen kinds' regions lose their name to it). `--phrases picture,page` adds phrases for the whole picture before
+the regions, each slot a classifier on all nine region features side by side (PHRASE_GROUPS;
+MiniGPT4Config.image_phrases): "picture: vegetable soup;" and a web page sketch's blocks, "page: nav 3 links header
+2 columns image footer;" (session 25: dish names 99% on the test split, sketch blocks 60-91% per slot).
 """
 from __future__ import annotations
 
