@@ -101,6 +101,14 @@ def image_phrase_ids(words: Sequence[str], text: Sequence[str], tokenizer) -> di
             "text_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in text]}
 
 
+def check_image_phrase_group(name: str, words: Sequence[str], slots: int, text: Sequence[str]) -> None:
+    """An image phrase group's shape: some words, slots >= 1, the text before and after it."""
+    if len(text) != 2 or not words or slots < 1:
+        raise ValueError(f"image phrase group {name!r} needs words, slots >= 1 and the text before and after it "
+                         f"(2 strings), not {len(words)} words, {slots} slots, {list(text)}: set it with "
+                         f"cfg.add_image_phrases(name, words, tokenizer)")
+
+
 READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "image_phrases")
 
 
@@ -271,9 +279,7 @@ class MiniGPT4Config:
         if not self.proj_words:
             raise ValueError("image phrases go before the word readout's tokens, but this model has no readout")
         text = list(text) if text is not None else [f"{name}:", ";"]
-        if len(text) != 2 or not words or slots < 1:
-            raise ValueError(f"image phrase group {name!r} needs words, slots >= 1 and the text before and after it "
-                             f"(2 strings), not {len(words)} words, {slots} slots, {text}")
+        check_image_phrase_group(name, words, slots, text)
         group = {"name": name, "text": text, "words": list(words), "slots": int(slots),
                  **image_phrase_ids(words, text, tokenizer)}
         empty = [w for w, i in zip([*words, *text], group["word_ids"] + group["text_ids"]) if not i]

@@ -413,6 +413,11 @@ def test_image_phrases_name_the_whole_picture_before_the_region_words():
         build_model(again)
     with pytest.raises(ValueError, match="no readout"):
         get_config("tiny").add_image_phrases("picture", ["pasta"], model.tokenizer)
+    with pytest.raises(ValueError, match="'page' needs words, slots >= 1 .* not 2 words, 0 slots"):
+        cfg.add_image_phrases("page", ["nav", "footer"], model.tokenizer, slots=0)
+    again.image_phrases[1]["slots"] = 0  # a hand-edited file: the same check when the model is built
+    with pytest.raises(ValueError, match="'page' needs words, slots >= 1"):
+        build_model(again)
 
 
 @torch.no_grad()

@@ -145,11 +145,9 @@ def check_word_labels(cfg: MiniGPT4Config, tokenizer) -> None:
 
 def check_image_phrases(cfg: MiniGPT4Config, tokenizer) -> None:
     """Each image phrase group's phrases and text must tokenize, with this LLM's tokenizer, to the recorded ids."""
-    from minigpt4.config import image_phrase_ids
+    from minigpt4.config import check_image_phrase_group, image_phrase_ids
     for g in cfg.image_phrases:
-        if len(g["text"]) != 2 or not g["words"] or g["slots"] < 1:
-            raise ValueError(f"image phrase group {g['name']!r} needs words, slots >= 1 and the text before and after "
-                             f"it (2 strings): set it with cfg.add_image_phrases(name, words, tokenizer)")
+        check_image_phrase_group(g["name"], g["words"], g["slots"], g["text"])
         if image_phrase_ids(g["words"], g["text"], tokenizer) != {"word_ids": g["word_ids"], "text_ids": g["text_ids"]}:
             raise ValueError(f"the token ids of image phrase group {g['name']!r} are not what this LLM's tokenizer "
                              f"makes of its words {g['words'][:4]}... and text {g['text']}: set them with "
