@@ -443,8 +443,10 @@ def test_extract_html_variants():
 
 def test_website_preset_writes_a_complete_html_file(engine, tmp_path):
     preset = get_preset("website")
-    gen = preset.generation(GenerationConfig(seed=0))
+    gen = preset.generation(GenerationConfig(seed=0, repetition_penalty=1.1))
     assert gen.temperature == preset.gen["temperature"] and gen.max_new_tokens == preset.gen["max_new_tokens"]
+    # HTML repeats its tags ("nav" is in the CSS before <nav>): a repetition penalty would push them out
+    assert gen.repetition_penalty == 1.0
     gen = dataclasses.replace(gen, max_new_tokens=8)  # as CLI flags apply on top of the preset
     res = ask(engine, [Message("user", preset.build_prompt(), images=[img((255, 255, 255))])], gen)
     path = write_website(res.text, tmp_path / "sketch.html")

@@ -129,7 +129,8 @@ PRESETS: dict[str, TaskPreset] = {p.name: p for p in [
     TaskPreset("website",
                "This is a hand-drawn sketch of a web page. Write the complete HTML code of this web page, "
                "with inline CSS, in one ```html code block. Use the texts written in the sketch.",
-               gen={"max_new_tokens": 800, "temperature": 0.7}, postprocess=lambda t: extract_html(t),
+               gen={"max_new_tokens": 800, "temperature": 0.7, "repetition_penalty": 1.0},
+               postprocess=lambda t: extract_html(t),
                help="a complete HTML file from a hand-drawn page sketch"),
 ]}
 
