@@ -291,6 +291,9 @@ def test_attribute_drills_from_an_export_keep_only_the_asked_types(tmp_path):
     assert len(records) == len(rows) and all(r.turns and len(r.images) == 1 for r in records)
     assert all(os.path.exists(dest.parent / d["image"]) for d in rows)
     assert drills(str(out / "data.jsonl"), str(tmp_path / "again.jsonl"), ["color", "position"], ["scene"]) == len(rows)
+    assert main(["drill", str(out / "data.jsonl"), "--out", str(tmp_path / "default.jsonl")]) == 0  # default types
+    asked = {t["value"] for l in open(tmp_path / "default.jsonl") for t in json.loads(l)["conversations"][0::2]}
+    assert any("small, medium or large?" in q for q in asked) and not any("sign" in q for q in asked)
     assert [json.loads(l)["conversations"] for l in open(tmp_path / "again.jsonl")] == [d["conversations"] for d in rows]
     with pytest.raises(ValueError, match="no image .* has questions of types"):
         drills(str(out / "data.jsonl"), str(tmp_path / "none.jsonl"), ["html-tag"])

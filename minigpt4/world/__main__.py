@@ -28,8 +28,9 @@ def main(argv=None) -> int:
                                      "only some question types")
     d.add_argument("data", help="data.jsonl of an export")
     d.add_argument("--out", required=True, help="the JSONL to write (e.g. next to data.jsonl)")
-    d.add_argument("--types", default="presence,object,color,count,position",
-                   help="comma list of question types to keep (default: the eval's attribute types)")
+    d.add_argument("--types", default="presence,object,color,count,position,size",
+                   help="comma list of question types to keep (default: the eval's attribute types and size: "
+                        "without size drills a model answers 'Is the fox small, medium or large?' with 'yes')")
     d.add_argument("--kinds", default="scene", help="comma list of image kinds (default: scene)")
     d.add_argument("--max-questions", type=int, default=12)
     s = sub.add_parser("sheet", help="save a 4x4 contact sheet of one kind")
