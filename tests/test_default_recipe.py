@@ -85,14 +85,14 @@ def test_make_attrs_sh_runs_the_next_models_chain_at_tiny_scale(tmp_path):
         step = (runs / stage / "checkpoints" / "latest").read_text().strip()
         return json.loads((runs / stage / "checkpoints" / step / "meta.json").read_text())["recipe"]
     for stage in ("stage1", "stage2-drills", "stage2"):
-        assert recipe(stage)["model"] == "default@stage0-effnet-picture-grid", stage
+        assert recipe(stage)["model"] == "default@stage0-effnet-html-grid", stage
     assert not any("lora_" in k for k in load_trainable(runs / "stage1"))  # the paper's stage 1: projection only
     assert any("lora_" in k for k in load_trainable(runs / "stage2"))
     mix = recipe("stage2")["data"]
     assert [d["type"] for d in mix].count("cc_sbu_align") == 1 and len(mix) == 5
     assert json.loads((runs / "curate" / "filter_cap.json").read_text())["annotations"]
     compare = (runs / "eval" / "compare.md").read_text()
-    assert f"default@stage0-effnet-picture-grid@{runs}/stage1" in compare and "stage2" in compare
+    assert f"default@stage0-effnet-html-grid@{runs}/stage1" in compare and "stage2" in compare
     assert _shipped() == before, "the tiny chain must not touch the shipped weights"
     r2 = subprocess.run(["bash", str(ROOT / "recipes/default/make-attrs.sh")], env=env, capture_output=True,
                         text=True, timeout=900)

@@ -134,7 +134,7 @@ def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, ca
     assert generate("dish", 500_000, "train", 224).truth["dish"] in picture["words"]  # the fit's first image
     first_sketch = generate("sketch", 700_000, "train", 224).truth["blocks"]  # the first of the extra images
     assert {block_phrase(b) for b in first_sketch} <= set(pages["words"]) and pages["slots"] == 6
-    assert "header" in pages["words"] and pages["text"] == ["page:", ";"]
+    assert any(w.startswith("<header <h1") for w in pages["words"]) and pages["text"] == ["page:", ";"]
     assert state["word_proj.phrases.page.weight"].shape == (6 * (len(pages["words"]) + 1), 9 * cfg.word_features)
     assert fitted["image_phrases"] == {"picture": picture["words"], "page": pages["words"]}
     assert [h["epoch"] for h in fitted["history"]["name"]] == [1, 2]
@@ -157,6 +157,37 @@ def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, ca
                            "--dish-every must be 0")):
         assert main(["fit-words", *args, "--images", "8", "--val", "4", "--out", str(tmp_path / "x")]) == 2
         assert re.search(message, capsys.readouterr().err)
+
+
+def test_page_phrases_are_written_in_the_tokens_of_the_html_they_stand_for():
+    """Each tag a block phrase names reads, mid-sentence, as the very tokens its page's HTML writes that tag (or its
+    class="row" / "col") with (" <" then "nav"), and the phrases hold the counts the HTML repeats (links, columns, fields, buttons)."""
+    import re
+    from transformers import AutoTokenizer
+    from minigpt4.train.words import block_phrase, page_phrases
+    from minigpt4.world import generate
+    tok = AutoTokenizer.from_pretrained("minigpt4/assets/tokenizer-smollm2")
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    opens = {i for i in range(len(tok)) if tok.decode([i]).strip() == "<"}
+    seen = set()
+    for seed in range(40):
+        truth = generate("sketch", seed, "test", 96).truth
+        html = ids(generate("sketch", seed, "test", 96).html)
+        tags_in_html = {html[k + 1] for k in range(len(html) - 1) if html[k] in opens}
+        tags_in_html |= {html[k + 1] for k in range(len(html) - 1) if tok.decode([html[k]]) == '="'}  # class="row"
+        phrases = page_phrases(truth)
+        assert phrases == ([block_phrase(b) for b in truth["blocks"]] + [None] * 6)[:6]
+        for block, phrase in zip(truth["blocks"], phrases):
+            seen.add(phrase.split()[0])
+            p = ids(" " + phrase)
+            named = {p[k + 1] for k in range(len(p) - 1) if p[k] in opens}
+            assert named and named <= tags_in_html, (phrase, [tok.decode([t]) for t in named - tags_in_html])
+            count = re.search(r" (\d) ", phrase)
+            if block["type"] == "nav":
+                assert int(count.group(1)) == len(block["links"]) and ("<img" in phrase) == block["logo"]
+            if block["type"] == "form":
+                assert int(count.group(1)) == len(block["fields"])
+    assert {"<nav", "<header", "<row", "<form", "<div", "<img", "<p", "<footer"} <= seen
 
 
 def test_dish_regions_hold_the_ingredient_with_most_pieces_there():

@@ -19,8 +19,9 @@ never learned: in each batch a random share of the kinds (`--unknown-share`) los
 learns the unknown word there instead (session 23: 81% of the regions showing a held-out kind say "thing", and 7% of
 the seen kinds' regions lose their name to it). `--phrases picture,page` adds phrases for the whole picture before
 the regions, each slot a classifier on all nine region features side by side (PHRASE_GROUPS;
-MiniGPT4Config.image_phrases): "picture: vegetable soup;" and a web page sketch's blocks, "page: nav 3 links header
-2 columns image footer;" (session 25: dish names 99% on the test split, sketch blocks 60-91% per slot).
+MiniGPT4Config.image_phrases): "picture: vegetable soup;" and a web page sketch's blocks, "page: <nav 3 <a <header
+<h1 <row 2 <col <img <footer;" in the HTML's own tokens (sessions 25-26: dish names 99% on the test split, sketch
+blocks 60-91% per slot).
 """
 from __future__ import annotations
 
@@ -210,22 +211,26 @@ def picture_phrase(truth: dict) -> str:
 
 
 def block_phrase(block: dict) -> str:
-    """A web page sketch's block as the structure its HTML needs: "nav 3 links logo", "header subtitle", "2 columns
-    image button", "form 2 fields textarea", "2 buttons", "image", "paragraph", "footer"."""
+    """A web page sketch's block as the structure its HTML needs, in the HTML's own tokens: "<nav <img 3 <a" (a nav bar
+    with a logo and 3 links), "<header <h1 <p", "<row 2 <col <img <button", "<form 2 <input <textarea", "<div 2
+    <button", "<img", "<p", "<footer". Read mid-sentence, " <nav" is the " <" and "nav" the page's "<nav>" is written
+    with, so the LLM copies what it sees; as words ("nav 3 links") the same phrases went unread by the page's tags
+    (session 26: after 10 website steps the first tag followed the phrase on 16 of 16 test sketches, against the
+    prior on the words)."""
     t = block["type"]
     if t == "nav":
-        return f"nav {len(block['links'])} links" + (" logo" if block["logo"] else "")
+        return "<nav" + (" <img" if block["logo"] else "") + f" {len(block['links'])} <a"
     if t == "header":
-        return "header subtitle" if block.get("subtitle") else "header"
+        return "<header <h1" + (" <p" if block.get("subtitle") else "")
     if t == "columns":
         first = block["columns"][0]
-        return f"{len(block['columns'])} columns" + (" image" if first["image"] else "") + \
-            (" button" if first["button"] else "")
+        return f"<row {len(block['columns'])} <col" + (" <img" if first["image"] else "") + \
+            (" <button" if first["button"] else "")
     if t == "form":
-        return f"form {len(block['fields'])} fields" + (" textarea" if block["textarea"] else "")
+        return f"<form {len(block['fields'])} <input" + (" <textarea" if block["textarea"] else "")
     if t == "buttons":
-        return f"{len(block['buttons'])} buttons"
-    return t
+        return f"<div {len(block['buttons'])} <button"
+    return {"image": "<img", "paragraph": "<p", "footer": "<footer"}[t]
 
 
 PAGE_SLOTS = 6  # a sketch's blocks: nav, header, up to three body blocks, footer
@@ -435,7 +440,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="with --targets regions: comma-separated phrase groups read before the regions, each from "
                          "classifiers on all the region features: 'picture' (a dish's name, a prompt picture's "
                          "style, 'web page sketch', 'objects' for a scene: \"picture: pasta;\"), 'page' (a web page "
-                         "sketch's blocks in order: \"page: nav 3 links header 2 columns image footer;\") "
+                         "sketch's blocks in order in the HTML's tokens: \"page: <nav 3 <a <header <h1 <footer;\") "
                          "(MiniGPT4Config.image_phrases)")
     ap.add_argument("--dish-every", type=int, default=5,
                     help="every N-th image is a dish, the rest scenes (default 5; 0: scenes only)")

