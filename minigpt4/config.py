@@ -101,12 +101,15 @@ def image_phrase_ids(words: Sequence[str], text: Sequence[str], tokenizer) -> di
             "text_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in text]}
 
 
-def check_image_phrase_group(name: str, words: Sequence[str], slots: int, text: Sequence[str]) -> None:
-    """An image phrase group's shape: some words, slots >= 1, the text before and after it."""
+def check_image_phrase_group(name: str, words: Sequence[str], slots: int, text: Sequence[str],
+                             ends: Sequence[str] = ()) -> None:
+    """An image phrase group's shape: some words, slots >= 1, the text before and after it, ends among the words."""
     if len(text) != 2 or not words or slots < 1:
         raise ValueError(f"image phrase group {name!r} needs words, slots >= 1 and the text before and after it "
                          f"(2 strings), not {len(words)} words, {slots} slots, {list(text)}: set it with "
                          f"cfg.add_image_phrases(name, words, tokenizer)")
+    if set(ends) - set(words):
+        raise ValueError(f"image phrase group {name!r}: ends {sorted(set(ends) - set(words))} are not among its words")
 
 
 READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "image_phrases")
@@ -273,15 +276,17 @@ class MiniGPT4Config:
         self.word_labels, self.word_label_ids = list(labels), ids
 
     def add_image_phrases(self, name: str, words: Sequence[str], tokenizer, slots: int = 1,
-                          text: Sequence[str] | None = None) -> None:
+                          text: Sequence[str] | None = None, ends: Sequence[str] = ()) -> None:
         """Add (or replace) the image phrase group `name`: `slots` picks among `words`, between text[0] and text[1]
-        (default "NAME:" and ";"), with their token ids in this LLM's tokenizer (phrases as they read mid-sentence)."""
+        (default "NAME:" and ";"), with their token ids in this LLM's tokenizer (phrases as they read mid-sentence).
+        `ends`: the slots are a list in order, and after an empty slot or one of these phrases (a page's footer) the
+        rest stay empty."""
         if not self.proj_words:
             raise ValueError("image phrases go before the word readout's tokens, but this model has no readout")
         text = list(text) if text is not None else [f"{name}:", ";"]
-        check_image_phrase_group(name, words, slots, text)
+        check_image_phrase_group(name, words, slots, text, ends)
         group = {"name": name, "text": text, "words": list(words), "slots": int(slots),
-                 **image_phrase_ids(words, text, tokenizer)}
+                 **image_phrase_ids(words, text, tokenizer), **({"ends": list(ends)} if ends else {})}
         empty = [w for w, i in zip([*words, *text], group["word_ids"] + group["text_ids"]) if not i]
         if empty:
             raise ValueError(f"image phrase text {empty} tokenizes to nothing; give non-empty text")

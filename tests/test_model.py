@@ -421,6 +421,50 @@ def test_image_phrases_name_the_whole_picture_before_the_region_words():
 
 
 @torch.no_grad()
+def test_an_image_phrase_list_ends_at_an_empty_slot_or_an_end_phrase():
+    """A group with `ends` (a page's blocks) is a list in order: after an empty slot or an end phrase ("footer") the
+    later slots are empty whatever their classifiers say; a group without ends keeps every slot's own choice."""
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout = ["cat", "dog"], "pair"
+    model = build_model(cfg)
+    words = ["nav", "header", "footer"]
+    cfg.add_image_phrases("page", words, model.tokenizer, slots=4, ends=["footer"])
+    cfg.add_image_phrases("free", words, model.tokenizer, slots=4)
+    assert cfg.image_phrases[0]["ends"] == ["footer"] and "ends" not in cfg.image_phrases[1]
+    again = get_config("tiny")
+    again.apply_readout_meta(cfg.readout_meta())
+    assert again.image_phrases == cfg.image_phrases
+    model = build_model(cfg).eval()
+    feats = torch.randn(3, N_IMG, cfg.proj_in_features)
+    picks = [[1, 3, 2, 1],   # nav, footer | header, nav: ended by the footer
+             [2, 0, 1, 3],   # header, (empty) | nav, footer: ended by the empty slot
+             [1, 2, 1, 3]]   # nav, header, nav, footer: nothing ends before the last slot
+    for name in ("page", "free"):
+        head = model.word_proj.phrases[name]
+        head.weight.zero_()
+        head.bias.fill_(-50.0)
+        for slot, cls in enumerate(picks[0]):
+            head.bias[slot * 4 + cls] = 50.0
+    assert model.word_proj.phrase_probs(feats, "page").argmax(-1).tolist() == [[1, 3, 0, 0]] * 3
+    assert model.word_proj.phrase_probs(feats, "free").argmax(-1).tolist() == [[1, 3, 2, 1]] * 3
+    page = cfg.image_phrases[0]
+    n0, longest = len(page["text_ids"][0]), max(map(len, page["word_ids"]))
+    out = model.project(feats)
+    table = model.llm.get_input_embeddings().weight.float()
+    footer = page["word_ids"][2]
+    assert torch.allclose(out[:, n0 + longest:n0 + longest + len(footer)], table[footer].expand(3, -1, -1), atol=1e-5)
+    assert out[:, n0 + 2 * longest:n0 + 4 * longest].abs().max() < 1e-6  # the slots after the footer: empty
+    head = model.word_proj.phrases["page"]
+    for row, want in zip(picks[1:], ([2, 0, 0, 0], [1, 2, 1, 3])):
+        head.bias.fill_(-50.0)
+        for slot, cls in enumerate(row):
+            head.bias[slot * 4 + cls] = 50.0
+        assert model.word_proj.phrase_probs(feats, "page").argmax(-1)[0].tolist() == want
+    with pytest.raises(ValueError, match=r"ends \['menu'\] are not among its words"):
+        cfg.add_image_phrases("page", words, model.tokenizer, slots=4, ends=["menu"])
+
+
+@torch.no_grad()
 def test_word_dropout_turns_words_into_none_or_a_wrong_name_only_while_training():
     """TrainConfig.word_dropout: while training, a readout word becomes "none" or a random name (how an unseen kind
     looks to the readout), about half each; a model not being trained (chat, eval) always gets the readout's words."""

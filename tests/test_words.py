@@ -135,6 +135,7 @@ def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, ca
     first_sketch = generate("sketch", 700_000, "train", 224).truth["blocks"]  # the first of the extra images
     assert {block_phrase(b) for b in first_sketch} <= set(pages["words"]) and pages["slots"] == 6
     assert any(w.startswith("<header <h1") for w in pages["words"]) and pages["text"] == ["page:", ";"]
+    assert pages.get("ends") == (["<footer"] if "<footer" in pages["words"] else None)  # the list ends at a footer
     assert state["word_proj.phrases.page.weight"].shape == (6 * (len(pages["words"]) + 1), 9 * cfg.word_features)
     assert fitted["image_phrases"] == {"picture": picture["words"], "page": pages["words"]}
     assert [h["epoch"] for h in fitted["history"]["name"]] == [1, 2]

@@ -37,7 +37,8 @@ class WordReadout(nn.Module):
 
     def __init__(self, in_features: int, table: torch.Tensor, temperature: float = 0.5,
                  attributes: dict[str, torch.Tensor] | None = None,
-                 phrases: dict[str, tuple[torch.Tensor, int]] | None = None, tokens: int = 1):
+                 phrases: dict[str, tuple[torch.Tensor, int]] | None = None, tokens: int = 1,
+                 phrase_ends: dict[str, Sequence[int]] | None = None):
         super().__init__()
         self.classify = nn.Linear(in_features, table.shape[0] + 1)
         self.temperature = temperature
@@ -55,6 +56,12 @@ class WordReadout(nn.Module):
                                       for g, (t, slots) in phrases.items()})
         for g, (t, _) in phrases.items():  # row 0: none
             self.register_buffer(f"table_phrase_{g}", torch.cat([t.new_zeros(1, *t.shape[1:]), t]), persistent=False)
+        # A group whose slots are a list in order: the classes that end it (none, and phrases such as a footer)
+        for g, ends in (phrase_ends or {}).items():
+            table = phrases[g][0]  # a real tensor (the LLM's embeddings) also while the model is built on "meta"
+            stop = table.new_zeros(table.shape[0] + 1, dtype=torch.float32)
+            stop[[0, *ends]] = 1.0
+            self.register_buffer(f"stop_phrase_{g}", stop, persistent=False)
 
     @staticmethod
     def with_none(table: torch.Tensor) -> torch.Tensor:
@@ -65,7 +72,8 @@ class WordReadout(nn.Module):
         attributes = {a: word_embeddings(llm, tokenizer, words) for a, words in cfg.word_attributes.items()}
         return cls(cfg.word_features, word_embeddings(llm, tokenizer, cfg.proj_words), cfg.word_temperature,
                    attributes, {g["name"]: (phrase_embeddings(llm, g["word_ids"]), g["slots"])
-                                for g in cfg.image_phrases}, cfg.num_word_queries)
+                                for g in cfg.image_phrases}, cfg.num_word_queries,
+                   {g["name"]: [g["words"].index(w) + 1 for w in g["ends"]] for g in cfg.image_phrases if g.get("ends")})
 
     def probs(self, features: torch.Tensor, head: nn.Linear | None = None) -> torch.Tensor:
         """The name classifier's (or `head`'s, an attribute's) tempered softmax."""
@@ -81,10 +89,20 @@ class WordReadout(nn.Module):
         return torch.stack(slots + [probs @ self.table.to(features.dtype)], dim=2)
 
     def phrase_probs(self, features: torch.Tensor, group: str) -> torch.Tensor:
-        """(B, Q, D) features -> (B, slots, phrases + 1): each of `group`'s slots' tempered softmax (0: none)."""
+        """(B, Q, D) features -> (B, slots, phrases + 1): each of `group`'s slots' tempered softmax (0: none). In a
+        group with ends, a slot is none with the probability that an earlier slot ended the list (session 26: the page
+        classifiers' later slots repeat "<footer" past a page's last block; ending there lifts HTML written from the
+        phrases by rule from 88.4% to 92.2% on 100 test sketches)."""
         classes = getattr(self, f"table_phrase_{group}").shape[0]
         logits = self.phrases[group](features.flatten(1)).unflatten(1, (-1, classes))
-        return (logits / self.temperature).softmax(-1)
+        probs = (logits / self.temperature).softmax(-1)
+        stop = getattr(self, f"stop_phrase_{group}", None)
+        if stop is None:
+            return probs
+        ended = 1 - torch.cumprod(1 - probs @ stop.to(probs.dtype), dim=1)  # the list ended at or before each slot
+        ended = torch.cat([ended.new_zeros(ended.shape[0], 1), ended[:, :-1]], dim=1)[..., None]  # before it
+        none = nn.functional.one_hot(torch.tensor(0, device=probs.device), classes).to(probs.dtype)
+        return probs * (1 - ended) + none * ended
 
     def image_phrase(self, features: torch.Tensor, group: str) -> torch.Tensor:
         """(B, Q, D) features -> (B, slots * tokens per phrase, hidden): `group`'s phrases, probability-weighted."""
@@ -147,7 +165,7 @@ def check_image_phrases(cfg: MiniGPT4Config, tokenizer) -> None:
     """Each image phrase group's phrases and text must tokenize, with this LLM's tokenizer, to the recorded ids."""
     from minigpt4.config import check_image_phrase_group, image_phrase_ids
     for g in cfg.image_phrases:
-        check_image_phrase_group(g["name"], g["words"], g["slots"], g["text"])
+        check_image_phrase_group(g["name"], g["words"], g["slots"], g["text"], g.get("ends", ()))
         if image_phrase_ids(g["words"], g["text"], tokenizer) != {"word_ids": g["word_ids"], "text_ids": g["text_ids"]}:
             raise ValueError(f"the token ids of image phrase group {g['name']!r} are not what this LLM's tokenizer "
                              f"makes of its words {g['words'][:4]}... and text {g['text']}: set them with "

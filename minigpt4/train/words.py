@@ -244,6 +244,7 @@ def page_phrases(truth: dict) -> list[str | None]:
 
 # MiniGPT4Config.image_phrases groups fit-words can fit: name -> (phrases of an image's truth, one per slot)
 PHRASE_GROUPS = {"picture": lambda truth: [picture_phrase(truth)], "page": page_phrases}
+PHRASE_ENDS = {"page": ["<footer"]}  # a group's slots are a list that ends at an empty slot or one of these
 
 
 @torch.no_grad()
@@ -355,7 +356,8 @@ def fit_regions(a, model, attrs: list[str]) -> tuple[dict[str, torch.Tensor], di
         cfg = copy.deepcopy(model.cfg)
         cfg.proj_words = words
         for name, phrases, slots in groups:
-            cfg.add_image_phrases(name, phrases, model.tokenizer, slots)
+            cfg.add_image_phrases(name, phrases, model.tokenizer, slots,
+                                  ends=[w for w in PHRASE_ENDS.get(name, []) if w in phrases])
         meta["image_phrases"] = cfg.readout_meta()["image_phrases"]
         fitted["image_phrases"] = {name: phrases for name, phrases, _ in groups}
     return tensors, meta, fitted

@@ -1,5 +1,6 @@
 """Rename a readout's page phrases from session 25's words ("nav 3 links logo") to block_phrase()'s HTML tokens
-("<nav <img 3 <a"), keeping every classifier as it is: only the phrases' text and token ids change (session 26).
+("<nav <img 3 <a"), keeping every classifier as it is: only the phrases' text and token ids change, and the page's
+slots become a list that ends at an empty slot or its footer (PHRASE_ENDS; session 26).
 
     python recipes/default/relabel-page-phrases.py side stage0-effnet-picture stage0-effnet-html
     python recipes/default/relabel-page-phrases.py run runs/attrs/stage1     # every checkpoint of a training run
@@ -14,7 +15,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from minigpt4.config import image_phrase_ids
-from minigpt4.train.words import block_phrase
+from minigpt4.train.words import PHRASE_ENDS, block_phrase
 from minigpt4.utils import atomic_save_safetensors, atomic_write_json
 
 TOKENIZER = "minigpt4/assets/tokenizer-smollm2"
@@ -43,10 +44,10 @@ def relabel(meta: dict, tokenizer) -> dict:
     page = next((g for g in groups if g["name"] == "page"), None)
     if page is None:
         raise ValueError("this readout has no page phrases")
-    if all(w.startswith("<") for w in page["words"]):
-        return meta  # already relabelled
-    page["words"] = [block_phrase(old_block(w)) for w in page["words"]]
-    page.update(image_phrase_ids(page["words"], page["text"], tokenizer))
+    if not all(w.startswith("<") for w in page["words"]):  # not yet relabelled
+        page["words"] = [block_phrase(old_block(w)) for w in page["words"]]
+        page.update(image_phrase_ids(page["words"], page["text"], tokenizer))
+    page["ends"] = [w for w in PHRASE_ENDS["page"] if w in page["words"]]  # the list ends at a footer (session 26)
     return {**meta, "image_phrases": json.dumps(groups)}
 
 
