@@ -196,9 +196,10 @@ class MiniGPT4Config:
     word_attributes: dict[str, list[str]] = field(default_factory=dict)
     # Phrases for the whole image before the region words (our addition; empty = none), each group picked by
     # classifiers on all the word tokens' features together: what no single region shows, e.g. the picture ("picture:
-    # vegetable soup;") or a web page sketch's blocks in order ("page: <nav 3 <a <header <h1 <footer;", in the HTML's own tokens).
-    # A group: {"name", "text": [before, after], "words": its phrases, "slots": phrases it picks (one classifier
-    # each), "word_ids", "text_ids": their token ids}; a phrase keeps all its tokens (shorter ones end in zero slots).
+    # vegetable soup;") or a web page sketch's blocks in order, in the HTML's own tokens ("page: <nav 3 <a <header <h1
+    # <footer;"). A group: {"name", "text": [before, after], "words": its phrases, "slots": phrases it picks (one
+    # classifier each), "word_ids", "text_ids": their token ids, optional "ends": phrases after which the later slots
+    # are empty, as after an empty slot}; a phrase keeps all its tokens (shorter ones end in zero slots).
     # Add groups with add_image_phrases().
     image_phrases: list[dict] = field(default_factory=list)
     generation: GenerationConfig = field(default_factory=GenerationConfig)

@@ -73,7 +73,8 @@ class WordReadout(nn.Module):
         return cls(cfg.word_features, word_embeddings(llm, tokenizer, cfg.proj_words), cfg.word_temperature,
                    attributes, {g["name"]: (phrase_embeddings(llm, g["word_ids"]), g["slots"])
                                 for g in cfg.image_phrases}, cfg.num_word_queries,
-                   {g["name"]: [g["words"].index(w) + 1 for w in g["ends"]] for g in cfg.image_phrases if g.get("ends")})
+                   {g["name"]: [g["words"].index(w) + 1 for w in g["ends"]]
+                    for g in cfg.image_phrases if g.get("ends")})
 
     def probs(self, features: torch.Tensor, head: nn.Linear | None = None) -> torch.Tensor:
         """The name classifier's (or `head`'s, an attribute's) tempered softmax."""
