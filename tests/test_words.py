@@ -162,7 +162,7 @@ def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, ca
 
 def test_page_phrases_are_written_in_the_tokens_of_the_html_they_stand_for():
     """Each tag a block phrase names reads, mid-sentence, as the very tokens its page's HTML writes that tag (or its
-    class="row" / "col") with (" <" then "nav"), and the phrases hold the counts the HTML repeats (links, columns, fields, buttons)."""
+    class="row" / "col") with (" <" then "nav"), and the phrases hold the counts the HTML repeats (links, fields)."""
     import re
     from transformers import AutoTokenizer
     from minigpt4.train.words import block_phrase, page_phrases
@@ -172,8 +172,8 @@ def test_page_phrases_are_written_in_the_tokens_of_the_html_they_stand_for():
     opens = {i for i in range(len(tok)) if tok.decode([i]).strip() == "<"}
     seen = set()
     for seed in range(40):
-        truth = generate("sketch", seed, "test", 96).truth
-        html = ids(generate("sketch", seed, "test", 96).html)
+        sketch = generate("sketch", seed, "test", 96)
+        truth, html = sketch.truth, ids(sketch.html)
         tags_in_html = {html[k + 1] for k in range(len(html) - 1) if html[k] in opens}
         tags_in_html |= {html[k + 1] for k in range(len(html) - 1) if tok.decode([html[k]]) == '="'}  # class="row"
         phrases = page_phrases(truth)

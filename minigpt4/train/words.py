@@ -247,6 +247,11 @@ PHRASE_GROUPS = {"picture": lambda truth: [picture_phrase(truth)], "page": page_
 PHRASE_ENDS = {"page": ["<footer"]}  # a group's slots are a list that ends at an empty slot or one of these
 
 
+def phrase_ends(group: str, words: list[str]) -> list[str]:
+    """The PHRASE_ENDS of `group` that are among its fitted `words` (MiniGPT4Config.add_image_phrases' ends)."""
+    return [w for w in PHRASE_ENDS.get(group, []) if w in words]
+
+
 @torch.no_grad()
 def extract_regions(model, n: int, split: str, seed: int, batch_size: int = 64, dish_every: int = 5,
                     desc: str = "features", kind_of=None) -> tuple[torch.Tensor, list[list[dict | None]], list[dict]]:
@@ -357,7 +362,7 @@ def fit_regions(a, model, attrs: list[str]) -> tuple[dict[str, torch.Tensor], di
         cfg.proj_words = words
         for name, phrases, slots in groups:
             cfg.add_image_phrases(name, phrases, model.tokenizer, slots,
-                                  ends=[w for w in PHRASE_ENDS.get(name, []) if w in phrases])
+                                  ends=phrase_ends(name, phrases))
         meta["image_phrases"] = cfg.readout_meta()["image_phrases"]
         fitted["image_phrases"] = {name: phrases for name, phrases, _ in groups}
     return tensors, meta, fitted

@@ -1,6 +1,6 @@
 """Rename a readout's page phrases from session 25's words ("nav 3 links logo") to block_phrase()'s HTML tokens
 ("<nav <img 3 <a"), keeping every classifier as it is: only the phrases' text and token ids change, and the page's
-slots become a list that ends at an empty slot or its footer (PHRASE_ENDS; session 26).
+slots become a list that ends at an empty slot or its footer (words.PHRASE_ENDS; session 26).
 
     python recipes/default/relabel-page-phrases.py side stage0-effnet-picture stage0-effnet-html
     python recipes/default/relabel-page-phrases.py run runs/attrs/stage1     # every checkpoint of a training run
@@ -15,7 +15,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from minigpt4.config import image_phrase_ids
-from minigpt4.train.words import PHRASE_ENDS, block_phrase
+from minigpt4.train.words import block_phrase, phrase_ends
 from minigpt4.utils import atomic_save_safetensors, atomic_write_json
 
 TOKENIZER = "minigpt4/assets/tokenizer-smollm2"
@@ -47,7 +47,7 @@ def relabel(meta: dict, tokenizer) -> dict:
     if not all(w.startswith("<") for w in page["words"]):  # not yet relabelled
         page["words"] = [block_phrase(old_block(w)) for w in page["words"]]
         page.update(image_phrase_ids(page["words"], page["text"], tokenizer))
-    page["ends"] = [w for w in PHRASE_ENDS["page"] if w in page["words"]]  # the list ends at a footer (session 26)
+    page["ends"] = phrase_ends("page", page["words"])  # the list ends at a footer (session 26)
     return {**meta, "image_phrases": json.dumps(groups)}
 
 
@@ -61,9 +61,9 @@ def rewrite(src: Path, dst: Path, tokenizer, renamed: tuple[str, str] | None = N
     atomic_save_safetensors(tensors, dst, metadata=meta)
 
 
-def relabel_meta_of(side: Path) -> str:
+def page_words(side: Path) -> list[str]:
     with safe_open(str(side / "proj.safetensors"), "pt") as f:
-        return json.dumps(next(g["words"] for g in json.loads(f.metadata()["image_phrases"]) if g["name"] == "page"))
+        return next(g["words"] for g in json.loads(f.metadata()["image_phrases"]) if g["name"] == "page")
 
 
 def main() -> None:
@@ -85,7 +85,7 @@ def main() -> None:
             fit = json.loads((src / "fit.json").read_text())
             fit["image_phrases"]["page"] = [block_phrase(old_block(w)) for w in fit["image_phrases"]["page"]]
             atomic_write_json(dst / "fit.json", fit)
-        print(f"wrote {dst}: page phrases {json.loads(relabel_meta_of(dst))}")
+        print(f"wrote {dst}: page phrases {page_words(dst)}")
         return
     for ckpt in sorted((Path(a.src) / "checkpoints").glob("step_*")):
         rewrite(ckpt / "trainable.safetensors", ckpt / "trainable.safetensors", tok)
