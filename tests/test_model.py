@@ -495,6 +495,15 @@ def test_word_dropout_turns_words_into_none_or_a_wrong_name_only_while_training(
     to = WordReadout.drop_words(probs, 1.0, to=5).argmax(-1)
     assert (to[:, :3] == 0).all() and (to[:, 3:] == 5).all()
     assert (WordReadout.drop_words(probs, 0.25, to=5).argmax(-1)[:, 3:] == 5).float().mean().item() < 0.4
+    # unnamed (the data's regions, world.regions): 1 reads `to` always (an empty region too), 0 never, -1 draws
+    unnamed = torch.zeros(64, 9, dtype=torch.long)
+    unnamed[:, [0, 4]] = 1
+    unnamed[32:] = -1
+    out = WordReadout.drop_words(probs, 0.5, to=5, unnamed=unnamed).argmax(-1)
+    assert (out[:32, [0, 4]] == 5).all() and (out[:32, 3:4] == 3).all() and (out[:32, 5:] == 3).all()
+    assert 0.3 < (out[32:, 3:] == 5).float().mean().item() < 0.7 and (out[32:, :3] == 0).all()
+    with pytest.raises(ValueError, match="set word_dropout_to"):
+        WordReadout.drop_words(probs, 0.5, unnamed=unnamed)
 
 
 def _label_starts(cfg):

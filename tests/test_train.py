@@ -226,6 +226,42 @@ def test_a_readout_on_its_own_vision_side_trains_from_cached_features_like_from_
                                    word_dropout_to="red")))
 
 
+def test_unnamed_regions_in_the_data_reach_the_readout_as_its_unknown_word(data, tmp_path):
+    """Records with "unnamed" regions (python -m minigpt4.world unname) read word_dropout_to there and nothing dropped
+    elsewhere; records without the field drop at random (-1 rows). Without word_dropout_to such data is refused."""
+    from minigpt4.config import get_config
+    from minigpt4.model.minigpt4 import build_model
+    from minigpt4.weights.pretrained import save_pretrained
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout, cfg.word_vision = ["cat", "dog", "thing"], "pair", True
+    save_pretrained(build_model(cfg), tmp_path / "dual")
+    convs = json.loads(Path(data["llava"]).read_text())
+    unnamed = data["llava"].parent / "unnamed.jsonl"  # beside the images
+    unnamed.write_text("".join(json.dumps(dict(c, unnamed=[0, 2]) if i % 2 == 0 else c) + "\n"
+                               for i, c in enumerate(convs)))
+    trainer = Trainer(load_config(recipe(data, tmp_path / "u", model=str(tmp_path / "dual"), max_steps=1,
+                                         stage=2, batch_size=4, word_dropout=0.5, word_dropout_to="thing",
+                                         data=[{"type": "llava", "path": str(unnamed)}])))
+    calls = []
+    trainer.model.word_proj.register_forward_hook(lambda mod, args, out: calls.append((args[3], out)))
+    trainer.train_step()
+    rows = torch.cat([u for u, _ in calls])
+    words = torch.cat([o[:, :, -1] for _, o in calls])  # each query's name word
+    q = cfg.num_word_queries
+    fixed = torch.zeros(q, dtype=torch.long)
+    fixed[[0, 2]] = 1
+    # conv0 (two images) and conv2 unnamed; conv1 and conv3 (two images) say nothing
+    assert sorted(r.tolist() for r in rows) == sorted([fixed.tolist()] * 3 + [[-1] * q] * 3)
+    thing = trainer.model.word_proj.table[3]
+    for r, w in zip(rows, words):
+        if r[0] == 1:
+            assert torch.equal(w[0], thing) and torch.equal(w[2], thing) and not torch.equal(w[1], thing)
+    plain = Trainer(load_config(recipe(data, tmp_path / "u2", model=str(tmp_path / "dual"), max_steps=1, stage=2,
+                                       batch_size=4, data=[{"type": "llava", "path": str(unnamed)}])))
+    with pytest.raises(ConfigError, match="word_dropout_to is not set"):
+        plain.train_step()
+
+
 def test_stage2_with_lora_starts_from_stage1_and_saves_only_adapters(data, tmp_path):
     s1 = tmp_path / "s1"
     train(load_config(recipe(data, s1, max_steps=2)))

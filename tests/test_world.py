@@ -302,6 +302,75 @@ def test_attribute_drills_from_an_export_keep_only_the_asked_types(tmp_path):
         drills(str(tmp_path / "bad.jsonl"), str(tmp_path / "x.jsonl"))
 
 
+def test_unnamed_kinds_read_thing_in_the_answers_and_their_regions_are_recorded(tmp_path):
+    """`python -m minigpt4.world unname`: a kind the readout will read as "thing" is "thing(s)" in every answer (number
+    and article kept right, quotes untouched), the question still names it, and the record lists its regions."""
+    from minigpt4.data.datasets import LlavaSource
+    from minigpt4.world.__main__ import main
+    from minigpt4.world.regions import region_groups, unname_text
+    text = 'An eggplant, two sheep, a sheep, 3 eggplants, 2 heads of broccoli and the "eggplant" sign. Eggplants!'
+    assert unname_text(text, {"eggplant", "sheep", "broccoli"}) == \
+        'A thing, two things, a thing, 3 things, 2 things and the "eggplant" sign. Things!'
+    assert unname_text(text, set()) == text and unname_text("An apple.", {"eggplant"}) == "An apple."
+    out = tmp_path / "ds"
+    export(str(out), 30, "train", seed=5, size=96, kinds=["scene", "dish", "sketch"])
+    truth = {r["image_id"]: r["truth"] for r in map(json.loads, open(out / "data.jsonl"))}
+    source = [json.loads(l) for l in open(out / "instructions.jsonl")]
+    dest = tmp_path / "elsewhere" / "unnamed.jsonl"
+    dest.parent.mkdir()
+    assert main(["unname", str(out / "instructions.jsonl"), "--truth", str(out / "data.jsonl"), "--out", str(dest),
+                 "--share", "1"]) == 0
+    rows = [json.loads(l) for l in open(dest)]
+    assert [r["id"] for r in rows] == [r["id"] for r in source]
+    unnamed_any = 0
+    for before, after in zip(source, rows):
+        t = truth[before["id"]]
+        emoji = {o["name"] for o in t.get("objects", []) if o["type"] == "object"} | \
+                {i["name"] for i in t.get("ingredients", [])}
+        if before["task"] not in ("describe", "alt-text", "qa"):  # recipes, prompts, pages: as they were
+            assert "unnamed" not in after and after["conversations"] == before["conversations"]
+            continue
+        groups = region_groups(t)
+        emoji &= {g["name"] for g in groups if g}  # a dish's ingredient no region is mostly of keeps its name
+        assert after["unnamed"] == [i for i, g in enumerate(groups) if g and g["name"] in emoji]
+        unnamed_any += bool(after["unnamed"])
+        for b, a in zip(before["conversations"], after["conversations"]):
+            if b["from"] == "human":
+                assert a == b
+            else:
+                assert not {n for _, names in find_mentions(a["value"]) for n in names} & emoji
+                if {n for _, names in find_mentions(b["value"]) for n in names} & emoji:
+                    assert "thing" in a["value"].lower()
+    assert unnamed_any >= 5
+    # The loader reads the regions; paths were rewritten for the new folder
+    records = list(LlavaSource("u", dest).epoch(0))
+    assert [r.unnamed for r in records] == [r.get("unnamed") for r in rows]
+    assert all((dest.parent / r["image"]).is_file() for r in rows)
+    # the curated descriptions' folder (cc_sbu_align): every caption, a folder beside its images
+    from minigpt4.data.datasets import CCSBUAlignSource
+    assert main(["unname", str(out / "cc_sbu_align"), "--truth", str(out / "data.jsonl"), "--out",
+                 str(tmp_path / "curated"), "--share", "1"]) == 0
+    curated = list(CCSBUAlignSource("c", tmp_path / "curated").epoch(0))
+    assert len(curated) == 30 and sum(bool(r.unnamed) for r in curated) >= 5
+    for r in curated:
+        groups = region_groups(truth[r.key])
+        named = {n for _, names in find_mentions(r.caption) for n in names}
+        assert not named & {groups[i]["name"] for i in r.unnamed} and r.images[0]()
+    # share 0: nothing unnamed, answers unchanged
+    assert main(["unname", str(out / "instructions.jsonl"), "--truth", str(out / "data.jsonl"), "--out",
+                 str(tmp_path / "none.jsonl"), "--share", "0"]) == 0
+    for before, after in zip(source, map(json.loads, open(tmp_path / "none.jsonl"))):
+        assert after.get("unnamed", []) == [] and after["conversations"] == before["conversations"]
+    # a record of another export is refused by name; a bad 'unnamed' field is refused by the loader
+    stray = tmp_path / "stray.jsonl"
+    stray.write_text(json.dumps(dict(source[0], id="scene_train_77")) + "\n")
+    with pytest.raises(ValueError, match="'scene_train_77' is not an image of"):
+        main(["unname", str(stray), "--truth", str(out / "data.jsonl"), "--out", str(tmp_path / "x.jsonl")])
+    stray.write_text(json.dumps(dict(source[0], unnamed=["top left"])) + "\n")
+    with pytest.raises(ValueError, match="'unnamed' must be a list of region indices"):
+        list(LlavaSource("bad", stray).epoch(0))
+
+
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "f.bin"
     atomic_write_bytes(str(target), b"old")

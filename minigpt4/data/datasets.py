@@ -61,6 +61,7 @@ class Record:
     images: list[ImageReader]
     caption: str | None = None
     turns: list[tuple[str, str, int]] | None = None
+    unnamed: list[int] | None = None  # word-readout regions its images read as the unknown word (world.regions)
 
 
 def _file_reader(path: Path) -> ImageReader:
@@ -137,6 +138,15 @@ class FolderSource(Source):
                              [_file_reader(self.path.parent / image)], caption)
 
 
+def _unnamed_field(obj: dict, where: Path, key) -> list[int] | None:
+    """A record's "unnamed" regions (minigpt4.world.regions), checked."""
+    unnamed = obj.get("unnamed")
+    if unnamed is not None and not (isinstance(unnamed, list) and all(type(r) is int and r >= 0 for r in unnamed)):
+        raise ValueError(f"{where}: record {key}: 'unnamed' must be a list of region indices (0, 1, ...), not "
+                         f"{unnamed!r}; write it with python -m minigpt4.world unname")
+    return unnamed
+
+
 class CCSBUAlignSource(Source):
     """The original stage-2 set: `filter_cap.json` = {"annotations": [{"image_id", "caption"}]}
     with images at `image/{image_id}.jpg` (3,500 entries: the annotation list is small)."""
@@ -154,7 +164,8 @@ class CCSBUAlignSource(Source):
         anns = json.loads(self.ann_file.read_text(encoding="utf-8"))["annotations"]
         for ann in anns:
             img = self.image_dir / f"{ann['image_id']}.jpg"
-            yield Record(self.name, str(ann["image_id"]), [_file_reader(img)], ann["caption"])
+            yield Record(self.name, str(ann["image_id"]), [_file_reader(img)], ann["caption"],
+                         unnamed=_unnamed_field(ann, self.ann_file, ann["image_id"]))
 
 
 def iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[dict]:
@@ -228,10 +239,11 @@ class LlavaSource(Source):
                 if turns:
                     turns[0] = (turns[0][0], turns[0][1], len(images))
                 n_tags = len(images)
+            unnamed = _unnamed_field(obj, self.path, obj.get("id", i))
             if bad or n_tags != len(images) or not turns:
                 turns = None  # malformed: counted as a bad sample
             yield Record(self.name, str(obj.get("id", i)),
-                         [_file_reader(self.image_folder / p) for p in images], None, turns)
+                         [_file_reader(self.image_folder / p) for p in images], None, turns, unnamed)
 
 
 # --- the mix ---------------------------------------------------------------------------------
@@ -318,6 +330,7 @@ class Example:
     labels: list[int]
     images: list[ImageReader]
     key: str = ""
+    unnamed: list[int] | None = None  # Record.unnamed, for each of its images
 
 
 class SkipSample(Exception):
@@ -353,7 +366,7 @@ class ExampleBuilder:
         # [BOS][image slots][caption\n]: the original stage-1 layout, no template around it.
         prefix = tokenize(self.tokenizer, "<ImageHere>", self.num_image_tokens, bos=True)
         text = self.tokenizer(caption + "\n", add_special_tokens=False).input_ids[: self.max_txt_len]
-        return Example(prefix + text, [IGNORE_INDEX] * len(prefix) + text, rec.images[:1], rec.key)
+        return Example(prefix + text, [IGNORE_INDEX] * len(prefix) + text, rec.images[:1], rec.key, rec.unnamed)
 
     def instruction(self, index: int) -> str:
         # Drawn from (seed, index): the same sample gets the same instruction on every resume/rank.
@@ -370,7 +383,7 @@ class ExampleBuilder:
                                           system=self.system)
         first = next(i for i, l in enumerate(labels) if l != IGNORE_INDEX)
         cut = first + self.max_txt_len  # like the original: max_txt_len counts answer tokens
-        return Example(ids[:cut], labels[:cut], rec.images[:1], rec.key)
+        return Example(ids[:cut], labels[:cut], rec.images[:1], rec.key, rec.unnamed)
 
     def _conversation(self, rec: Record) -> Example:
         msgs, it = [], iter(rec.images)
@@ -389,7 +402,7 @@ class ExampleBuilder:
             images = images[:whole]
         if all(l == IGNORE_INDEX for l in labels[1:]):
             raise SkipSample(f"no answer tokens within max_len={self.max_len}")
-        return Example(ids, labels, images, rec.key)
+        return Example(ids, labels, images, rec.key, rec.unnamed)
 
 
 @dataclass

@@ -80,11 +80,14 @@ class WordReadout(nn.Module):
         """The name classifier's (or `head`'s, an attribute's) tempered softmax."""
         return ((head or self.classify)(features) / self.temperature).softmax(-1)
 
-    def forward(self, features: torch.Tensor, drop: float = 0.0, drop_to: int | None = None) -> torch.Tensor:
-        """(B, Q, D) features -> (B, Q, words_per_query, hidden): each query's attribute words, then its name."""
+    def forward(self, features: torch.Tensor, drop: float = 0.0, drop_to: int | None = None,
+                unnamed: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, Q, D) features -> (B, Q, words_per_query, hidden): each query's attribute words, then its name.
+        `unnamed` (B, Q): 1 where the data says the query reads `drop_to`, 0 where it keeps its word, -1 on images
+        the data says nothing about (those drop at random with `drop`); see minigpt4.world.regions."""
         probs = self.probs(features)
-        if drop > 0:
-            probs = self.drop_words(probs, drop, drop_to)
+        if drop > 0 or unnamed is not None:
+            probs = self.drop_words(probs, drop, drop_to, unnamed)
         slots = [self.probs(features, head) @ getattr(self, f"table_{a}").to(features.dtype)
                  for a, head in self.attributes.items()]
         return torch.stack(slots + [probs @ self.table.to(features.dtype)], dim=2)
@@ -111,15 +114,23 @@ class WordReadout(nn.Module):
         return torch.einsum("bkc,cth->bkth", self.phrase_probs(features, group), table).flatten(1, 2)
 
     @staticmethod
-    def drop_words(probs: torch.Tensor, drop: float, to: int | None = None) -> torch.Tensor:
+    def drop_words(probs: torch.Tensor, drop: float, to: int | None = None,
+                   unnamed: torch.Tensor | None = None) -> torch.Tensor:
         """Each token's word, with probability `drop`, becomes "none" or a random name (half each): what an object of a
         kind the readout never learned looks like to it (unnamed, or named wrongly), so the LLM trained on this learns
         to fall back on the image instead of trusting the words alone. With `to` (a class, e.g. the fit's unknown
-        word "thing"), a dropped word that named something becomes that class. Training only (TrainConfig.word_dropout)."""
+        word "thing"), a dropped word that named something becomes that class. `unnamed` (forward) overrides the
+        draw where it is not -1, and those queries read `to` whatever the readout says. Training only
+        (TrainConfig.word_dropout)."""
         hit = torch.rand(probs.shape[:2], device=probs.device) < drop
         if to is not None:
             hit &= probs.argmax(-1) != 0  # an empty region stays empty
+            if unnamed is not None:
+                unnamed = unnamed.to(probs.device)
+                hit = torch.where(unnamed >= 0, unnamed == 1, hit)
             return torch.where(hit[..., None], nn.functional.one_hot(torch.tensor(to), probs.shape[-1]).to(probs), probs)
+        if unnamed is not None:
+            raise ValueError("unnamed regions read the unknown word: set word_dropout_to (e.g. thing)")
         other = torch.randint(1, probs.shape[-1], probs.shape[:2], device=probs.device)
         other = torch.where(torch.rand(probs.shape[:2], device=probs.device) < 0.5, other, torch.zeros_like(other))
         return torch.where(hit[..., None], nn.functional.one_hot(other, probs.shape[-1]).to(probs.dtype), probs)
@@ -327,7 +338,7 @@ class MiniGPT4(nn.Module):
         n, cfg = self.cfg.num_queries, self.cfg
         return features[:, :n, :cfg.proj_in_features], features[:, n:, :cfg.word_features]
 
-    def project(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor, unnamed: torch.Tensor | None = None) -> torch.Tensor:
         """(B, num_vision_tokens, D) vision features -> (B, num_image_tokens, llm_hidden). With a word readout, "sum"
         adds each query's word to its projection; "pair" gives them a slot each, word first; "append" puts all the
         word tokens after all the projection's."""
@@ -336,7 +347,7 @@ class MiniGPT4(nn.Module):
         if self.word_proj is None:
             return tokens
         words = self.word_proj(for_words, self.word_dropout if self.training else 0.0,  # (B, Q, words_per_query, H)
-                               self.word_dropout_to)
+                               self.word_dropout_to, unnamed if self.training else None)
         if self.cfg.word_labels:
             out = self.labelled(tokens, words)
         elif self.cfg.word_layout == "sum":
@@ -374,9 +385,9 @@ class MiniGPT4(nn.Module):
                 parts.append(tokens[:, i:i + 1])
         return torch.cat(parts, dim=1)
 
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_pixels(self, pixels: torch.Tensor, unnamed: torch.Tensor | None = None) -> torch.Tensor:
         """(B,3,S,S) normalised pixels -> (B, num_image_tokens, llm_hidden) image embeddings."""
-        return self.project(self.vision_features(pixels))
+        return self.project(self.vision_features(pixels), unnamed)
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         pil = [load_image(im) for im in images]
@@ -433,16 +444,18 @@ class MiniGPT4(nn.Module):
     # --- training forward ----------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 pixels: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
-                features: torch.Tensor | None = None, average: str = "token") -> torch.Tensor:
+                features: torch.Tensor | None = None, average: str = "token",
+                unnamed: torch.Tensor | None = None) -> torch.Tensor:
         """Mean next-token loss over label positions (`average="token"`, the original), or the mean
         over samples of each sample's mean (`"sample"`: a 2-token answer weighs as much as a
         600-token one). Give pixels (runs the encoders), `features` (cached frozen vision outputs,
-        projected here) or ready `image_embeds`."""
+        projected here) or ready `image_embeds`. `unnamed` (images, word queries): the regions each image's data
+        unnamed (WordReadout.forward)."""
         if image_embeds is None:
             if features is not None:
-                image_embeds = self.project(features.to(self.device))
+                image_embeds = self.project(features.to(self.device), unnamed)
             elif pixels is not None:
-                image_embeds = self.encode_pixels(pixels)
+                image_embeds = self.encode_pixels(pixels, unnamed)
         embeds = self.embed(input_ids.to(self.device), image_embeds)
         hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask.to(self.device)).last_hidden_state
         # LM head only where a label is set: the big vocab matmul is skipped for prompt/image slots;

@@ -63,7 +63,9 @@ class TrainConfig:
     word_dropout: float = 0.0                # each readout word -> "none" or a random name with this probability
                                              # (WordReadout.drop_words: how unseen kinds look to the readout)
     word_dropout_to: str = ""                # instead: a dropped name becomes this readout word (e.g. the fit's
-                                             # --unknown "thing"), on regions that show something
+                                             # --unknown "thing"), on regions that show something; records
+                                             # with "unnamed" regions (python -m minigpt4.world unname) read it
+                                             # there and never at random: their answers say "thing" too
     max_txt_len: int = 32                    # caption/answer tokens kept (original: 32 stage 1, 160 stage 2)
     max_len: int = 2048                      # conversation tokens kept (llava)
     loss_average: str = "token"              # token: mean over answer tokens (the original) | sample: each

@@ -283,7 +283,30 @@ class Trainer:
             vision["features"] = torch.from_numpy(np.stack(images))
         elif images:
             vision["pixels"] = torch.cat(images)
+        if images and any(ex.unnamed is not None for ex in examples):
+            vision["unnamed"] = self._unnamed(built)
         return MicroBatch(collate(examples, self.pad_id), vision)
+
+    def _unnamed(self, built) -> torch.Tensor:
+        """(images, word queries): 1 on the regions a record unnamed, 0 on its others, -1 on the images of records
+        that say nothing (their words drop at random, TrainConfig.word_dropout)."""
+        m = self.model
+        if m.word_proj is None or not m.word_dropout_to:
+            raise ConfigError("the data unnames regions ('unnamed' in its records: python -m minigpt4.world "
+                              "unname) but " + ("this model has no word readout" if m.word_proj is None else
+                                                "word_dropout_to is not set: set it to the readout's unknown word, "
+                                                "e.g. word_dropout_to: thing"))
+        q = m.cfg.num_word_queries
+        rows = []
+        for ex, ims in built:
+            row = torch.full((q,), -1 if ex.unnamed is None else 0, dtype=torch.long)
+            if ex.unnamed:
+                if max(ex.unnamed) >= q:
+                    raise ConfigError(f"record {ex.key} unnames region {max(ex.unnamed)}, but the readout reads "
+                                      f"{q} regions: unname for this model's vision side")
+                row[ex.unnamed] = 1
+            rows += [row] * len(ims)
+        return torch.stack(rows)
 
     def _step_micro_batches(self) -> list[MicroBatch | None]:
         """This process's share of the next batch as `accum` micro-batches, grouped by length: the

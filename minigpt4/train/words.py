@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minigpt4.model.minigpt4 import WORD_LAYOUTS
+from minigpt4.world.regions import region_groups
 
 KINDS = ("scene", "dish")  # images whose truth names objects: scene objects, dish ingredients
 
@@ -165,23 +166,6 @@ def region_attribute_words() -> dict[str, list[str]]:
     """Each region attribute's words, in the order they are read before the name: "two small red apple"."""
     from minigpt4.world.vocab import COLORS
     return {"count": list(NUMBER_WORDS), "size": ["small", "medium", "large"], "color": list(COLORS)}
-
-
-def region_groups(truth: dict) -> list[dict | None]:
-    """The object group in each of the world's nine regions (reading order), None where empty. A scene places one
-    group per region; a dish scatters its drawn-as-emoji ingredients, so a region holds the ingredient with the most
-    pieces whose centre falls in it, counted there (no size or colour: the world gives ingredients neither)."""
-    from minigpt4.world.textgen import POSITION_NAMES
-    if truth["kind"] == "dish":
-        size, cells = truth["size"], [dict() for _ in POSITION_NAMES]
-        for ing in truth["ingredients"]:
-            for x0, y0, x1, y1 in ing.get("bboxes", []):
-                col, row = (min(2, int(3 * (v0 + v1) / 2 / size)) for v0, v1 in ((x0, x1), (y0, y1)))
-                here = cells[3 * max(row, 0) + max(col, 0)]
-                here[ing["name"]] = here.get(ing["name"], 0) + 1
-        return [{"name": max(c, key=c.get), "count": max(c.values())} if c else None for c in cells]
-    at = {o["position"]: o for o in truth.get("objects", []) if o.get("position")}
-    return [at.get(p) for p in POSITION_NAMES]
 
 
 def region_value(group: dict | None, attr: str) -> str | None:

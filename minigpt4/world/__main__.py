@@ -1,6 +1,7 @@
 """CLI: ``python -m minigpt4.world export --out DIR --n 100 --split train --seed 0``
 ``python -m minigpt4.world drill DIR/data.jsonl --out DIR/qa-attr.jsonl`` (attribute-question
-drills from an export) and ``python -m minigpt4.world sheet --kind scene --out sheet.png`` (a contact sheet)."""
+drills from an export), ``python -m minigpt4.world unname DIR/instructions.jsonl --truth DIR/data.jsonl --out F``
+(answers that say "thing" where a region readout will) and ``python -m minigpt4.world sheet --kind scene --out sheet.png`` (a contact sheet)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,16 @@ def main(argv=None) -> int:
                         "without size drills a model answers 'Is the fox small, medium or large?' with 'yes')")
     d.add_argument("--kinds", default="scene", help="comma list of image kinds (default: scene)")
     d.add_argument("--max-questions", type=int, default=12)
+    u = sub.add_parser("unname", help="unname some kinds of each record: its answers say 'thing' where the "
+                                      "readout will read 'thing' (train data for a region readout)")
+    u.add_argument("records", help="LLaVA JSONL of an export (instructions.jsonl, qa-attr.jsonl), or a cc_sbu_align "
+                                   "folder of its images' descriptions (minigpt4 curate export); --out a folder then")
+    u.add_argument("--truth", required=True, help="the export's data.jsonl (each image's truth)")
+    u.add_argument("--out", required=True)
+    u.add_argument("--share", type=float, default=0.3, help="probability that a kind of an image is unnamed")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--word", default="thing", help="the readout's unknown word (TrainConfig.word_dropout_to)")
+    u.add_argument("--tasks", default="describe,alt-text,qa", help="comma list of the record tasks to unname in")
     s = sub.add_parser("sheet", help="save a 4x4 contact sheet of one kind")
     s.add_argument("--kind", default="scene", choices=KINDS)
     s.add_argument("--out", required=True)
@@ -50,6 +61,13 @@ def main(argv=None) -> int:
         split = lambda v: [x.strip() for x in v.split(",") if x.strip()]
         n = drills(a.data, a.out, split(a.types), split(a.kinds), a.max_questions)
         print(f"wrote {n} drills: {a.out}")
+    elif a.cmd == "unname":
+        from .regions import unname_file
+        if not 0 <= a.share <= 1:
+            ap.error(f"--share is a probability in [0, 1], not {a.share}")
+        c = unname_file(a.records, a.truth, a.out, a.share, a.seed, a.word,
+                         tuple(t.strip() for t in a.tasks.split(",") if t.strip()))
+        print(f"wrote {a.out}: {c['records']} records, {c['with_unnamed']} with {c['unnamed_regions']} unnamed regions")
     else:
         from PIL import Image
         sheet = Image.new("RGB", (224 * 4, 224 * 4))
