@@ -90,6 +90,12 @@ def test_make_attrs_sh_runs_the_next_models_chain_at_tiny_scale(tmp_path):
     assert any("lora_" in k for k in load_trainable(runs / "stage2"))
     mix = recipe("stage2")["data"]
     assert [d["type"] for d in mix].count("cc_sbu_align") == 1 and len(mix) == 5
+    # answers say "thing" where the regions read it (world.regions): drills, instructions and curated descriptions
+    assert all("unnamed" in Path(d["path"]).name for d in mix), [d["path"] for d in mix]
+    assert all("unnamed" in Path(d["path"]).name for d in recipe("stage2-drills")["data"])
+    curated = json.loads((runs / "curate-unnamed" / "filter_cap.json").read_text())["annotations"]
+    assert len(curated) == len(json.loads((runs / "curate" / "filter_cap.json").read_text())["annotations"])
+    assert all("unnamed" in a for a in curated)
     assert json.loads((runs / "curate" / "filter_cap.json").read_text())["annotations"]
     compare = (runs / "eval" / "compare.md").read_text()
     assert f"default@stage0-effnet-html-grid@{runs}/stage1" in compare and "stage2" in compare

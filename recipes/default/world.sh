@@ -6,3 +6,6 @@ world() {  # world OUT N SEED [SIZE]: export N world images (train split, SIZE p
 drills() {  # drills WORLD: the attribute-question drills of an export (WORLD/qa-attr.jsonl) unless already there
   [ -f "$1/qa-attr.jsonl" ] || python -m minigpt4.world drill "$1/data.jsonl" --out "$1/qa-attr.jsonl"
 }
+unnamed() {  # unnamed RECORDS TRUTH OUT: RECORDS with some kinds unnamed ("thing" in the answers and regions) unless done
+  [ -f "$3" ] || [ -f "$3/filter_cap.json" ] || python -m minigpt4.world unname "$1" --truth "$2" --out "$3"
+}
