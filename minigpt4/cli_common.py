@@ -31,6 +31,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="auto (default): int8 for the shipped default model on the CPU, none otherwise; "
                         "none: full precision; int8: the LLM in int8 on the CPU (faster decode, ~94%% same "
                         "top-1 token as fp32); 8bit/4bit: the LLM through bitsandbytes (CUDA only)")
+    g.add_argument("--abstain", type=float, default=None, metavar="P",
+                   help="a word readout's region name below probability P reads its unknown word ('thing'): "
+                        "fewer invented objects for a few named ones (default: the model's own setting)")
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -113,5 +116,10 @@ def load_model_from_args(args: argparse.Namespace):
         if getattr(args, "llm", None):
             cfg.llm.path = args.llm
         model = build_model(cfg, dtype=parse_dtype(dtype), device=device, quantize=args.quantize)
+    if getattr(args, "abstain", None) is not None:
+        try:
+            model.set_word_abstain(args.abstain)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     model.eval()
     return model

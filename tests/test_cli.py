@@ -99,3 +99,5 @@ def test_bad_flags_are_one_line_errors(images, capsys):
     assert "needs a question" in capsys.readouterr().err
     assert main(["describe", str(images[0]), "--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1" in capsys.readouterr().err
+    assert main(["describe", str(images[0]), "--abstain", "0.7"]) == 2  # the tiny model has no word readout
+    assert "--abstain acts on a word readout's names; this model has none" in capsys.readouterr().err

@@ -506,6 +506,46 @@ def test_word_dropout_turns_words_into_none_or_a_wrong_name_only_while_training(
         WordReadout.drop_words(probs, 0.5, unnamed=unnamed)
 
 
+@torch.no_grad()
+def test_unsure_region_names_read_the_unknown_word_when_the_readout_abstains():
+    """MiniGPT4Config.word_abstain (chat/eval/serve --abstain): a name below that probability reads word_unknown,
+    a sure one stays, an empty region stays empty; it is kept in the readout's metadata, and readouts written before
+    word_unknown was recorded take "thing" when they have it. No unknown word, no abstaining."""
+    from minigpt4.config import MiniGPT4Config
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_unknown = ["cat", "dog", "thing"], "thing"
+    model = build_model(cfg).eval()
+    logits = torch.full((1, N_IMG, 4), -30.0)
+    logits[0, :, 1] = 30.0  # every query sure of "cat"...
+    logits[0, 1, 1:3] = 0.0  # ...but query 1, torn between cat and dog
+    logits[0, 2, 0] = 30.0  # query 2: empty
+    model.word_proj.classify.weight.zero_()
+    feats = torch.zeros(1, N_IMG, cfg.proj_in_features)
+    words = lambda: model.word_proj.forward(feats).squeeze(2)
+    table = model.word_proj.table
+    for q in range(N_IMG):
+        model.word_proj.classify.bias.copy_(logits[0, q])
+        plain = words()[0, 0]
+        model.set_word_abstain(0.7)
+        assert torch.equal(words()[0, 0], table[3] if q == 1 else plain), q
+        model.set_word_abstain(0.0)
+    assert torch.allclose(plain, table[1])
+    model.set_word_abstain(0.7)
+    meta = model.cfg.readout_meta()
+    assert (meta["word_unknown"], meta["word_abstain"]) == ("thing", "0.7")
+    again = MiniGPT4Config()
+    again.apply_readout_meta(meta)
+    assert (again.word_unknown, again.word_abstain) == ("thing", 0.7)
+    legacy = MiniGPT4Config()
+    legacy.apply_readout_meta({k: v for k, v in meta.items() if k not in ("word_unknown", "word_abstain")})
+    assert (legacy.word_unknown, legacy.word_abstain) == ("thing", 0.0)
+    cfg.proj_words, cfg.word_unknown = ["cat", "dog"], ""
+    with pytest.raises(ValueError, match="has none: fit it with `minigpt4 fit-words --unknown thing`"):
+        build_model(cfg).set_word_abstain(0.5)
+    with pytest.raises(ValueError, match="probability in"):
+        model.set_word_abstain(1.5)
+
+
 def _label_starts(cfg):
     """Where each label starts in the pair layout (label, word, projection per word)."""
     starts, at = [], 0

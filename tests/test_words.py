@@ -117,6 +117,7 @@ def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, ca
     cfg.apply_readout_meta(meta)
     words = region_attribute_words()
     assert cfg.proj_words[-1] == "thing" and cfg.proj_words[:-1] == sorted(cfg.proj_words[:-1])
+    assert meta["word_unknown"] == "thing" == cfg.word_unknown  # what --abstain turns unsure names into
     assert cfg.word_attributes == {"count": words["count"], "color": words["color"]}
     state = load_file(tmp_path / "proj.safetensors")
     assert state["word_proj.attributes.color.weight"].shape[0] == len(words["color"]) + 1

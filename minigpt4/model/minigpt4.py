@@ -38,10 +38,12 @@ class WordReadout(nn.Module):
     def __init__(self, in_features: int, table: torch.Tensor, temperature: float = 0.5,
                  attributes: dict[str, torch.Tensor] | None = None,
                  phrases: dict[str, tuple[torch.Tensor, int]] | None = None, tokens: int = 1,
-                 phrase_ends: dict[str, Sequence[int]] | None = None):
+                 phrase_ends: dict[str, Sequence[int]] | None = None, abstain: float = 0.0,
+                 unknown: int | None = None):
         super().__init__()
         self.classify = nn.Linear(in_features, table.shape[0] + 1)
         self.temperature = temperature
+        self.set_abstain(abstain, unknown)
         # Rebuilt from the LLM at load (not saved): row 0 is "none", a zero vector.
         self.register_buffer("table", self.with_none(table), persistent=False)
         attributes = attributes or {}
@@ -74,7 +76,17 @@ class WordReadout(nn.Module):
                    attributes, {g["name"]: (phrase_embeddings(llm, g["word_ids"]), g["slots"])
                                 for g in cfg.image_phrases}, cfg.num_word_queries,
                    {g["name"]: [g["words"].index(w) + 1 for w in g["ends"]]
-                    for g in cfg.image_phrases if g.get("ends")})
+                    for g in cfg.image_phrases if g.get("ends")},
+                   cfg.word_abstain, unknown_class(cfg))
+
+    def set_abstain(self, abstain: float, unknown: int | None) -> None:
+        """Names below probability `abstain` read class `unknown` (MiniGPT4Config.word_abstain)."""
+        if not 0.0 <= abstain < 1.0:
+            raise ValueError(f"word_abstain is a probability in [0, 1), not {abstain}")
+        if abstain and unknown is None:
+            raise ValueError("word_abstain turns unsure names into the readout's unknown word, but this readout "
+                             "has none: fit it with `minigpt4 fit-words --unknown thing` (word_unknown)")
+        self.abstain, self.unknown = abstain, unknown
 
     def probs(self, features: torch.Tensor, head: nn.Linear | None = None) -> torch.Tensor:
         """The name classifier's (or `head`'s, an attribute's) tempered softmax."""
@@ -86,6 +98,10 @@ class WordReadout(nn.Module):
         `unnamed` (B, Q): 1 where the data says the query reads `drop_to`, 0 where it keeps its word, -1 on images
         the data says nothing about (those drop at random with `drop`); see minigpt4.world.regions."""
         probs = self.probs(features)
+        if self.abstain:
+            unsure = (probs.max(-1).values < self.abstain) & (probs.argmax(-1) != 0)  # an empty region stays empty
+            probs = torch.where(unsure[..., None], nn.functional.one_hot(torch.tensor(self.unknown, device=probs.device),
+                                                                         probs.shape[-1]).to(probs), probs)
         if drop > 0 or unnamed is not None:
             probs = self.drop_words(probs, drop, drop_to, unnamed)
         slots = [self.probs(features, head) @ getattr(self, f"table_{a}").to(features.dtype)
@@ -134,6 +150,15 @@ class WordReadout(nn.Module):
         other = torch.randint(1, probs.shape[-1], probs.shape[:2], device=probs.device)
         other = torch.where(torch.rand(probs.shape[:2], device=probs.device) < 0.5, other, torch.zeros_like(other))
         return torch.where(hit[..., None], nn.functional.one_hot(other, probs.shape[-1]).to(probs.dtype), probs)
+
+
+def unknown_class(cfg: MiniGPT4Config) -> int | None:
+    """The readout class of cfg.word_unknown (words are classes 1..), None without one."""
+    if not cfg.word_unknown:
+        return None
+    if cfg.word_unknown not in cfg.proj_words:
+        raise ValueError(f"word_unknown {cfg.word_unknown!r} is not one of the readout's {len(cfg.proj_words)} words")
+    return cfg.proj_words.index(cfg.word_unknown) + 1
 
 
 def first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
@@ -419,6 +444,14 @@ class MiniGPT4(nn.Module):
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return result
+
+    def set_word_abstain(self, abstain: float) -> None:
+        """MiniGPT4Config.word_abstain on a loaded model (chat/eval/serve --abstain); cached image encodings go."""
+        if self.word_proj is None:
+            raise ValueError("--abstain acts on a word readout's names; this model has none")
+        self.word_proj.set_abstain(abstain, unknown_class(self.cfg))
+        self.cfg.word_abstain = abstain
+        self.clear_cache()
 
     def clear_cache(self) -> None:
         self._cache.clear()

@@ -336,6 +336,8 @@ def fit_regions(a, model, attrs: list[str]) -> tuple[dict[str, torch.Tensor], di
         tensors[f"{key}.weight"], tensors[f"{key}.bias"] = head["weight"].contiguous(), head["bias"].contiguous()
         record[attr] = history
     meta = {"proj_words": json.dumps(words)}
+    if a.unknown:
+        meta["word_unknown"] = a.unknown
     if attrs:
         meta["word_attributes"] = json.dumps({t: known[t] for t in attrs})
     fitted = {"words": len(words), "unknown": a.unknown, "attributes": attrs, "history": record}
