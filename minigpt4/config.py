@@ -112,7 +112,8 @@ def check_image_phrase_group(name: str, words: Sequence[str], slots: int, text: 
         raise ValueError(f"image phrase group {name!r}: ends {sorted(set(ends) - set(words))} are not among its words")
 
 
-READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "image_phrases")
+READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "image_phrases",
+                "word_unknown", "word_abstain")
 
 
 @dataclass

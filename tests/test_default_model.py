@@ -273,6 +273,17 @@ def test_a_word_readout_publishes_and_loads_with_its_words(tmp_path):
     paired = default_config(root=root)
     assert (paired.proj_words, paired.word_layout) == (words, "pair")
     assert paired.num_image_tokens == 2 * paired.num_queries
+    # --abstain: the published stage loads with its readout abstaining to the unknown word; without one, refused
+    with pytest.raises(CheckpointError, match="has no unknown word to abstain to"):
+        publish(run, "stage1", root, abstain=0.7)
+    cfg.proj_words = words + ["thing"]
+    save_checkpoint(run, 30, {**load_trainable(run / "checkpoints" / "step_10"),
+                              "word_proj.classify.weight": torch.full((4, 4), 5.0),
+                              "word_proj.classify.bias": torch.zeros(4)}, state={"step": 30},
+                    meta={"step": 30, **cfg.readout_meta()})
+    publish(run, "stage1", root, abstain=0.7)
+    abstaining = default_config(root=root)
+    assert (abstaining.word_unknown, abstaining.word_abstain) == ("thing", 0.7)
 
 
 def test_a_readout_on_its_own_vision_side_loads_that_export_and_publishes_its_name(tmp_path):

@@ -217,12 +217,13 @@ def trained_on(run: str | Path, root: Path = DEFAULT_DIR) -> str:
 
 
 def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: str | None = None,
-            out_dir: str | Path | None = None) -> Path:
+            out_dir: str | Path | None = None, abstain: float | None = None) -> Path:
     """Copy a training run's latest projection into checkpoints/default/<stage>/ (atomically), with
     the run's loss plot, JSONL log and summary so the shipped weights carry their own record. The
     projection records the stage-0 export it was fit on (`vision`, default: the one the run's model
     spec names), and `--model default@<stage>` loads that vision side with it. `out_dir`: write the
-    stage folder there instead, to evaluate it (`--model default@<vision>@<out_dir>`) before it ships."""
+    stage folder there instead, to evaluate it (`--model default@<vision>@<out_dir>`) before it ships. `abstain`:
+    the readout's word_abstain the stage loads with (MiniGPT4Config; chat --abstain overrides it)."""
     import shutil
 
     from minigpt4.train.checkpoint import latest_checkpoint, load_trainable, lora_spec
@@ -255,6 +256,14 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     meta = {"run": str(run), "checkpoint": ckpt.name, "vision": vision}
     readout = proj_metadata(ckpt / "trainable.safetensors")
     meta.update({k: readout[k] for k in READOUT_KEYS if k in readout})
+    if abstain is not None:
+        if "proj_words" not in meta:
+            raise CheckpointError(f"--abstain acts on a word readout's names, and {run} has no readout")
+        probe = get_config("tiny")
+        probe.apply_readout_meta(meta)
+        if not probe.word_unknown:
+            raise CheckpointError(f"--abstain: {run}'s readout has no unknown word to abstain to")
+        meta.update(word_unknown=probe.word_unknown, word_abstain=str(abstain))
     word_vision = proj_metadata(projection_file(root, vision)).get("word_vision")
     if "proj_words" in meta and word_vision:  # a readout on its own vision side: the export it reads
         meta["word_vision"] = word_vision
@@ -401,6 +410,8 @@ if __name__ == "__main__":
     pub.add_argument("stage", choices=STAGES)
     pub.add_argument("--vision", help="the stage-0 export the run trained on (default: from its model spec)")
     pub.add_argument("--out", help="write the stage folder here instead of checkpoints/default/STAGE (not shipped)")
+    pub.add_argument("--abstain", type=float, default=None,
+                     help="the readout's region names below this probability read its unknown word (word_abstain)")
     dv = sub.add_parser("dual-vision", help="stage-0 folder NAME: VISION's side for the projection + the word "
                                             "readout of WORDS on WORDS' own side")
     dv.add_argument("vision", help="the export the projection reads, e.g. stage0-gpu")
@@ -418,7 +429,7 @@ if __name__ == "__main__":
     aw.add_argument("base", help="the dual-vision folder, e.g. stage0-dual")
     args = ap.parse_args()
     if args.command == "publish":
-        print(f"wrote {publish(args.run_dir, args.stage, vision=args.vision, out_dir=args.out)}")
+        print(f"wrote {publish(args.run_dir, args.stage, vision=args.vision, out_dir=args.out, abstain=args.abstain)}")
     elif args.command == "dual-vision":
         print(f"wrote {dual_vision(args.vision, args.words, args.name, layout=args.layout)}")
     elif args.command == "arrange":
