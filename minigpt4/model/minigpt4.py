@@ -100,8 +100,7 @@ class WordReadout(nn.Module):
         probs = self.probs(features)
         if self.abstain:
             unsure = (probs.max(-1).values < self.abstain) & (probs.argmax(-1) != 0)  # an empty region stays empty
-            probs = torch.where(unsure[..., None], nn.functional.one_hot(torch.tensor(self.unknown, device=probs.device),
-                                                                         probs.shape[-1]).to(probs), probs)
+            probs = self.read_as(probs, unsure, self.unknown)
         if drop > 0 or unnamed is not None:
             probs = self.drop_words(probs, drop, drop_to, unnamed)
         slots = [self.probs(features, head) @ getattr(self, f"table_{a}").to(features.dtype)
@@ -130,6 +129,12 @@ class WordReadout(nn.Module):
         return torch.einsum("bkc,cth->bkth", self.phrase_probs(features, group), table).flatten(1, 2)
 
     @staticmethod
+    def read_as(probs: torch.Tensor, where: torch.Tensor, cls: int) -> torch.Tensor:
+        """`probs` (B, Q, classes) with the queries `where` (B, Q) is true reading class `cls` alone."""
+        one = nn.functional.one_hot(torch.tensor(cls, device=probs.device), probs.shape[-1]).to(probs)
+        return torch.where(where[..., None], one, probs)
+
+    @staticmethod
     def drop_words(probs: torch.Tensor, drop: float, to: int | None = None,
                    unnamed: torch.Tensor | None = None) -> torch.Tensor:
         """Each token's word, with probability `drop`, becomes "none" or a random name (half each): what an object of a
@@ -144,7 +149,7 @@ class WordReadout(nn.Module):
             if unnamed is not None:
                 unnamed = unnamed.to(probs.device)
                 hit = torch.where(unnamed >= 0, unnamed == 1, hit)
-            return torch.where(hit[..., None], nn.functional.one_hot(torch.tensor(to), probs.shape[-1]).to(probs), probs)
+            return WordReadout.read_as(probs, hit, to)
         if unnamed is not None:
             raise ValueError("unnamed regions read the unknown word: set word_dropout_to (e.g. thing)")
         other = torch.randint(1, probs.shape[-1], probs.shape[:2], device=probs.device)
