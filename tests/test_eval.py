@@ -46,6 +46,21 @@ def test_scorers_give_full_marks_for_ground_truth_and_low_marks_for_wrong_answer
     other = [chair_i(scenes[(i + 1) % 6].description, s.truth) for i, s in enumerate(scenes)]
     assert sum(other) / len(other) > 0.5
     assert sum(ingredient_recall("Boil water. Add salt.", d.truth) for d in dishes) / len(dishes) < 0.2
+
+    # Over a set of descriptions CHAIR_i pools the mentions: a text that names nothing adds nothing (a per-text mean
+    # would count it as a perfect 0 and flatter a model that says "some things" everywhere)
+    from minigpt4.chat.engine import Result
+    from minigpt4.eval.runner import Item, score_items
+    from minigpt4.world.metrics import truth_names
+    from minigpt4.world.vocab import objects
+    s = scenes[0]
+    mine = sorted(truth_names(s.truth))[0]
+    absent = next(o.name for o in objects() if o.name not in truth_names(s.truth) and " " not in o.name)
+    texts = [f"A {mine}, a {absent} and a {absent}.", f"A {absent}.", "Some things on a background."]
+    items = [Item("describe", s, "", None, result=Result(t, "stop", 0, 0)) for t in texts]
+    m = score_items(items)
+    assert m["chair_i"] == pytest.approx(3 / 4) and m["no_objects_named"] == pytest.approx(1 / 3)
+    assert [it.scores["chair_i"] for it in items] == pytest.approx([2 / 3, 1.0, 0.0])
     assert sum(structure_match("<html><body><p>hi</p></body></html>", s.html) for s in sketches) / 6 < 0.6
 
 

@@ -26,15 +26,19 @@ def mentioned_objects(text: str) -> list[tuple[str, frozenset[str]]]:
     return find_mentions(text)
 
 
-def chair_i(description: str, truth: dict) -> float:
-    """CHAIR_i: fraction of mentioned object words (vocabulary names, plurals, synonyms)
-    that refer to nothing in the image. 0.0 when nothing is mentioned."""
+def object_mentions(description: str, truth: dict) -> tuple[int, int]:
+    """(mentioned object words that refer to nothing in the image, all mentioned object words): vocabulary names,
+    plurals, synonyms."""
     present = truth_names(truth)
     ms = find_mentions(description)
-    if not ms:
-        return 0.0
-    bad = sum(1 for _, names in ms if not (names & present))
-    return bad / len(ms)
+    return sum(1 for _, names in ms if not (names & present)), len(ms)
+
+
+def chair_i(description: str, truth: dict) -> float:
+    """CHAIR_i of one text: the fraction of its mentioned object words that refer to nothing in the image, 0.0 when
+    it mentions none. Over a set of texts CHAIR_i pools the mentions (eval's describe task: object_mentions)."""
+    bad, total = object_mentions(description, truth)
+    return bad / total if total else 0.0
 
 
 def chair_s(description: str, truth: dict) -> float:
