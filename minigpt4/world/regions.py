@@ -1,10 +1,10 @@
 """The world's nine regions (the 3x3 grid a region readout reads) and kinds the readout cannot name.
 
-A region readout (MiniGPT4Config.proj_words with a grid vision side) names the object group in each region. On the
-test split half the kinds are held out: the readout says "thing" there, and a model trained with names randomly
+A region readout (MiniGPT4Config.proj_words with a grid vision side) names the object group in each region. Every
+test scene holds a kind held out of training: the readout says "thing" there, and a model trained with names randomly
 dropped to "thing" while its answers still named the object learned to guess a name for every "thing" (session 27:
-118 of the 127 objects a candidate invented on 120 test images stood on a "thing" region). `unname_record` makes the
-drop and the answer agree: it picks kinds of an image to be unnamed, rewrites the answers' mentions of them to
+118 of the 127 objects a candidate invented on 120 test images stood on a "thing" region). `unname_answers` makes
+the drop and the answer agree: it picks kinds of an image to be unnamed, rewrites the answers' mentions of them to
 "thing(s)" and records the regions, which the model then reads as the unknown word (TrainConfig.word_dropout_to).
 """
 from __future__ import annotations
