@@ -22,7 +22,7 @@ from minigpt4.chat.templates import Message
 from minigpt4.config import GenerationConfig
 from minigpt4.eval.broken import REASONS, BrokenConfig, broken_reasons
 from minigpt4.eval.scoring import answer_correct, qa_scores
-from minigpt4.world.metrics import object_mentions
+from minigpt4.world.metrics import object_mentions, pooled_chair_i
 from minigpt4.world.vocab import heldout_names
 from minigpt4.world import SPLITS, generate, ingredient_recall, object_recall, prompt_similarity, structure_match
 
@@ -196,7 +196,7 @@ def score_items(items: list[Item]) -> dict[str, Any]:
             continue
         if task == "describe":
             bad, mentions = object_mentions(raw, truth)
-            it.scores = {"chair_i": bad / mentions if mentions else 0.0, "object_recall": object_recall(raw, truth),
+            it.scores = {"chair_i": pooled_chair_i([(bad, mentions)]), "object_recall": object_recall(raw, truth),
                          "hallucinated": float(bad), "mentions": float(mentions)}
         elif task == "sketch":
             it.scores = {"structure_match": structure_match(it.answer, s.html)}
@@ -211,10 +211,10 @@ def score_items(items: list[Item]) -> dict[str, Any]:
         return qa_scores([it.result.text if it.result else "" for it in items], [it.question for it in items],
                          heldout_names())
     keys = items[0].scores.keys()
-    out = {k: sum(it.scores[k] for it in items) / len(items) for k in keys}
-    if task == "describe":  # CHAIR_i pools every mention (Rohrbach et al. 2018): a text that names nothing adds none
-        bad, mentions = out.pop("hallucinated") * len(items), out.pop("mentions") * len(items)
-        out["chair_i"] = bad / mentions if mentions else 0.0
+    counts = ("hallucinated", "mentions")  # describe: CHAIR_i pools them instead of averaging the texts' rates
+    out = {k: sum(it.scores[k] for it in items) / len(items) for k in keys if k not in counts}
+    if task == "describe":
+        out["chair_i"] = pooled_chair_i((it.scores["hallucinated"], it.scores["mentions"]) for it in items)
         out["no_objects_named"] = sum(it.scores["mentions"] == 0 for it in items) / len(items)
     return out
 

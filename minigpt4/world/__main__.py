@@ -50,23 +50,22 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--split", default="train", choices=SPLITS)
     a = ap.parse_args(argv)
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()]  # a comma list flag
     if a.cmd == "export":
         from .export import export
-        kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
+        kinds = split(a.kinds)
         weights = [float(w) for w in a.weights.split(",")] if a.weights else None
         r = export(a.out, a.n, a.split, a.seed, kinds, weights, a.size, a.format, a.caption_field, progress=True)
         print(f"wrote {r['n']} samples: {r['jsonl']}, {r['filter_cap']} and {r['instructions']}")
     elif a.cmd == "drill":
         from .export import drills
-        split = lambda v: [x.strip() for x in v.split(",") if x.strip()]
         n = drills(a.data, a.out, split(a.types), split(a.kinds), a.max_questions)
         print(f"wrote {n} drills: {a.out}")
     elif a.cmd == "unname":
         from .regions import unname_file
         if not 0 <= a.share <= 1:
             ap.error(f"--share is a probability in [0, 1], not {a.share}")
-        c = unname_file(a.records, a.truth, a.out, a.share, a.seed, a.word,
-                         tuple(t.strip() for t in a.tasks.split(",") if t.strip()))
+        c = unname_file(a.records, a.truth, a.out, a.share, a.seed, a.word, tuple(split(a.tasks)))
         print(f"wrote {a.out}: {c['records']} records, {c['with_unnamed']} with {c['unnamed_regions']} unnamed regions")
     else:
         from PIL import Image

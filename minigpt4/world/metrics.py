@@ -34,11 +34,18 @@ def object_mentions(description: str, truth: dict) -> tuple[int, int]:
     return sum(1 for _, names in ms if not (names & present)), len(ms)
 
 
+def pooled_chair_i(counts) -> float:
+    """CHAIR_i over texts from their object_mentions counts: all hallucinated mentions over all mentions (Rohrbach et
+    al. 2018), 0.0 when none names an object; a text that names nothing adds nothing."""
+    counts = list(counts)
+    total = sum(n for _, n in counts)
+    return sum(bad for bad, _ in counts) / total if total else 0.0
+
+
 def chair_i(description: str, truth: dict) -> float:
     """CHAIR_i of one text: the fraction of its mentioned object words that refer to nothing in the image, 0.0 when
-    it mentions none. Over a set of texts CHAIR_i pools the mentions (eval's describe task: object_mentions)."""
-    bad, total = object_mentions(description, truth)
-    return bad / total if total else 0.0
+    it mentions none."""
+    return pooled_chair_i([object_mentions(description, truth)])
 
 
 def chair_s(description: str, truth: dict) -> float:
