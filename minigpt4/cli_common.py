@@ -34,6 +34,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--abstain", type=float, default=None, metavar="P",
                    help="a word readout's region name below probability P reads its unknown word ('thing'): "
                         "fewer invented objects for a few named ones (default: the model's own setting)")
+    g.add_argument("--grounded", action=argparse.BooleanOptionalAction, default=None,
+                   help="answers about the picture (describe, alt-text, ask, chat) name only objects the word "
+                        "readout read; any other object word reads 'thing' (default: the model's own setting)")
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +99,19 @@ def check_device_args(args: argparse.Namespace) -> tuple[str, str]:
             raise CLIError(f"--quantize {args.quantize} needs the bitsandbytes package: "
                            f"pip install bitsandbytes")
     return device, dtype
+
+
+def grounding_from_args(args: argparse.Namespace, model, groundable: bool = True) -> bool:
+    """Whether answers are grounded (minigpt4.chat.grounding): --grounded / --no-grounded, else the model's setting
+    where the task is an answer about the picture."""
+    flag = getattr(args, "grounded", None)
+    if flag and not groundable:
+        raise CLIError("--grounded is for answers about what the picture shows (describe, alt-text, ask, chat); "
+                       "a recipe, prompt or web page names things no picture shows: drop --grounded")
+    if flag and model.word_proj is None:
+        raise CLIError("--grounded keeps the object names a word readout read, and this model has none: "
+                       "drop --grounded")
+    return bool(groundable and (model.cfg.word_ground if flag is None else flag))
 
 
 def load_model_from_args(args: argparse.Namespace):

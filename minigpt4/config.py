@@ -113,7 +113,7 @@ def check_image_phrase_group(name: str, words: Sequence[str], slots: int, text: 
 
 
 READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "image_phrases",
-                "word_unknown", "word_abstain")
+                "word_unknown", "word_abstain", "word_ground")
 
 
 @dataclass
@@ -178,6 +178,9 @@ class MiniGPT4Config:
     # A name whose (tempered) probability is below this reads word_unknown instead: fewer wrong names for a few
     # right ones (session 27: on test scenes 16% of the region names are wrong, 6% of those above 0.7)
     word_abstain: float = 0.0
+    # Answers about the picture (describe, alt text, questions, chat) name only objects the readout read; others read
+    # "thing" (minigpt4.chat.grounding; --grounded / --no-grounded override it)
+    word_ground: bool = False
     # How a query's word and its projection reach the LLM: "sum" - one slot holds both; "pair" - two slots, the word's
     # then the projection's; "append" - all the projection's tokens, then all the words (the projection's tokens keep
     # the places a model trained without the readout read them at). pair and append double the image tokens.
@@ -317,6 +320,8 @@ class MiniGPT4Config:
             meta["word_unknown"] = self.word_unknown
         if self.word_abstain:
             meta["word_abstain"] = str(self.word_abstain)
+        if self.word_ground:
+            meta["word_ground"] = "1"
         return meta
 
     def apply_readout_meta(self, meta: dict[str, str]) -> None:
@@ -333,6 +338,7 @@ class MiniGPT4Config:
             # readouts fit before the word was recorded (sessions 23-26) all used --unknown thing
             self.word_unknown = meta.get("word_unknown", "thing" if "thing" in self.proj_words else "")
             self.word_abstain = float(meta.get("word_abstain", 0.0))
+            self.word_ground = meta.get("word_ground") == "1"
 
     # --- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

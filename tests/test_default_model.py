@@ -283,7 +283,9 @@ def test_a_word_readout_publishes_and_loads_with_its_words(tmp_path):
                     meta={"step": 30, **cfg.readout_meta()})
     publish(run, "stage1", root, abstain=0.7)
     abstaining = default_config(root=root)
-    assert (abstaining.word_unknown, abstaining.word_abstain) == ("thing", 0.7)
+    assert (abstaining.word_unknown, abstaining.word_abstain, abstaining.word_ground) == ("thing", 0.7, False)
+    publish(run, "stage1", root, abstain=0.7, ground=True)  # --ground: grounded answers by default
+    assert default_config(root=root).word_ground
 
 
 def test_a_readout_on_its_own_vision_side_loads_that_export_and_publishes_its_name(tmp_path):

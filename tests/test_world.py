@@ -361,6 +361,23 @@ def test_unnamed_kinds_read_thing_in_the_answers_and_their_regions_are_recorded(
                  str(tmp_path / "none.jsonl"), "--share", "0"]) == 0
     for before, after in zip(source, map(json.loads, open(tmp_path / "none.jsonl"))):
         assert after.get("unnamed", []) == [] and after["conversations"] == before["conversations"]
+    # --always: those kinds in every image they are in (wherever a region shows them), no other kind
+    kinds = sorted({g["name"] for t in truth.values() if t["kind"] == "scene" for g in region_groups(t) if g
+                    and g["name"] in {o["name"] for o in t["objects"] if o["type"] == "object"}})
+    always = kinds[:3]
+    assert main(["unname", str(out / "instructions.jsonl"), "--truth", str(out / "data.jsonl"), "--out",
+                 str(tmp_path / "always.jsonl"), "--share", "0", "--always", ",".join(always)]) == 0
+    hit = 0
+    for before, after in zip(source, map(json.loads, open(tmp_path / "always.jsonl"))):
+        if before["task"] not in ("describe", "alt-text", "qa"):
+            continue
+        groups = region_groups(truth[before["id"]])
+        assert after["unnamed"] == [i for i, g in enumerate(groups) if g and g["name"] in always]
+        hit += bool(after["unnamed"])
+    assert hit >= 3
+    with pytest.raises(SystemExit):
+        main(["unname", str(out / "instructions.jsonl"), "--truth", str(out / "data.jsonl"), "--out",
+              str(tmp_path / "x.jsonl"), "--always", "unicorn-bike"])
     # a record of another export is refused by name; a bad 'unnamed' field is refused by the loader
     stray = tmp_path / "stray.jsonl"
     stray.write_text(json.dumps(dict(source[0], id="scene_train_77")) + "\n")

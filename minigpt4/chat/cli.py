@@ -17,7 +17,8 @@ import warnings
 from pathlib import Path
 
 from minigpt4.chat.presets import PRESETS
-from minigpt4.cli_common import CLIError, add_generation_args, add_model_args, generation_from_args, load_model_from_args
+from minigpt4.cli_common import (CLIError, add_generation_args, add_model_args, generation_from_args,
+                                  grounding_from_args, load_model_from_args)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 TASK_VERBS = ["describe", "ask", "alt-text", "recipe", "prompt", "website"]
@@ -88,6 +89,7 @@ def run_task(args) -> int:
     paths = expand_images(args.images)
     engine = _engine(args)
     gen = generation_from_args(args, preset.generation(engine.default_gen))
+    ground = grounding_from_args(args, engine.model, preset.groundable)
     records, failed = [], 0
     out_dir = Path(getattr(args, "out_dir", ".") or ".")
     bar = tqdm(total=len(paths), desc=args.task, unit="img", disable=len(paths) < 2 or args.quiet, file=sys.stderr)
@@ -102,7 +104,7 @@ def run_task(args) -> int:
                 failed += 1
                 print(f"error: {e}", file=sys.stderr)
                 records.append({"image": str(path), "task": args.task, "error": str(e)})
-        requests = [Request([Message("user", question, images=[loaded[p]])], gen) for p in todo]
+        requests = [Request([Message("user", question, images=[loaded[p]])], gen, ground=ground) for p in todo]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             results = engine.generate(requests)
@@ -147,7 +149,7 @@ def run_chat(args) -> int:
 
     engine = _engine(args)
     gen = generation_from_args(args, engine.default_gen)
-    conv = Conversation(engine)
+    conv = Conversation(engine, ground=grounding_from_args(args, engine.model))
     for path in args.image:
         conv.add_image(path)  # a bad --image is a startup error (exit 2)
     interactive = sys.stdin.isatty()

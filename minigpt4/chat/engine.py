@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
+from minigpt4.chat.grounding import ground_text, stable_prefix
 from minigpt4.chat.templates import Message, Template, encode_conversation, get_template
 from minigpt4.config import GenerationConfig
 from minigpt4.model.minigpt4 import IMAGE_TOKEN_ID
@@ -45,6 +46,7 @@ class Request:
     messages: list[Message]
     gen: GenerationConfig | None = None  # None -> the model's defaults (model.cfg.generation)
     system: str | None = None            # None -> the engine's system message
+    ground: bool = False                 # name only objects the word readout read (minigpt4.chat.grounding)
 
 
 @dataclass
@@ -65,6 +67,7 @@ class _Prompt:
     messages: list[Message]               # the messages actually used (after overflow drops)
     dropped_turns: int = 0
     system: str | None = None             # the system message it was built with
+    read: frozenset[str] | None = None    # grounded: the object names its images' readout read
 
 
 @dataclass
@@ -75,7 +78,7 @@ class _RowState:
     tokens: list[int] = field(default_factory=list)
     raw: str = ""     # decoded generated text (stop string cut off once found)
     text: str = ""    # the final answer
-    emitted: int = 0
+    streamed: str = ""               # the text streamed so far
     finish: str | None = None
     key: Any = None                  # the caller's name for this row (DecodeBatch.step output)
     prompt: _Prompt | None = None
@@ -359,7 +362,7 @@ class ChatEngine:
         return budget
 
     def build_prompt(self, messages: Sequence[Message], gen: GenerationConfig | None = None,
-                     system: str | None = None) -> _Prompt:
+                     system: str | None = None, ground: bool = False) -> _Prompt:
         """Token ids for `messages` (ending with a user message), fitted to the context.
 
         Overflow drops the oldest whole turns, keeping the system message, the latest turn and every
@@ -388,7 +391,21 @@ class ChatEngine:
             log.warning(msg)
         images = [im for m in kept for im in m.images]
         embeds = self.encode_images(images)
-        return _Prompt(ids=ids, images=embeds, messages=kept, dropped_turns=drop, system=system)
+        read = self.read_names(images) if ground else None
+        return _Prompt(ids=ids, images=embeds, messages=kept, dropped_turns=drop, system=system, read=read)
+
+    def read_names(self, images: Sequence[Any]) -> frozenset[str]:
+        """Every object name the word readout reads in `images` (grounded answers may name these)."""
+        if any(isinstance(im, torch.Tensor) for im in images):
+            raise ValueError("a grounded answer checks its object names against the image's readout: give the image "
+                             "itself, not its embedding (or do not ask for grounding)")
+        return frozenset().union(*self.model.read_names(images)) if images else frozenset()
+
+    @property
+    def ground_vocab(self) -> frozenset[str]:
+        """The names grounding checks: the readout's words but its unknown one."""
+        cfg = self.model.cfg
+        return frozenset(w for w in cfg.proj_words if w != cfg.word_unknown)
 
     def _too_long_message(self, kept, ids, budget, gen, system) -> str:
         n_img = sum(len(m.images) for m in kept)
@@ -408,7 +425,7 @@ class ChatEngine:
             return []
         gens = [self._gen(r.gen) for r in requests]
         with self._lock:  # prompts too: image encoding uses the model and its cache
-            prompts = [self.build_prompt(r.messages, g, r.system) for r, g in zip(requests, gens)]
+            prompts = [self.build_prompt(r.messages, g, r.system, r.ground) for r, g in zip(requests, gens)]
             runner = self._run(prompts, gens)
             try:
                 while True:
@@ -423,7 +440,7 @@ class ChatEngine:
         """Yield the answer to one request as text deltas; the generator returns the Result."""
         gen = self._gen(request.gen)
         with self._lock:
-            prompt = self.build_prompt(request.messages, gen, request.system)
+            prompt = self.build_prompt(request.messages, gen, request.system, request.ground)
             runner = self._run([prompt], [gen])
             try:
                 while True:
@@ -468,12 +485,19 @@ class ChatEngine:
             elif len(st.tokens) >= st.gen.max_new_tokens:
                 st.finish = "length"
         shown = _strip_markup(st.raw)
+        read = st.prompt.read if st.prompt is not None else None
         if st.finish is None:
             visible = _streamable(shown, (*st.stops, *MARKUP))
+            if read is not None:  # a name is rewritten once it is whole: hold back the words that may still change
+                visible = stable_prefix(ground_text(visible, read, self.ground_vocab))
         else:
             visible = st.text = shown.rstrip("\ufffd").strip()
-        delta = visible[st.emitted:]
-        st.emitted = max(st.emitted, len(visible))
+            if read is not None:
+                visible = st.text = ground_text(visible, read, self.ground_vocab)
+        if read is not None and not visible.startswith(st.streamed):  # never stream a change to what was shown
+            return ""
+        delta = visible[len(st.streamed):]
+        st.streamed = visible if len(visible) > len(st.streamed) else st.streamed
         return delta
 
     PREFIX_MIN = 8       # shorter shared prefixes are not worth a cache entry
@@ -670,9 +694,10 @@ class Conversation:
     lacks (the end of the last answer plus the new question), and images are encoded once, when
     added. Falls back to a longer prefill by itself when the history changed (e.g. overflow)."""
 
-    def __init__(self, engine: ChatEngine, system: str | None = None):
+    def __init__(self, engine: ChatEngine, system: str | None = None, ground: bool = False):
         self.engine = engine
         self.system = system
+        self.ground = ground  # answers name only objects the readout read in the conversation's images
         self.reset()
 
     def reset(self) -> None:
@@ -681,10 +706,14 @@ class Conversation:
         self._cache: DynamicCache | None = None
         self._cached_ids: list[int] = []
         self._cached_images: list[torch.Tensor] = []
+        self._read: frozenset[str] = frozenset()  # grounded: names read in every image so far
 
     def add_image(self, image) -> None:
         """Attach an image (path, bytes, PIL or embedding) to the next question; encoded now."""
-        self._pending.append(self.engine.encode_images([image])[0])
+        emb = self.engine.encode_images([image])[0]
+        if self.ground:
+            self._read |= self.engine.read_names([image])
+        self._pending.append(emb)
 
     def ask(self, text: str, gen: GenerationConfig | None = None, on_text: Callable[[str], None] | None = None) -> Result:
         res = None
@@ -707,6 +736,8 @@ class Conversation:
         question = Message("user", text, images=list(self._pending))
         with eng._lock:
             prompt = eng.build_prompt(self.messages + [question], gen, self.system)
+            if self.ground:
+                prompt.read = self._read
             reuse = self._reusable(prompt)
             cache = self._cache if reuse else None
             if cache is not None:

@@ -30,6 +30,7 @@ class TaskPreset:
     help: str = ""
     postprocess: Callable[[str], str] = staticmethod(lambda text: text.strip())  # type: ignore[assignment]
     needs_question: bool = False
+    groundable: bool = False  # an answer about what the picture shows (minigpt4.chat.grounding applies)
 
     def build_prompt(self, question: str | None = None) -> str:
         if self.needs_question:
@@ -108,12 +109,12 @@ def write_website(answer: str, path: str | Path, title: str | None = None) -> Pa
 PRESETS: dict[str, TaskPreset] = {p.name: p for p in [
     TaskPreset("describe",
                "Describe this image in detail. Give as many details as possible. Say everything you see.",
-               help="a detailed description of the image"),
-    TaskPreset("ask", "{question}", needs_question=True, help="answer a free question about the image"),
+               groundable=True, help="a detailed description of the image"),
+    TaskPreset("ask", "{question}", needs_question=True, groundable=True, help="answer a free question about the image"),
     TaskPreset("alt-text",
                "Write alt text for this image for a blind reader: one short sentence, under 20 words, "
                "that says what the image shows. Do not start with 'Image of'.",
-               gen={"max_new_tokens": 48, "do_sample": False}, postprocess=shorten_alt_text,
+               gen={"max_new_tokens": 48, "do_sample": False}, postprocess=shorten_alt_text, groundable=True,
                help=f"one short sentence (<= {ALT_TEXT_MAX} characters) for screen readers"),
     TaskPreset("recipe",
                "This is a photo of a prepared dish. Write a recipe for it. Start with the name of the "

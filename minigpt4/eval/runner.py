@@ -65,6 +65,7 @@ class EvalConfig:
     speed_runs: int = 3
     speed_tokens: int = 100
     examples: int = 2                 # good and bad examples per task in the report
+    ground: bool = False              # grounded answers for qa and describe (minigpt4.chat.grounding)
     progress: bool = True
 
     def __post_init__(self):
@@ -136,16 +137,20 @@ def build_items(model, cfg: EvalConfig, task_name: str) -> list[Item]:
     task = TASKS[task_name]
     size = image_size_for(model, cfg)
     gen = generation_for(task, model, cfg)
+    # an answer about the picture ("ask" for qa), with an image to check against
+    ground = cfg.ground and not cfg.no_image and (task.preset is None or get_preset(task.preset).groundable)
     items = []
     for i in range(cfg.n):
         s = generate(task.kind, cfg.seed + i, cfg.split, size)
         if task.name == "qa":
             for q in _pick_questions(s.qa, cfg.qa_per_image):
                 text = f"{q['question']} {SHORT_ANSWER}"
-                items.append(Item(task.name, s, text, Request([message_for(text, s.image, cfg.no_image)], gen), q))
+                items.append(Item(task.name, s, text, Request([message_for(text, s.image, cfg.no_image)], gen,
+                                                              ground=ground), q))
         else:
             text = get_preset(task.preset).build_prompt()
-            items.append(Item(task.name, s, text, Request([message_for(text, s.image, cfg.no_image)], gen)))
+            items.append(Item(task.name, s, text, Request([message_for(text, s.image, cfg.no_image)], gen,
+                                                          ground=ground)))
     return items
 
 

@@ -99,13 +99,25 @@ class WordReadout(nn.Module):
         the data says nothing about (those drop at random with `drop`); see minigpt4.world.regions."""
         probs = self.probs(features)
         if self.abstain:
-            unsure = (probs.max(-1).values < self.abstain) & (probs.argmax(-1) != 0)  # an empty region stays empty
-            probs = self.read_as(probs, unsure, self.unknown)
+            probs = self.read_as(probs, self.unsure(probs), self.unknown)
         if drop > 0 or unnamed is not None:
             probs = self.drop_words(probs, drop, drop_to, unnamed)
         slots = [self.probs(features, head) @ getattr(self, f"table_{a}").to(features.dtype)
                  for a, head in self.attributes.items()]
         return torch.stack(slots + [probs @ self.table.to(features.dtype)], dim=2)
+
+    def unsure(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, Q) true where a name is below the abstention probability (an empty region stays empty)."""
+        return (probs.max(-1).values < self.abstain) & (probs.argmax(-1) != 0)
+
+    def read(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """What the LLM is told, as classes: (B, Q) each query's name after abstention (0: none), and each phrase
+        group's (B, slots) phrases (0: none)."""
+        probs = self.probs(features)
+        names = probs.argmax(-1)
+        if self.abstain:
+            names = torch.where(self.unsure(probs), torch.full_like(names, self.unknown), names)
+        return names, {g: self.phrase_probs(features, g).argmax(-1) for g in self.phrases}
 
     def phrase_probs(self, features: torch.Tensor, group: str) -> torch.Tensor:
         """(B, Q, D) features -> (B, slots, phrases + 1): each of `group`'s slots' tempered softmax (0: none). In a
@@ -297,6 +309,7 @@ class MiniGPT4(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._names: dict[str, frozenset[str]] = {}  # read_names, by image content
         self.cache_size = cache_size
         self.set_trainable(cfg.trainable)
 
@@ -450,6 +463,30 @@ class MiniGPT4(nn.Module):
             self._cache.popitem(last=False)
         return result
 
+    @torch.no_grad()
+    def read_names(self, images: Sequence[ImageInput]) -> list[frozenset[str]]:
+        """The object names the word readout reads in each image: its regions' names after abstention (not the
+        unknown word) and its phrases ("pizza"), i.e. what the LLM was told is there. Grounded answers
+        (minigpt4.chat.grounding) keep only these; cached by image content like encode_images."""
+        if self.word_proj is None:
+            raise ValueError("grounded answers keep the object names a word readout read, and this model has none")
+        pil = [load_image(im) for im in images]
+        keys = [self.image_key(im) for im in pil]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._names))
+        if todo:
+            first = {k: keys.index(k) for k in todo}
+            feats = self.split_features(self.vision_features(self.preprocess([pil[first[k]] for k in todo])))[1]
+            names, phrases = self.word_proj.read(feats.to(self.word_proj.classify.weight.dtype))
+            words, unknown = self.cfg.proj_words, unknown_class(self.cfg)
+            groups = {g["name"]: g["words"] for g in self.cfg.image_phrases}
+            for b, k in enumerate(todo):
+                read = {words[c - 1] for c in names[b].tolist() if c and c != unknown}
+                read |= {groups[g][c - 1] for g, cls in phrases.items() for c in cls[b].tolist() if c}
+                self._names[k] = frozenset(read)
+        while len(self._names) > self.cache_size:
+            self._names.pop(next(iter(self._names)))
+        return [self._names[k] for k in keys]
+
     def set_word_abstain(self, abstain: float) -> None:
         """MiniGPT4Config.word_abstain on a loaded model (chat/eval/serve --abstain); cached image encodings go."""
         if self.word_proj is None:
@@ -460,6 +497,7 @@ class MiniGPT4(nn.Module):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._names.clear()
 
     # --- splice --------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:

@@ -80,6 +80,8 @@ class Service:
     def __init__(self, engine, cfg: ServeConfig, presets: dict[str, Any] | None = None):
         self.engine, self.cfg = engine, cfg
         self.model = engine.model
+        mcfg = getattr(self.model, "cfg", None)
+        self.ground = bool(getattr(mcfg, "word_ground", False) if cfg.ground is None else cfg.ground)
         self.presets = load_presets() if presets is None else presets
         self.limits = ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels)
         self.fetcher = (RemoteFetcher(self.limits, cfg.remote_timeout_s, cfg.remote_max_redirects)
@@ -235,7 +237,8 @@ class Service:
             gen = dataclasses.replace(p.gen)
             if gen.seed is not None:
                 gen.seed = gen.seed + i  # n choices differ, yet the same seed repeats them
-            kwargs = {"messages": p.messages, "gen": gen}
+            kwargs = {"messages": p.messages, "gen": gen,
+                      "ground": self.ground and (p.preset is None or getattr(p.preset, "groundable", False))}
             if p.system is not None:
                 kwargs["system"] = p.system
             out.append(Request(**kwargs))

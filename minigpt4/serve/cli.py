@@ -72,7 +72,7 @@ def config_from_args(args) -> ServeConfig:
         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
         request_timeout_s=args.timeout, max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels, max_images=args.max_images,
-        allow_remote_images=args.allow_remote_images)
+        allow_remote_images=args.allow_remote_images, ground=getattr(args, "grounded", None))
 
 
 def load_model(args):
@@ -105,6 +105,10 @@ def run(args) -> int:
     sys.setswitchinterval(0.0005)
     model = load_model(args)
     model.eval()
+    if cfg.ground and getattr(model, "word_proj", None) is None:
+        from minigpt4.cli_common import CLIError
+        raise CLIError("--grounded keeps the object names a word readout read, and this model has none: "
+                       "drop --grounded")
     app = create_app(ChatEngine(model), cfg)
     where = f"http://{cfg.host}:{cfg.port}"
     print(f"serving '{cfg.model_name}': web chat {where}/  API {where}/v1  "

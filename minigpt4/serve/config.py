@@ -30,6 +30,9 @@ class ServeConfig:
 
     # Remote image URLs (SSRF-guarded); off unless asked for.
     allow_remote_images: bool = False
+    # Answers about the picture name only objects the word readout read (minigpt4.chat.grounding); None: the model's
+    # own setting. Free chat and the describe/alt-text/ask presets; never recipes, prompts or pages.
+    ground: bool | None = None
     remote_timeout_s: float = 10.0
     remote_max_redirects: int = 3
 

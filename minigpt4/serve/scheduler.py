@@ -181,7 +181,7 @@ class Batcher:
             try:
                 gen = eng._gen(job.request.gen)
                 with eng._lock:  # image encoding uses the model and its cache
-                    prompt = eng.build_prompt(job.request.messages, gen, job.request.system)
+                    prompt = eng.build_prompt(job.request.messages, gen, job.request.system, job.request.ground)
                 ready.append((job, prompt, gen))
             except Exception as e:
                 job.finish(error=e)

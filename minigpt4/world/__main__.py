@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--word", default="thing", help="the readout's unknown word (TrainConfig.word_dropout_to)")
     u.add_argument("--tasks", default="describe,alt-text,qa", help="comma list of the record tasks to unname in")
+    u.add_argument("--always", default="", help="comma list of kinds unnamed in every image (stand-ins for held-out "
+                                                 "kinds, whose names the readout never reads)")
     s = sub.add_parser("sheet", help="save a 4x4 contact sheet of one kind")
     s.add_argument("--kind", default="scene", choices=KINDS)
     s.add_argument("--out", required=True)
@@ -65,7 +67,12 @@ def main(argv=None) -> int:
         from .regions import unname_file
         if not 0 <= a.share <= 1:
             ap.error(f"--share is a probability in [0, 1], not {a.share}")
-        c = unname_file(a.records, a.truth, a.out, a.share, a.seed, a.word, tuple(split(a.tasks)))
+        from .vocab import by_name
+        always = frozenset(split(a.always))
+        if always - set(by_name()):
+            ap.error(f"--always: not object kinds of the world: {', '.join(sorted(always - set(by_name())))} "
+                     f"(names as in an export's truth, e.g. 'money bag')")
+        c = unname_file(a.records, a.truth, a.out, a.share, a.seed, a.word, tuple(split(a.tasks)), always)
         print(f"wrote {a.out}: {c['records']} records, {c['with_unnamed']} with {c['unnamed_regions']} unnamed regions")
     else:
         from PIL import Image

@@ -80,24 +80,26 @@ UNNAME_TASKS = ("describe", "alt-text", "qa")  # what the eval scores objects in
 
 
 def unname_answers(answers: list[str], truth: dict, rng: random.Random, share: float,
-                   word: str = "thing") -> tuple[list[str], list[int]]:
-    """Each emoji kind of the image unnamed with probability `share`: `answers` with `word` for them, and the regions
+                   word: str = "thing", always: frozenset[str] = frozenset()) -> tuple[list[str], list[int]]:
+    """Each emoji kind of the image unnamed with probability `share`, and the kinds in `always` in every image (stand-ins
+    for held-out kinds: a name the readout never reads): `answers` with `word` for them, and the regions
     (reading order) that show them. Shapes and signs keep their names: held-out kinds are emoji; a dish's ingredient
     that no region is mostly of keeps its name (no region would read it)."""
     groups = region_groups(truth)
     emoji = {o["name"] for o in truth.get("objects", []) if o.get("type") == "object"}
     emoji |= {i["name"] for i in truth.get("ingredients", [])}
     kinds = sorted({g["name"] for g in groups if g and g["name"] in emoji})
-    gone = {k for k in kinds if rng.random() < share}
+    gone = {k for k in kinds if rng.random() < share or k in always}
     return [unname_text(a, gone, word) for a in answers], [i for i, g in enumerate(groups) if g and g["name"] in gone]
 
 
-def unname_record(record: dict, truth: dict, rng: random.Random, share: float, word: str = "thing") -> dict:
+def unname_record(record: dict, truth: dict, rng: random.Random, share: float, word: str = "thing",
+                  always: frozenset[str] = frozenset()) -> dict:
     """A LLaVA record unnamed (unname_answers): its answers (gpt turns) say `word`, its questions keep the name (as a
     user asks about a held-out kind by name), record["unnamed"] lists the regions."""
     turns = record.get("conversations", [])
     mine = [i for i, t in enumerate(turns) if t.get("from") in ("gpt", "assistant")]
-    answers, regions = unname_answers([turns[i]["value"] for i in mine], truth, rng, share, word)
+    answers, regions = unname_answers([turns[i]["value"] for i in mine], truth, rng, share, word, always)
     turns = list(turns)
     for i, a in zip(mine, answers):
         turns[i] = dict(turns[i], value=a)
@@ -115,12 +117,13 @@ def _missing(where: str, key, truth_path: str) -> ValueError:
 
 
 def unname_file(records_path: str, truth_path: str, out: str, share: float, seed: int = 0,
-                word: str = "thing", tasks: tuple[str, ...] = UNNAME_TASKS) -> dict:
+                word: str = "thing", tasks: tuple[str, ...] = UNNAME_TASKS,
+                always: frozenset[str] = frozenset()) -> dict:
     """`records_path` with kinds unnamed, each record joined by its id to its image's truth in a world export's
     data.jsonl (a record with none there is refused). A LLaVA JSONL (instructions, drills): the records of `tasks`
     (the others are copied without the field, so TrainConfig.word_dropout still drops their words at random), image
     paths rewritten relative to `out`. A cc_sbu_align folder (`minigpt4 curate export`'s descriptions): every caption,
-    `out` a folder with its filter_cap.json and a link to the images."""
+    `out` a folder with its filter_cap.json and a link to the images. `always`: kinds unnamed in every image."""
     import json
     import os
 
@@ -139,7 +142,7 @@ def unname_file(records_path: str, truth_path: str, out: str, share: float, seed
             if ann.get("image_id") not in truth:
                 raise _missing(os.path.join(records_path, "filter_cap.json"), ann.get("image_id"), truth_path)
             (ann["caption"],), ann[UNNAMED_KEY] = unname_answers([ann["caption"]], truth[ann["image_id"]], rng,
-                                                                 share, word)
+                                                                 share, word, always)
             count(ann[UNNAMED_KEY])
         os.makedirs(out, exist_ok=True)
         link = os.path.join(out, "image")
@@ -157,7 +160,7 @@ def unname_file(records_path: str, truth_path: str, out: str, share: float, seed
         if rec.get("id") not in truth:
             raise _missing(f"{records_path}:{n}", rec.get("id"), truth_path)
         if rec.get("task") in tasks:
-            rec = unname_record(rec, truth[rec["id"]], rng, share, word)
+            rec = unname_record(rec, truth[rec["id"]], rng, share, word, always)
         if isinstance(rec.get("image"), str) and src != dst:
             rec["image"] = os.path.relpath(os.path.join(src, rec["image"]), dst)
         count(rec.get(UNNAMED_KEY))
