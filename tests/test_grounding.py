@@ -41,8 +41,12 @@ def _image(seed: int) -> Image.Image:
     return Image.new("RGB", (64, 64), (seed * 40 % 255, 90, 200))
 
 
-def test_read_names_follows_the_readout_and_its_abstention(model):
+def test_read_names_follows_the_readout_and_its_abstention(model, monkeypatch):
     assert model.read_names([_image(1), _image(1)]) == [frozenset({"cat"})] * 2
+    model.encode_images([_image(6)])  # encoding an image reads its names too: no second vision pass for them
+    with monkeypatch.context() as m:
+        m.setattr(model, "vision_features", lambda pixels: pytest.fail("read again"))
+        assert model.read_names([_image(6)]) == [frozenset({"cat"})]
     with torch.no_grad():
         model.word_proj.classify.bias.copy_(torch.tensor([-30.0, 0.0, 0.0, -30.0, -30.0]))  # torn: cat or dog
     try:

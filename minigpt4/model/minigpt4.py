@@ -452,10 +452,12 @@ class MiniGPT4(nn.Module):
         if todo:
             uniq = list(dict.fromkeys(keys[i] for i in todo))
             first = {k: next(i for i in todo if keys[i] == k) for k in uniq}
-            pixels = self.preprocess([pil[first[k]] for k in uniq])
-            out = self.encode_pixels(pixels)
+            feats = self.vision_features(self.preprocess([pil[first[k]] for k in uniq]))
+            out = self.project(feats)
             for k, emb in zip(uniq, out):
                 self._cache[k] = emb
+            if self.word_proj is not None:  # what the readout read, for grounded answers: no second vision pass
+                self._keep_names(uniq, feats)
         for k in keys:
             self._cache.move_to_end(k)
         result = torch.stack([self._cache[k] for k in keys])
@@ -474,18 +476,22 @@ class MiniGPT4(nn.Module):
         keys = [self.image_key(im) for im in pil]
         todo = list(dict.fromkeys(k for k in keys if k not in self._names))
         if todo:
-            first = {k: keys.index(k) for k in todo}
-            feats = self.split_features(self.vision_features(self.preprocess([pil[first[k]] for k in todo])))[1]
-            names, phrases = self.word_proj.read(feats.to(self.word_proj.classify.weight.dtype))
-            words, unknown = self.cfg.proj_words, unknown_class(self.cfg)
-            groups = {g["name"]: g["words"] for g in self.cfg.image_phrases}
-            for b, k in enumerate(todo):
-                read = {words[c - 1] for c in names[b].tolist() if c and c != unknown}
-                read |= {groups[g][c - 1] for g, cls in phrases.items() for c in cls[b].tolist() if c}
-                self._names[k] = frozenset(read)
+            self._keep_names(todo, self.vision_features(self.preprocess([pil[keys.index(k)] for k in todo])))
+        return [self._names[k] for k in keys]
+
+    def _keep_names(self, keys: list[str], features: torch.Tensor) -> None:
+        """Cache read_names for images `keys` from their vision_features."""
+        feats = self.split_features(features)[1]
+        names, phrases = self.word_proj.read(feats.to(self.word_proj.classify.weight.dtype))
+        words, unknown = self.cfg.proj_words, unknown_class(self.cfg)
+        groups = {g["name"]: g["words"] for g in self.cfg.image_phrases}
+        for b, k in enumerate(keys):
+            read = {words[c - 1] for c in names[b].tolist() if c and c != unknown}
+            read |= {groups[g][c - 1] for g, cls in phrases.items() for c in cls[b].tolist() if c}
+            self._names.pop(k, None)
+            self._names[k] = frozenset(read)
         while len(self._names) > self.cache_size:
             self._names.pop(next(iter(self._names)))
-        return [self._names[k] for k in keys]
 
     def set_word_abstain(self, abstain: float) -> None:
         """MiniGPT4Config.word_abstain on a loaded model (chat/eval/serve --abstain); cached image encodings go."""
