@@ -46,6 +46,13 @@ def test_scorers_give_full_marks_for_ground_truth_and_low_marks_for_wrong_answer
     other = [chair_i(scenes[(i + 1) % 6].description, s.truth) for i, s in enumerate(scenes)]
     assert sum(other) / len(other) > 0.5
     assert sum(ingredient_recall("Boil water. Add salt.", d.truth) for d in dishes) / len(dishes) < 0.2
+    # every test dish holds a held-out ingredient: a recipe naming every seen one gets them all, and no more
+    from minigpt4.world.metrics import ingredient_hits
+    for d in dishes:
+        seen = [i["name"] for i in d.truth["ingredients"] if not i["heldout"]]
+        hits = ingredient_hits("Ingredients: " + ", ".join(seen), d.truth)
+        assert any(h for _, h, _ in hits) and all(ok != held for _, held, ok in hits), hits
+        assert ingredient_recall("Ingredients: " + ", ".join(seen), d.truth) == len(seen) / len(hits) < 1
 
     # Over a set of descriptions CHAIR_i pools the mentions: a text that names nothing adds nothing (a per-text mean
     # would count it as a perfect 0 and flatter a model that says "some things" everywhere)
@@ -206,12 +213,14 @@ def test_eval_end_to_end_writes_a_report_with_every_metric(tiny_model, tmp_path)
     m = report["metrics"]
     for path in [("qa", "all"), ("qa", "attribute"), ("describe", "chair_i"), ("describe", "object_recall"),
                  ("broken", "rate"), ("sketch", "structure_match"), ("recipe", "ingredient_recall"),
-                 ("prompt", "prompt_similarity"), ("speed", "seconds"), ("speed", "tokens_per_s")]:
+                 ("prompt", "prompt_similarity"), ("speed", "seconds"), ("speed", "tokens_per_s"),
+                 ("recipe", "ingredient_recall:seen"), ("recipe", "ingredient_recall:best_without_heldout")]:
         value = m[path[0]][path[1]]
         assert isinstance(value, float) and value >= 0, path
     assert m["speed"]["tokens"] == 8  # exactly the asked length: EOS does not end the timed answer
     assert set(m["broken"]["by_reason"]) == {"empty", "repetition", "gibberish", "non_ascii", "cut_off"}
     assert m["broken"]["checked"] == 6  # describe, recipe, prompt x 2 images
+    assert 0 < m["recipe"]["ingredient_recall:best_without_heldout"] < 1  # test dishes each hold a held-out one
     md = write_report(report, tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["metrics"] == json.loads(json.dumps(m)) and "_items" not in saved

@@ -23,6 +23,8 @@ HEADLINE: list[tuple[str, tuple[str, ...], str, str]] = [
     ("broken outputs (describe, recipe, prompt)", ("broken", "rate"), "<= 2%", "pct"),
     ("sketch -> HTML structure match", ("sketch", "structure_match"), ">= 80%", "pct"),
     ("recipe ingredient recall", ("recipe", "ingredient_recall"), ">= 80%", "pct"),
+    ("... of the ingredients of kinds seen in training", ("recipe", "ingredient_recall:seen"), "", "pct"),
+    ("... best possible naming no held-out kind", ("recipe", "ingredient_recall:best_without_heldout"), "", "pct"),
     ("prompt re-render similarity", ("prompt", "prompt_similarity"), "", "pct"),
     ("100-token answer incl. image encode (s)", ("speed", "seconds"), "< 5 s", "sec"),
     ("decode speed (tokens/s)", ("speed", "tokens_per_s"), "", "num"),

@@ -109,17 +109,21 @@ def qa_accuracy(preds: list[str], qa: list[dict], by_type: bool = False):
 def ingredient_recall(recipe_text: str, truth: dict) -> float:
     """Fraction of the dish's visible ingredients that the recipe text mentions
     (names, plurals and synonyms; drawn ingredients like "pasta" by name)."""
-    ings = [i["name"] for i in truth.get("ingredients", [])]
-    if not ings:
-        return 1.0
+    hits = ingredient_hits(recipe_text, truth)
+    return sum(hit for _, _, hit in hits) / len(hits) if hits else 1.0
+
+
+def ingredient_hits(recipe_text: str, truth: dict) -> list[tuple[str, bool, bool]]:
+    """(ingredient, held out, mentioned by the recipe) for each of the dish's visible ingredients."""
+    ings = truth.get("ingredients", [])
     low = " " + _norm(recipe_text) + " "
     said = set().union(*[n for _, n in find_mentions(recipe_text)]) if find_mentions(recipe_text) else set()
     table = mention_table()
-    hit = 0
-    for name in ings:
+    out = []
+    for ing in ings:
+        name = ing["name"]
         forms = {name} | {f for f, ns in table.items() if name in ns}
-        if name in said or any(f" {_norm(f)} " in low for f in forms):
-            hit += 1
-        elif " " in name and f" {_norm(name.split()[-1])} " in low:  # "tomato sauce" -> "sauce"
-            hit += 1
-    return hit / len(ings)
+        hit = name in said or any(f" {_norm(f)} " in low for f in forms) or \
+            (" " in name and f" {_norm(name.split()[-1])} " in low)  # "tomato sauce" -> "sauce"
+        out.append((name, bool(ing.get("heldout")), bool(hit)))
+    return out
