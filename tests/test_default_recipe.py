@@ -99,6 +99,7 @@ def test_make_attrs_sh_runs_the_next_models_chain_at_tiny_scale(tmp_path):
     assert json.loads((runs / "curate" / "filter_cap.json").read_text())["annotations"]
     compare = (runs / "eval" / "compare.md").read_text()
     assert f"default@stage0-effnet-html-grid@{runs}/stage1" in compare and "stage2" in compare
+    assert compare.splitlines()[2].count(":grounded |") == 2  # both columns grounded (GROUNDED=1)
     assert _shipped() == before, "the tiny chain must not touch the shipped weights"
     r2 = subprocess.run(["bash", str(ROOT / "recipes/default/make-attrs.sh")], env=env, capture_output=True,
                         text=True, timeout=900)
