@@ -92,6 +92,8 @@ def test_grounded_requests_read_their_images_and_refuse_embeddings(model):
     emb = eng.encode_images([_image(3)])[0]
     with pytest.raises(ValueError, match="give the image itself"):
         eng.generate([Request([Message("user", "Hi", images=[emb])], GREEDY, ground=True)])
+    from minigpt4.eval.runner import measure_speed
+    assert measure_speed(model, _image(7), runs=1, tokens=5, ground=True)["tokens"] == 5  # eval's speed row, grounded
     conv = Conversation(eng, ground=True)
     conv.add_image(_image(4))
     r = conv.ask("What is here?", GREEDY)

@@ -245,7 +245,7 @@ def broken_summary(items: list[Item]) -> dict[str, Any]:
 
 # --- speed ----------------------------------------------------------------------------------------
 def measure_speed(model, image, runs: int = 3, tokens: int = 100, no_image: bool = False,
-                  prompt: str | None = None) -> dict[str, float]:
+                  prompt: str | None = None, ground: bool = False) -> dict[str, float]:
     """Seconds for one `tokens`-token answer including the image encode (cold cache), mean of `runs`.
     EOS and the end symbol are ignored so every run produces exactly `tokens` tokens."""
     engine = ChatEngine(model)
@@ -253,7 +253,7 @@ def measure_speed(model, image, runs: int = 3, tokens: int = 100, no_image: bool
     engine.end_symbol = "\x00never-stop\x00"
     prompt = prompt or get_preset("describe").prompt
     gen = dataclasses.replace(model.cfg.generation, max_new_tokens=tokens, do_sample=False, stop=())
-    req = Request([message_for(prompt, image, no_image)], gen)
+    req = Request([message_for(prompt, image, no_image)], gen, ground=ground and not no_image)
     engine.generate([dataclasses.replace(req, gen=dataclasses.replace(gen, max_new_tokens=2))])  # warm-up
     times, done = [], []
     for _ in range(runs):
@@ -282,7 +282,8 @@ def run_eval(model, cfg: EvalConfig, name: str = "model",
         t0 = time.perf_counter()
         if task == "speed":
             img = generate("scene", cfg.seed, cfg.split, image_size_for(model, cfg)).image
-            metrics["speed"] = measure_speed(model, img, cfg.speed_runs, cfg.speed_tokens, cfg.no_image)
+            metrics["speed"] = measure_speed(model, img, cfg.speed_runs, cfg.speed_tokens, cfg.no_image,
+                                             ground=cfg.ground)
         else:
             items = build_items(model, cfg, task)
             generate_items(engine, items, cfg.batch_size, f"{name}: {task}", cfg.progress, cfg.sample)
