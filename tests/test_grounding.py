@@ -145,3 +145,15 @@ def test_served_answers_are_grounded_streamed_or_not_and_recipes_are_not(model):
     assert answers[True, "m"] == answers[True, "m:describe"] == answers[True, "stream"] == "A thing sits by a cat."
     assert answers[True, "m:recipe"] == "A dog sits by a cat."
     assert {answers[None, k] for k in ("m", "m:describe", "m:recipe", "stream")} == {"A dog sits by a cat."}
+
+
+def test_curation_describes_grounded(model):
+    """`minigpt4 curate run --grounded`: the stage-1 model's descriptions name only what the readout read."""
+    from test_serve_support import forced_output_model
+
+    from minigpt4.curate.describe import Describer
+    eng = ChatEngine(forced_output_model(model, "A dog sits by a cat."))
+    gen = GenerationConfig(max_new_tokens=20, do_sample=False, repetition_penalty=1.0)
+    assert Describer(eng, gen=gen, continue_below=0, ground=True).describe([_image(8)])[0].text == \
+        "A thing sits by a cat."
+    assert Describer(eng, gen=gen, continue_below=0).describe([_image(8)])[0].text == "A dog sits by a cat."

@@ -147,7 +147,7 @@ def _make_fixer(args: argparse.Namespace, kind: str, prompt: str, get_model):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from minigpt4.cli_common import generation_from_args, load_model_from_args
+    from minigpt4.cli_common import generation_from_args, grounding_from_args, load_model_from_args
     from minigpt4.curate.describe import Describer
     from minigpt4.curate.filters import FilterConfig
     from minigpt4.curate.pipeline import RunConfig, run
@@ -167,7 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         model = get_model()
         gen = generation_from_args(args, model.cfg.generation)
         return Describer(ChatEngine(model), prompt=args.describe_prompt or DESCRIBE_PROMPT, gen=gen,
-                         continue_below=CONTINUE_BELOW_TOKENS if args.continue_below is None else args.continue_below)
+                         continue_below=CONTINUE_BELOW_TOKENS if args.continue_below is None else args.continue_below,
+                         ground=grounding_from_args(args, model))
 
     defaults = FilterConfig()
     filters = FilterConfig(min_words=defaults.min_words if args.min_words is None else args.min_words,
