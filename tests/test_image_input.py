@@ -169,13 +169,13 @@ def test_greyscale_and_pil_input():
 
 def test_encode_images_cache_runs_encoder_once_per_content(tiny_model, monkeypatch, tmp_path):
     calls = []
-    real = tiny_model.encode_pixels
+    real = tiny_model.vision_features
 
-    def counting(pixels):
+    def counting(pixels):  # the frozen encoder
         calls.append(pixels.shape[0])
         return real(pixels)
 
-    monkeypatch.setattr(tiny_model, "encode_pixels", counting)
+    monkeypatch.setattr(tiny_model, "vision_features", counting)
     tiny_model.clear_cache()
     a, b = noise(seed=1), noise(seed=2)
     path = tmp_path / "a.png"
@@ -188,7 +188,7 @@ def test_encode_images_cache_runs_encoder_once_per_content(tiny_model, monkeypat
         mixed = tiny_model.encode_images([b, a, b])  # only b is new, and encoded once
         assert calls == [1, 1]
         assert torch.equal(mixed[0], mixed[2]) and not torch.equal(mixed[0], mixed[1])
-        fresh = real(tiny_model.preprocess([b]))
+        fresh = tiny_model.encode_pixels(tiny_model.preprocess([b]))
         torch.testing.assert_close(mixed[0], fresh[0])
     finally:
         tiny_model.clear_cache()
