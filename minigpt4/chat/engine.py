@@ -18,6 +18,7 @@ lets finished rows leave the batch, and lets a conversation resume from its cach
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import warnings
@@ -401,9 +402,9 @@ class ChatEngine:
                              "itself, not its embedding (or do not ask for grounding)")
         return frozenset().union(*self.model.read_names(images)) if images else frozenset()
 
-    @property
+    @functools.cached_property
     def ground_vocab(self) -> frozenset[str]:
-        """The names grounding checks: the readout's words but its unknown one."""
+        """The names grounding checks: the readout's words but its unknown one (built once, read every token)."""
         cfg = self.model.cfg
         return frozenset(w for w in cfg.proj_words if w != cfg.word_unknown)
 

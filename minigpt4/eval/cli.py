@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from minigpt4.cli_common import CLIError, add_model_args
+from minigpt4.cli_common import CLIError, add_model_args, grounding_from_args
 
 NO_IMAGE_SUFFIX = ":no-image"
 INT8_SUFFIX = ":int8"
@@ -93,9 +93,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args, no_image or args.no_image)
         _say(f"[eval] loading {spec}{INT8_SUFFIX if int8 else ''}", args.quiet)
         model = _load(args, spec, int8)
-        if not (args.grounded is None and model.word_proj is None):  # a model without a readout: never grounded
-            from minigpt4.cli_common import grounding_from_args
-            cfg.ground = grounding_from_args(args, model)
+        cfg.ground = grounding_from_args(args, model)
         # what was loaded: `--quantize auto` makes the shipped default model int8 on the CPU
         quant = getattr(model.llm, "minigpt4_quantized", None) or (
             args.quantize if args.quantize not in (None, "auto", "none") else None)
