@@ -36,7 +36,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         "fewer invented objects for a few named ones (default: the model's own setting)")
     g.add_argument("--grounded", action=argparse.BooleanOptionalAction, default=None,
                    help="answers about the picture (describe, alt-text, ask, chat) name only objects the word "
-                        "readout read; any other object word reads 'thing' (default: the model's own setting)")
+                        "readout read; any other object word reads 'thing'. A question asking for a recipe, a web "
+                        "page or a prompt is answered ungrounded (default: the model's own setting)")
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from minigpt4.chat.engine import ChatEngine, Conversation, Request, _Prompt, _RowState
-from minigpt4.chat.grounding import ground_text, stable_prefix
+from minigpt4.chat.grounding import asks_for_ungrounded, ground_text, stable_prefix
 from minigpt4.chat.templates import Message
 from minigpt4.config import GenerationConfig, MiniGPT4Config, get_config
 from minigpt4.model.minigpt4 import build_model
@@ -39,6 +39,20 @@ def model():
 
 def _image(seed: int) -> Image.Image:
     return Image.new("RGB", (64, 64), (seed * 40 % 255, 90, 200))
+
+
+def test_questions_asking_for_recipes_pages_or_prompts_are_not_grounded():
+    """The presets that are never grounded say so by their own prompts; a free question asking for the same is not
+    grounded either, a question about the picture is."""
+    from minigpt4.chat.presets import PRESETS
+    for name, preset in PRESETS.items():
+        assert asks_for_ungrounded(preset.prompt) == (not preset.groundable), name
+    for q in ("Can you give me a recipe?", "How would I cook this?", "Turn this sketch into a web page",
+              "write the HTML", "What prompt made this picture?", "a Midjourney description please"):
+        assert asks_for_ungrounded(q), q
+    for q in ("What is on the plate?", "How many cats are there?", "Where is the prompter standing?",
+              "Which ingredients can you see?", "Is the page torn?"):
+        assert not asks_for_ungrounded(q), q
 
 
 def test_read_names_follows_the_readout_and_its_abstention(model, monkeypatch):
@@ -98,6 +112,9 @@ def test_grounded_requests_read_their_images_and_refuse_embeddings(model):
     conv.add_image(_image(4))
     r = conv.ask("What is here?", GREEDY)
     assert conv._read == {"cat"} and r.text == ground_text(r.text, {"cat"}, {"cat", "dog", "apple"})
+    # a question asking for a recipe is answered as asked: no names read, nothing rewritten
+    recipe = [Message("user", "Write a recipe for this dish.", images=[_image(3)])]
+    assert eng.build_prompt(recipe, GREEDY, ground=True).read is None
 
 
 def test_grounding_is_kept_in_the_readout_metadata(model):
@@ -133,6 +150,8 @@ def test_served_answers_are_grounded_streamed_or_not_and_recipes_are_not(model):
     from minigpt4.serve.config import ServeConfig
     forced = forced_output_model(model, "A dog sits by a cat.")
     msgs = [{"role": "user", "content": [image_part(png_bytes((40, 90, 200))), {"type": "text", "text": "Hi"}]}]
+    asks_recipe = [{"role": "user", "content": [image_part(png_bytes((40, 90, 200))),
+                                                {"type": "text", "text": "Write me a recipe for this."}]}]
     answers = {}
     for ground in (True, None):
         with LiveServer(create_app(ChatEngine(forced), ServeConfig(model_name="m", ground=ground))) as srv:
@@ -142,8 +161,10 @@ def test_served_answers_are_grounded_streamed_or_not_and_recipes_are_not(model):
                                                                   max_tokens=20).choices[0].message.content
             chunks = c.chat.completions.create(model="m", messages=msgs, max_tokens=20, stream=True)
             answers[ground, "stream"] = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            answers[ground, "asks recipe"] = c.chat.completions.create(
+                model="m", messages=asks_recipe, max_tokens=20).choices[0].message.content
     assert answers[True, "m"] == answers[True, "m:describe"] == answers[True, "stream"] == "A thing sits by a cat."
-    assert answers[True, "m:recipe"] == "A dog sits by a cat."
+    assert answers[True, "m:recipe"] == answers[True, "asks recipe"] == "A dog sits by a cat."
     assert {answers[None, k] for k in ("m", "m:describe", "m:recipe", "stream")} == {"A dog sits by a cat."}
 
 

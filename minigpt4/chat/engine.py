@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from transformers import DynamicCache
 
-from minigpt4.chat.grounding import ground_text, stable_prefix
+from minigpt4.chat.grounding import asks_for_ungrounded, ground_text, stable_prefix
 from minigpt4.chat.templates import Message, Template, encode_conversation, get_template
 from minigpt4.config import GenerationConfig
 from minigpt4.model.minigpt4 import IMAGE_TOKEN_ID
@@ -392,6 +392,7 @@ class ChatEngine:
             log.warning(msg)
         images = [im for m in kept for im in m.images]
         embeds = self.encode_images(images)
+        ground = ground and not asks_for_ungrounded(kept[-1].text)
         read = self.read_names(images) if ground else None
         return _Prompt(ids=ids, images=embeds, messages=kept, dropped_turns=drop, system=system, read=read)
 
@@ -737,7 +738,7 @@ class Conversation:
         question = Message("user", text, images=list(self._pending))
         with eng._lock:
             prompt = eng.build_prompt(self.messages + [question], gen, self.system)
-            if self.ground:
+            if self.ground and not asks_for_ungrounded(text):
                 prompt.read = self._read
             reuse = self._reusable(prompt)
             cache = self._cache if reuse else None

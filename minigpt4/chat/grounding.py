@@ -31,6 +31,20 @@ def ground_text(text: str, read: frozenset[str] | set[str], vocab: frozenset[str
     return unname_text(text, gone, word) if gone else text
 
 
+# What a question asks for that names things no picture shows (the presets recipe, website and prompt are never
+# grounded; a free question asking for the same is not either): a recipe's pantry items, a page's markup, a style.
+_UNGROUNDED_ASKS = re.compile(
+    r"\brecipes?\b|\bhow (?:do|can|would|should) (?:i|you|we) (?:make|cook|prepare)\b"
+    r"|\bhtml\b|\bcss\b|\bweb ?pages?\b|\bwebsites?\b"
+    r"|\bprompts?\b|\btext-to-image\b|\bmidjourney\b|\bstable diffusion\b", re.IGNORECASE)
+
+
+def asks_for_ungrounded(question: str) -> bool:
+    """Whether a free question asks for a recipe, a web page or a text-to-image prompt, answers that name things
+    no picture shows ("salt", "button") and so are not grounded even when the model grounds by default."""
+    return bool(_UNGROUNDED_ASKS.search(question))
+
+
 def stable_prefix(text: str) -> str:
     """The part of an unfinished grounded answer that the next tokens cannot change (for streaming): all but its
     last few words."""

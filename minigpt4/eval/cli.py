@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args, no_image or args.no_image)
         _say(f"[eval] loading {spec}{INT8_SUFFIX if int8 else ''}", args.quiet)
         model = _load(args, spec, int8)
-        cfg.ground = grounding_from_args(args, model)
+        cfg.ground = grounding_from_args(args, model) and not cfg.no_image  # no image: nothing to ground on
         # what was loaded: `--quantize auto` makes the shipped default model int8 on the CPU
         quant = getattr(model.llm, "minigpt4_quantized", None) or (
             args.quantize if args.quantize not in (None, "auto", "none") else None)
