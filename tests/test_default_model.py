@@ -350,13 +350,18 @@ def test_a_stage_trained_without_the_readout_takes_it_from_a_dual_vision_folder(
 
 
 def test_info_describes_the_shipped_default_model_and_its_stages():
-    """`minigpt4 info default` (no weights loaded): the shipped stage 2 runs two vision sides, 16 + 16 image tokens;
-    stage 1 has one side and 16."""
+    """`minigpt4 info default` (no weights loaded): both shipped stages run the frozen EfficientNet with the word
+    readout (148 image tokens: the picture's phrases, the page's, then nine regions' words and projection tokens),
+    abstaining at 0.7 and grounded by default."""
+    from minigpt4.weights.default import default_config
     from minigpt4.weights.info import model_info
-    shipped, stage1 = model_info("default"), model_info("default@stage1")
-    assert shipped["name"] == "default" and shipped["image_tokens"] == 32
-    assert shipped["parameters"]["word_vision"]["params"] > 0 and shipped["parameters"]["word_vision"]["trainable"] == 0
-    assert stage1["image_tokens"] == 16 and "word_vision" not in stage1["parameters"]
+    for stage in (None, "stage1"):
+        info = model_info("default" + (f"@{stage}" if stage else ""))
+        assert info["image_tokens"] == 148 and "word_vision" not in info["parameters"]
+        assert info["parameters"]["vision"]["trainable"] == 0 and info["parameters"]["proj"]["trainable"] > 0
+        cfg = default_config(stage=stage)
+        assert cfg.vision.arch == "efficientnet_lite0" and cfg.word_layout == "pair"
+        assert cfg.word_abstain == 0.7 and cfg.word_ground and cfg.proj_words[-1] == cfg.word_unknown == "thing"
 
 
 def test_a_readout_on_a_pretrained_encoder_beside_the_shipped_side_configures_and_loads_that_side(tmp_path):

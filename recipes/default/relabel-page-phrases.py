@@ -7,7 +7,7 @@ slots become a list that ends at an empty slot or its footer (words.PHRASE_ENDS;
 
 A side is a folder under checkpoints/default/ (proj.safetensors is rewritten, the rest copied); a run's checkpoints
 are rewritten in place (a run carries the readout it was trained with) and name `--model` NEW_SIDE in meta.json.
-`minigpt4 fit-words ... --phrases picture,page` fits the same phrases from scratch (make-attrs.sh's readout step).
+`minigpt4 fit-words ... --phrases picture,page` fits the same phrases from scratch (make.sh's readout step).
 """
 import argparse, json, shutil
 from pathlib import Path

@@ -1,4 +1,4 @@
-# Sourced by make.sh, make-attrs.sh and gpu.sh, so all of them train on the same procedural world.
+# Sourced by make.sh: every stage trains on the same procedural world.
 world() {  # world OUT N SEED [SIZE]: export N world images (train split, SIZE px, default 128) unless already there
   [ -f "$1/instructions.jsonl" ] || python -m minigpt4.world export --out "$1" --n "$2" --size "${4:-128}" --format jpg \
     --seed "$3" --kinds scene,dish,sketch,prompt --weights 4,2,2,2
