@@ -47,12 +47,22 @@ def test_questions_asking_for_recipes_pages_or_prompts_are_not_grounded():
     from minigpt4.chat.presets import PRESETS
     for name, preset in PRESETS.items():
         assert asks_for_ungrounded(preset.prompt) == (not preset.groundable), name
-    for q in ("Can you give me a recipe?", "How would I cook this?", "Turn this sketch into a web page",
+    for q in ("Can you give me a recipe?", "How would I cook this?", "What do I cook with this?", "Turn this sketch into a web page",
               "write the HTML", "What prompt made this picture?", "a Midjourney description please"):
         assert asks_for_ungrounded(q), q
     for q in ("What is on the plate?", "How many cats are there?", "Where is the prompter standing?",
               "Which ingredients can you see?", "Is the page torn?"):
         assert not asks_for_ungrounded(q), q
+
+
+def test_names_used_as_verbs_are_neither_counted_nor_grounded():
+    """"what you saw" is no saw: a name that is also a common verb or idiom counts only after a word that starts a
+    noun phrase (world.vocab.is_object_use), for CHAIR_i and for grounding alike."""
+    from minigpt4.world.vocab import find_mentions
+    assert [f for f, _ in find_mentions("I saw a saw; it will die, a red die, for the sake of a glass of sake")] == \
+        ["saw", "die", "sake"]
+    assert ground_text("What you saw, I saw: a saw and two ducks.", set(), {"saw", "duck"}) == \
+        "What you saw, I saw: a thing and two things."
 
 
 def test_read_names_follows_the_readout_and_its_abstention(model, monkeypatch):

@@ -34,7 +34,7 @@ def ground_text(text: str, read: frozenset[str] | set[str], vocab: frozenset[str
 # What a question asks for that names things no picture shows (the presets recipe, website and prompt are never
 # grounded; a free question asking for the same is not either): a recipe's pantry items, a page's markup, a style.
 _UNGROUNDED_ASKS = re.compile(
-    r"\brecipes?\b|\bhow (?:do|can|would|should) (?:i|you|we) (?:make|cook|prepare)\b"
+    r"\brecipes?\b|\bhow (?:do|can|would|should) (?:i|you|we) (?:make|prepare)\b|\b(?:cook|bake)\b"
     r"|\bhtml\b|\bcss\b|\bweb ?pages?\b|\bwebsites?\b"
     r"|\bprompts?\b|\btext-to-image\b|\bmidjourney\b|\bstable diffusion\b", re.IGNORECASE)
 

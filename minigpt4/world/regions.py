@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 
 from .textgen import NUMBER_WORDS, POSITION_NAMES
-from .vocab import _mention_regex, _pluralize, mention_table, objects
+from .vocab import _mention_regex, _pluralize, is_object_use, mention_table, objects
 
 # a count > 1, or a single thing, before a word (up to two adjectives between): "two small sheep", "a sheep"
 MANY = re.compile(r"\b([2-9]|\d\d+|" + "|".join(NUMBER_WORDS[2:]) + r")\s+([a-z]+\s+){0,2}$")
@@ -65,7 +65,7 @@ def unname_text(text: str, names: set[str], word: str = "thing") -> str:
     masked = re.sub(r'"[^"]*"', lambda m: " " * len(m.group()), text.lower())  # same length: spans line up
     out, last = [], 0
     for m in _mention_regex().finditer(masked):
-        if not table[m.group(1)] & names:
+        if not table[m.group(1)] & names or not is_object_use(masked, m.start(1), m.end(1)):
             continue
         new = _pluralize(word) if _is_plural(m.group(1), masked[:m.start()]) else word  # "two sheep": "two things"
         if text[m.start()].isupper():

@@ -203,13 +203,35 @@ def _mention_regex() -> re.Pattern:
     return re.compile(r"(?<![\w-])(" + "|".join(re.escape(f) for f in forms) + r")(?![\w-])")
 
 
+# Names that are also common verbs or idioms ("what you saw", "it will die", "for the sake of"): such a form names an
+# object only right after a word that starts a noun phrase ("a saw", "two red dice", "of trains").
+_VERB_LIKE = frozenset({"saw", "die", "rose", "train", "trains", "ring", "rings", "bear", "bears", "duck", "ducks",
+                        "fire", "sake"})
+_NOUN_STARTS = frozenset(
+    "a an the one two three four five six seven eight nine ten this that these those some any each every its their "
+    "his her my your our another no many several few of with and or small medium large big little tiny".split()
+) | frozenset(COLORS)
+
+
+def is_object_use(text: str, start: int, end: int) -> bool:
+    """Whether the mention at text[start:end] (lower case) names an object rather than a verb or an idiom."""
+    form = text[start:end]
+    if form not in _VERB_LIKE:
+        return True
+    if form == "sake" and re.match(r"\s+of\b", text[end:]):
+        return False
+    return any(w in _NOUN_STARTS for w in re.findall(r"[\w-]+", text[:start])[-2:])
+
+
 def find_mentions(text: str) -> list[tuple[str, frozenset[str]]]:
     """Object mentions in ``text`` (longest match first): list of (surface form, names).
 
-    Quoted strings (titles, sign text) and non-object phrases ("pencil sketch") are skipped."""
+    Quoted strings (titles, sign text), non-object phrases ("pencil sketch") and names used as verbs ("I saw")
+    are skipped."""
     table = mention_table()
     text = re.sub(r'"[^"]*"', " ", text.lower())
-    return [(m.group(1), table[m.group(1)]) for m in _mention_regex().finditer(text) if table[m.group(1)]]
+    return [(m.group(1), table[m.group(1)]) for m in _mention_regex().finditer(text)
+            if table[m.group(1)] and is_object_use(text, m.start(1), m.end(1))]
 
 
 def atlas_index() -> dict:
