@@ -220,7 +220,7 @@ def is_object_use(text: str, start: int, end: int) -> bool:
         return True
     if form == "sake" and re.match(r"\s+of\b", text[end:]):
         return False
-    return any(w in _NOUN_STARTS for w in re.findall(r"[\w-]+", text[:start])[-2:])
+    return any(w in _NOUN_STARTS for w in re.findall(r"[\w-]+", text[max(0, start - 80):start])[-2:])  # two words back
 
 
 def find_mentions(text: str) -> list[tuple[str, frozenset[str]]]:
