@@ -358,6 +358,9 @@ def test_info_describes_the_shipped_default_model_and_its_stages():
     for stage in (None, "stage1"):
         info = model_info("default" + (f"@{stage}" if stage else ""))
         assert info["image_tokens"] == 148 and "word_vision" not in info["parameters"]
+        assert "grounded" in info["answers"] and "below 0.7" in info["answers"]
+        assert (info["adapters"] is None) == (stage == "stage1")  # stage 2 ships LoRA adapters, stage 1 none
+        assert (info["parameters"]["llm"]["trainable"] > 0) == (stage is None)
         assert info["parameters"]["vision"]["trainable"] == 0 and info["parameters"]["proj"]["trainable"] > 0
         cfg = default_config(stage=stage)
         assert cfg.vision.arch == "efficientnet_lite0" and cfg.word_layout == "pair"

@@ -39,13 +39,14 @@ def _stored_dtype(folder: Path) -> str | None:
 
 
 def model_info(spec: str) -> dict[str, Any]:
-    folder = None
+    folder, adapters, adapter_params = None, None, 0
     if spec in PRESETS:
         cfg = preset_config(spec)
     elif spec == "default" or (spec.startswith("default@") and spec.count("@") == 1):  # this project's own model
         from minigpt4.weights.default import default_config, parse_spec
         cfg = default_config(preset_config("small"), stage=parse_spec(spec))
         cfg.name = spec
+        adapters, adapter_params = _default_adapters(parse_spec(spec))
     else:
         folder = Path(spec)
         if not folder.is_dir():
@@ -56,9 +57,9 @@ def model_info(spec: str) -> dict[str, Any]:
         part = {"ln_vision": "vision"}.get(part_of(k), part_of(k))
         counts[part] = counts.get(part, 0) + v.numel()
     llm = _llm_params(cfg)
-    trainable = set(cfg.trainable)
+    trainable = set(cfg.trainable) | ({"lora"} if adapters else set())
     parts = {name: {"params": n, "trainable": n if name in trainable else 0} for name, n in counts.items()}
-    parts["llm"] = {"params": llm, "trainable": 0 if "lora" not in trainable else None}
+    parts["llm"] = {"params": llm, "trainable": adapter_params or (0 if "lora" not in trainable else None)}
     known = [p["params"] for p in parts.values()]
     info = {
         "name": cfg.name, "folder": str(folder) if folder else None,
@@ -69,7 +70,9 @@ def model_info(spec: str) -> dict[str, Any]:
         "projection": f"{cfg.proj_in_features} -> {cfg.llm.hidden_size}",
         "words": _words_line(cfg),
         "llm": {"source": cfg.llm.source, "path": cfg.llm.path, "hidden_size": cfg.llm.hidden_size},
-        "image_tokens": cfg.num_image_tokens, "template": cfg.template, "trainable": cfg.trainable,
+        "adapters": adapters, "answers": _answers_line(cfg),
+        "image_tokens": cfg.num_image_tokens, "template": cfg.template,
+        "trainable": list(cfg.trainable) + (["lora"] if adapters and "lora" not in cfg.trainable else []),
         "dtype": (_stored_dtype(folder) if folder else None) or "float32 (built at load time)",
         "parameters": parts,
         "total_params": sum(known) if all(k is not None for k in known) else None,
@@ -77,6 +80,35 @@ def model_info(spec: str) -> dict[str, Any]:
         "folder_bytes": folder_size(folder) if folder else None,
     }
     return info
+
+
+def _default_adapters(stage: str | None) -> tuple[str | None, int]:
+    """(description, parameters) of the LoRA adapters a default-model stage ships, read without loading them."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    from minigpt4.train.checkpoint import lora_spec
+    from minigpt4.weights.default import default_parts
+    path = default_parts(stage=stage)["lora"]
+    if path is None:
+        return None, 0
+    with safe_open(str(path), framework="pt") as f:
+        n = sum(prod(f.get_slice(k).get_shape()) for k in f.keys())
+    spec = lora_spec(path) or {}
+    return (f"LoRA r {spec.get('r')}, alpha {spec.get('alpha')} on {', '.join(spec.get('target_modules', []))} "
+            f"({_fmt(n)} params, merged into the LLM at load time)"), n
+
+
+def _answers_line(cfg) -> str | None:
+    """What a word readout's model does by default: abstention and grounded answers (chat --abstain/--grounded)."""
+    if not cfg.proj_words:
+        return None
+    parts = [f"a region name below {cfg.word_abstain:g} reads {cfg.word_unknown!r}" if cfg.word_abstain else
+             "every region name as read",
+             "grounded: object words the readout did not read are written 'thing'" if cfg.word_ground else
+             "not grounded"]
+    return "; ".join(parts)
 
 
 def _words_line(cfg) -> str | None:
@@ -118,6 +150,8 @@ def format_info(info: dict[str, Any]) -> str:
              f"vision       {info['vision']}", f"bridge       {info['bridge']}",
              f"projection   {info['projection']}",
              *([f"word readout {info['words']}"] if info.get("words") else []),
+             *([f"answers      {info['answers']}"] if info.get("answers") else []),
+             *([f"adapters     {info['adapters']}"] if info.get("adapters") else []),
              f"llm          {info['llm']['source']} {info['llm']['path'] or ''} (hidden {info['llm']['hidden_size']})",
              f"image tokens {info['image_tokens']}", f"template     {info['template']}",
              f"dtype        {info['dtype']}", f"trainable    {', '.join(info['trainable'])}",
