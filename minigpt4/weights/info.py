@@ -57,7 +57,8 @@ def model_info(spec: str) -> dict[str, Any]:
         part = {"ln_vision": "vision"}.get(part_of(k), part_of(k))
         counts[part] = counts.get(part, 0) + v.numel()
     llm = _llm_params(cfg)
-    trainable = set(cfg.trainable) | ({"lora"} if adapters else set())
+    trained = list(cfg.trainable) + (["lora"] if adapters and "lora" not in cfg.trainable else [])
+    trainable = set(trained)
     parts = {name: {"params": n, "trainable": n if name in trainable else 0} for name, n in counts.items()}
     parts["llm"] = {"params": llm, "trainable": adapter_params or (0 if "lora" not in trainable else None)}
     known = [p["params"] for p in parts.values()]
@@ -72,7 +73,7 @@ def model_info(spec: str) -> dict[str, Any]:
         "llm": {"source": cfg.llm.source, "path": cfg.llm.path, "hidden_size": cfg.llm.hidden_size},
         "adapters": adapters, "answers": _answers_line(cfg),
         "image_tokens": cfg.num_image_tokens, "template": cfg.template,
-        "trainable": list(cfg.trainable) + (["lora"] if adapters and "lora" not in cfg.trainable else []),
+        "trainable": trained,
         "dtype": (_stored_dtype(folder) if folder else None) or "float32 (built at load time)",
         "parameters": parts,
         "total_params": sum(known) if all(k is not None for k in known) else None,

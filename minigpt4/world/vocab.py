@@ -207,10 +207,16 @@ def _mention_regex() -> re.Pattern:
 # object only right after a word that starts a noun phrase ("a saw", "two red dice", "of trains").
 _VERB_LIKE = frozenset({"saw", "die", "rose", "train", "trains", "ring", "rings", "bear", "bears", "duck", "ducks",
                         "fire", "sake"})
-_NOUN_STARTS = frozenset(
-    "a an the one two three four five six seven eight nine ten this that these those some any each every its their "
-    "his her my your our another no many several few of with and or small medium large big little tiny".split()
-) | frozenset(COLORS)
+
+
+@lru_cache(maxsize=None)
+def _noun_starts() -> frozenset[str]:
+    """Words that start a noun phrase: articles and the like, the world's number, colour and size words."""
+    from .scene import SIZE_WORDS  # scene imports this module
+    from .textgen import NUMBER_WORDS
+    return (frozenset("a an the this that these those some any each every its their his her my your our another no "
+                      "many several few of with and or".split()) | frozenset(NUMBER_WORDS[1:]) | frozenset(COLORS)
+            | frozenset(SIZE_WORDS) | {w for words in SIZE_WORDS.values() for w in words})
 
 
 def is_object_use(text: str, start: int, end: int) -> bool:
@@ -220,7 +226,7 @@ def is_object_use(text: str, start: int, end: int) -> bool:
         return True
     if form == "sake" and re.match(r"\s+of\b", text[end:]):
         return False
-    return any(w in _NOUN_STARTS for w in re.findall(r"[\w-]+", text[max(0, start - 80):start])[-2:])  # two words back
+    return any(w in _noun_starts() for w in re.findall(r"[\w-]+", text[max(0, start - 80):start])[-2:])  # two back
 
 
 def find_mentions(text: str) -> list[tuple[str, frozenset[str]]]:
