@@ -112,8 +112,8 @@ def check_image_phrase_group(name: str, words: Sequence[str], slots: int, text: 
         raise ValueError(f"image phrase group {name!r}: ends {sorted(set(ends) - set(words))} are not among its words")
 
 
-READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "image_phrases",
-                "word_unknown", "word_abstain", "word_ground")
+READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "word_name_tokens",
+                "image_phrases", "word_unknown", "word_abstain", "word_ground")
 
 
 @dataclass
@@ -202,6 +202,10 @@ class MiniGPT4Config:
     # a region "top left: two small red apple": colour and count are properties of the pixels that a classifier reads
     # off kinds it never saw named, where the name classifier can only say "thing" (session 23).
     word_attributes: dict[str, list[str]] = field(default_factory=dict)
+    # Token slots per name (our addition): a name reaches the LLM as the first N tokens of " name", a shorter one ends
+    # in zero slots. 1 (sessions 16-29) gives " t" for taco, tangerine and t-shirt alike and " fire" for fire truck
+    # (the LLM then wrote "fireflies"); 3 spells all but 5 of the default readout's 328 words whole.
+    word_name_tokens: int = 1
     # Phrases for the whole image before the region words (our addition; empty = none), each group picked by
     # classifiers on all the word tokens' features together: what no single region shows, e.g. the picture ("picture:
     # vegetable soup;") or a web page sketch's blocks in order, in the HTML's own tokens ("page: <nav 3 <a <header <h1
@@ -257,8 +261,8 @@ class MiniGPT4Config:
 
     @property
     def words_per_query(self) -> int:
-        """Word slots per word token: its attributes' words, then its name."""
-        return len(self.word_attributes) + 1
+        """Word slots per word token: its attributes' words, then its name's word_name_tokens."""
+        return len(self.word_attributes) + self.word_name_tokens
 
     @property
     def image_phrase_tokens(self) -> int:
@@ -314,6 +318,8 @@ class MiniGPT4Config:
             meta.update(word_labels=json.dumps(self.word_labels), word_label_ids=json.dumps(self.word_label_ids))
         if self.word_attributes:
             meta["word_attributes"] = json.dumps(self.word_attributes)
+        if self.word_name_tokens != 1:
+            meta["word_name_tokens"] = str(self.word_name_tokens)
         if self.image_phrases:
             meta["image_phrases"] = json.dumps(self.image_phrases)
         if self.word_unknown:
@@ -334,6 +340,7 @@ class MiniGPT4Config:
             self.word_labels = json.loads(meta.get("word_labels", "[]"))
             self.word_label_ids = json.loads(meta.get("word_label_ids", "[]"))
             self.word_attributes = json.loads(meta.get("word_attributes", "{}"))
+            self.word_name_tokens = int(meta.get("word_name_tokens", 1))
             self.image_phrases = json.loads(meta.get("image_phrases", "[]"))
             # readouts fit before the word was recorded (sessions 23-26) all used --unknown thing
             self.word_unknown = meta.get("word_unknown", "thing" if "thing" in self.proj_words else "")

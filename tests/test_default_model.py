@@ -409,6 +409,14 @@ def test_a_readout_on_a_pretrained_encoder_beside_the_shipped_side_configures_an
     assert labelled.word_labels[0] == "top left:" and labelled.word_labels[-1] == "; bottom right:"
     assert labelled.word_layout == "pair" and labelled.vision.arch == "efficientnet_lite0"
     assert labelled.num_image_tokens == 18 + sum(len(ids) for ids in labelled.word_label_ids)
+    # ... and each name spelled in up to 3 tokens: two more slots per region; the labels stay, the source is unchanged
+    arrange("stage0-effnet-grid", "stage0-effnet-grid3", "pair", "grid", root, name_tokens=3)
+    spelled = default_config(root=root, stage="stage0-effnet-grid3")
+    assert spelled.word_name_tokens == 3 and spelled.word_labels == labelled.word_labels
+    assert spelled.num_image_tokens == labelled.num_image_tokens + 9 * 2
+    assert default_config(root=root, stage="stage0-effnet-grid").word_name_tokens == 1
+    with pytest.raises(ValueError, match="token slots per name"):
+        arrange("stage0-effnet-grid", "stage0-effnet-grid0", "pair", "grid", root, name_tokens=0)
     with pytest.raises(CheckpointError, match="gives each of the 16 projection tokens a word.*gives 9: use append"):
         arrange("stage0-dual", "stage0-dual-grid", "pair", "grid", root)
     arrange("stage0-dual", "stage0-dual-grid", "append", "grid", root)

@@ -160,7 +160,7 @@ def test_word_readout_puts_the_llms_own_word_embeddings_in_the_image_slots():
     model = build_model(cfg).eval()
     tok, table = model.tokenizer, model.llm.get_input_embeddings().weight
     first = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in cfg.proj_words]
-    assert torch.equal(model.word_proj.table[1:], table[first].float()) and not model.word_proj.table[0].any()
+    assert torch.equal(model.word_proj.table[1:, 0], table[first].float()) and not model.word_proj.table[0].any()
     assert "word_proj.table" not in model.state_dict()  # rebuilt from the LLM, never saved
     feats = torch.randn(2, N_IMG, cfg.proj_in_features)
     model.proj.weight.zero_(), model.proj.bias.zero_()
@@ -185,6 +185,36 @@ def test_word_readout_puts_the_llms_own_word_embeddings_in_the_image_slots():
     assert cls.weight.requires_grad and not model.proj.weight.requires_grad
     with pytest.raises(ValueError, match="no word readout"):
         build_model(get_config("tiny")).set_trainable(["words"])
+
+
+@torch.no_grad()
+def test_word_name_tokens_spell_each_name_whole_in_its_own_slots():
+    """word_name_tokens 3: a name reaches the LLM as the first 3 tokens of " name", a shorter one ends in zero slots,
+    so "red car" is not read as " red" alone; the setting travels in the readout's metadata (absent: 1 token)."""
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout, cfg.word_name_tokens = ["cat", "red car", "dog"], "pair", 3
+    assert cfg.num_image_tokens == N_IMG + 3 * N_IMG  # per query: 3 name slots, then its projection
+    model = build_model(cfg).eval()
+    tok, emb = model.tokenizer, model.llm.get_input_embeddings().weight
+    ids = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in cfg.proj_words]
+    assert len(ids[1]) >= 2, "the test needs a name of several tokens"
+    model.proj.weight.zero_(), model.proj.bias.zero_()
+    model.word_proj.classify.weight.zero_()
+    model.word_proj.classify.bias.copy_(torch.tensor([0.0, 0.0, 50.0, 0.0]))  # every query: "red car"
+    out = model.project(torch.randn(2, N_IMG, cfg.proj_in_features)).unflatten(1, (N_IMG, 4))
+    spelled = torch.zeros(3, cfg.llm.hidden_size)
+    spelled[:len(ids[1][:3])] = emb[ids[1][:3]].float()
+    assert torch.allclose(out[:, :, :3], spelled.expand(2, N_IMG, -1, -1), atol=1e-5)
+    assert not out[:, :, 3].any()  # the (zeroed) projection slot
+    meta = cfg.readout_meta()
+    assert meta["word_name_tokens"] == "3"
+    again, legacy = MiniGPT4Config(), MiniGPT4Config()
+    again.apply_readout_meta(meta)
+    legacy.apply_readout_meta({k: v for k, v in meta.items() if k != "word_name_tokens"})
+    assert (again.word_name_tokens, legacy.word_name_tokens) == (3, 1)
+    cfg.word_name_tokens = 0
+    with pytest.raises(ValueError, match="token slots per name"):
+        build_model(cfg)
 
 
 @torch.no_grad()
@@ -522,7 +552,7 @@ def test_unsure_region_names_read_the_unknown_word_when_the_readout_abstains():
     model.word_proj.classify.weight.zero_()
     feats = torch.zeros(1, N_IMG, cfg.proj_in_features)
     words = lambda: model.word_proj.forward(feats).squeeze(2)
-    table = model.word_proj.table
+    table = model.word_proj.table[:, 0]  # one token slot per name
     for q in range(N_IMG):
         model.word_proj.classify.bias.copy_(logits[0, q])
         plain = words()[0, 0]

@@ -252,7 +252,7 @@ def test_unnamed_regions_in_the_data_reach_the_readout_as_its_unknown_word(data,
     fixed[[0, 2]] = 1
     # conv0 (two images) and conv2 unnamed; conv1 and conv3 (two images) say nothing
     assert sorted(r.tolist() for r in rows) == sorted([fixed.tolist()] * 3 + [[-1] * q] * 3)
-    thing = trainer.model.word_proj.table[3]
+    thing = trainer.model.word_proj.table[3, 0]
     for r, w in zip(rows, words):
         if r[0] == 1:
             assert torch.equal(w[0], thing) and torch.equal(w[2], thing) and not torch.equal(w[1], thing)

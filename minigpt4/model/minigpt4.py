@@ -44,8 +44,8 @@ class WordReadout(nn.Module):
         self.classify = nn.Linear(in_features, table.shape[0] + 1)
         self.temperature = temperature
         self.set_abstain(abstain, unknown)
-        # Rebuilt from the LLM at load (not saved): row 0 is "none", a zero vector.
-        self.register_buffer("table", self.with_none(table), persistent=False)
+        # Rebuilt from the LLM at load (not saved): (names + 1, name tokens, hidden), row 0 "none", zero vectors.
+        self.register_buffer("table", self.with_none(table[:, None] if table.dim() == 2 else table), persistent=False)
         attributes = attributes or {}
         self.attributes = nn.ModuleDict({a: nn.Linear(in_features, t.shape[0] + 1) for a, t in attributes.items()})
         for a, t in attributes.items():
@@ -57,7 +57,7 @@ class WordReadout(nn.Module):
         self.phrases = nn.ModuleDict({g: nn.Linear(tokens * in_features, slots * (t.shape[0] + 1))
                                       for g, (t, slots) in phrases.items()})
         for g, (t, _) in phrases.items():  # row 0: none
-            self.register_buffer(f"table_phrase_{g}", torch.cat([t.new_zeros(1, *t.shape[1:]), t]), persistent=False)
+            self.register_buffer(f"table_phrase_{g}", self.with_none(t), persistent=False)
         # A group whose slots are a list in order: the classes that end it (none, and phrases such as a footer)
         for g, ends in (phrase_ends or {}).items():
             table = phrases[g][0]  # a real tensor (the LLM's embeddings) also while the model is built on "meta"
@@ -67,12 +67,17 @@ class WordReadout(nn.Module):
 
     @staticmethod
     def with_none(table: torch.Tensor) -> torch.Tensor:
-        return torch.cat([table.new_zeros(1, table.shape[1]), table])
+        """`table` with row 0 for "none": zeros."""
+        return torch.cat([table.new_zeros(1, *table.shape[1:]), table])
 
     @classmethod
     def for_llm(cls, cfg: MiniGPT4Config, llm: nn.Module, tokenizer) -> "WordReadout":
         attributes = {a: word_embeddings(llm, tokenizer, words) for a, words in cfg.word_attributes.items()}
-        return cls(cfg.word_features, word_embeddings(llm, tokenizer, cfg.proj_words), cfg.word_temperature,
+        if cfg.word_name_tokens < 1:
+            raise ValueError(f"word_name_tokens is the token slots per name (>= 1), not {cfg.word_name_tokens}")
+        names = phrase_embeddings(llm, [ids[:cfg.word_name_tokens] for ids in word_token_ids(tokenizer, cfg.proj_words)],
+                                  cfg.word_name_tokens)
+        return cls(cfg.word_features, names, cfg.word_temperature,
                    attributes, {g["name"]: (phrase_embeddings(llm, g["word_ids"]), g["slots"])
                                 for g in cfg.image_phrases}, cfg.num_word_queries,
                    {g["name"]: [g["words"].index(w) + 1 for w in g["ends"]]
@@ -94,7 +99,7 @@ class WordReadout(nn.Module):
 
     def forward(self, features: torch.Tensor, drop: float = 0.0, drop_to: int | None = None,
                 unnamed: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, Q, D) features -> (B, Q, words_per_query, hidden): each query's attribute words, then its name.
+        """(B, Q, D) features -> (B, Q, words_per_query, hidden): each query's attribute words, then its name's tokens.
         `unnamed` (B, Q): 1 where the data says the query reads `drop_to`, 0 where it keeps its word, -1 on images
         the data says nothing about (those drop at random with `drop`); see minigpt4.world.regions."""
         probs = self.probs(features)
@@ -104,7 +109,8 @@ class WordReadout(nn.Module):
             probs = self.drop_words(probs, drop, drop_to, unnamed)
         slots = [self.probs(features, head) @ getattr(self, f"table_{a}").to(features.dtype)
                  for a, head in self.attributes.items()]
-        return torch.stack(slots + [probs @ self.table.to(features.dtype)], dim=2)
+        name = torch.einsum("bqc,cth->bqth", probs, self.table.to(features.dtype))
+        return torch.cat([torch.stack(slots, dim=2), name], dim=2) if slots else name
 
     def unsure(self, probs: torch.Tensor) -> torch.Tensor:
         """(B, Q) true where a name is below the abstention probability (an empty region stays empty)."""
@@ -178,13 +184,18 @@ def unknown_class(cfg: MiniGPT4Config) -> int | None:
     return cfg.proj_words.index(cfg.word_unknown) + 1
 
 
-def first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
-    """The id of each word's first token as it appears mid-sentence (" word")."""
+def word_token_ids(tokenizer, words: Sequence[str]) -> list[list[int]]:
+    """Each word's token ids as it appears mid-sentence (" word")."""
     ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
     empty = [w for w, i in zip(words, ids) if not i]
     if empty:
         raise ValueError(f"words {empty[:5]} tokenize to nothing; give non-empty words")
-    return [i[0] for i in ids]
+    return ids
+
+
+def first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    """The id of each word's first token as it appears mid-sentence (" word")."""
+    return [i[0] for i in word_token_ids(tokenizer, words)]
 
 
 def word_embeddings(llm: nn.Module, tokenizer, words: Sequence[str]) -> torch.Tensor:
@@ -194,10 +205,11 @@ def word_embeddings(llm: nn.Module, tokenizer, words: Sequence[str]) -> torch.Te
     return table[torch.tensor(first_token_ids(tokenizer, words), device=table.device)].detach().float().clone()
 
 
-def phrase_embeddings(llm: nn.Module, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-    """(len(ids), longest, hidden): each phrase's token embeddings from the LLM's input table, zero after its end."""
+def phrase_embeddings(llm: nn.Module, ids: Sequence[Sequence[int]], length: int | None = None) -> torch.Tensor:
+    """(len(ids), length or the longest, hidden): each phrase's token embeddings from the LLM's input table, zero
+    after its end."""
     table = llm.get_input_embeddings().weight
-    out = torch.zeros(len(ids), max(map(len, ids)), table.shape[1], device=table.device)
+    out = torch.zeros(len(ids), length or max(map(len, ids)), table.shape[1], device=table.device)
     for i, phrase in enumerate(ids):
         out[i, :len(phrase)] = table[torch.tensor(phrase, device=table.device)].detach().float()
     return out

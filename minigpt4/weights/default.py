@@ -345,9 +345,11 @@ def grid_labels(n: int) -> list[str]:
     return [name + ":" if i == 0 else f"; {name}:" for i, name in enumerate(POSITION_NAMES)]
 
 
-def arrange(src: str, name: str, layout: str, labels: str = "none", root: Path = DEFAULT_DIR) -> Path:
-    """Stage-0 folder `name`: `src`'s vision side(s) and word readout with another word_layout and word labels
-    ("grid": grid_labels; "none"). The projection stays untrained (zero), as in any stage-0 folder."""
+def arrange(src: str, name: str, layout: str, labels: str = "none", root: Path = DEFAULT_DIR,
+            name_tokens: int | None = None) -> Path:
+    """Stage-0 folder `name`: `src`'s vision side(s) and word readout with another word_layout, word labels
+    ("grid": grid_labels; "none") and, given, token slots per name (word_name_tokens). The projection stays
+    untrained (zero), as in any stage-0 folder."""
     from safetensors.torch import load_file
 
     from minigpt4.model.llm import tokenizer_for
@@ -363,6 +365,10 @@ def arrange(src: str, name: str, layout: str, labels: str = "none", root: Path =
         raise ValueError(f"labels must be 'grid' or 'none', not {labels!r}")
     cfg = default_config(stage=src, root=root)
     cfg.word_layout = layout
+    if name_tokens is not None:
+        if name_tokens < 1:
+            raise ValueError(f"--name-tokens is the token slots per name (>= 1), not {name_tokens}")
+        cfg.word_name_tokens = name_tokens
     cfg.label_words(grid_labels(cfg.num_word_queries) if labels == "grid" else [],
                     tokenizer_for(cfg.llm))
     if layout != "append" and cfg.num_word_queries != cfg.num_queries:
@@ -431,6 +437,8 @@ if __name__ == "__main__":
     ar.add_argument("--layout", choices=list(WORD_LAYOUTS), required=True)
     ar.add_argument("--labels", choices=["grid", "none"], default="none",
                     help="grid: 'top left:' ... 'bottom right:' before the 3x3 region tokens' words")
+    ar.add_argument("--name-tokens", type=int, default=None, metavar="N",
+                    help="each name as the first N tokens of ' name' (default: SRC's; 1 = its first token only)")
     aw = sub.add_parser("attach-words", help="add the word readout of a dual-vision folder to a published stage")
     aw.add_argument("stage", choices=STAGES)
     aw.add_argument("base", help="the dual-vision folder, e.g. stage0-dual")
@@ -442,6 +450,6 @@ if __name__ == "__main__":
     elif args.command == "dual-vision":
         print(f"wrote {dual_vision(args.vision, args.words, args.name, layout=args.layout)}")
     elif args.command == "arrange":
-        print(f"wrote {arrange(args.src, args.name, args.layout, args.labels)}")
+        print(f"wrote {arrange(args.src, args.name, args.layout, args.labels, name_tokens=args.name_tokens)}")
     else:
         print(f"wrote {attach_words(args.stage, args.base)}")

@@ -119,7 +119,9 @@ def _words_line(cfg) -> str | None:
     side = cfg.word_side_config
     reads = (f"its own side: {_vision_line(side.vision)}" + (f" + Q-Former, {side.num_queries} queries"
              if side.qformer else "")) if cfg.word_vision else "the main side's features"
-    line = f"{len(cfg.proj_words)} names, one per token from {reads}; {cfg.num_word_queries} tokens ({cfg.word_layout})"
+    spelled = ("its first token" if cfg.word_name_tokens == 1 else f"up to {cfg.word_name_tokens} tokens")
+    line = (f"{len(cfg.proj_words)} names, one per token from {reads}, each name in {spelled}; "
+            f"{cfg.num_word_queries} tokens ({cfg.word_layout})")
     if cfg.word_attributes:
         line += ", each name after its " + ", ".join(f"{a} ({len(w)} words)" for a, w in cfg.word_attributes.items())
     if cfg.word_labels:
