@@ -112,6 +112,12 @@ def check_image_phrase_group(name: str, words: Sequence[str], slots: int, text: 
         raise ValueError(f"image phrase group {name!r}: ends {sorted(set(ends) - set(words))} are not among its words")
 
 
+def check_word_name_tokens(n: int) -> None:
+    """word_name_tokens is a count of token slots per name: at least 1."""
+    if n < 1:
+        raise ValueError(f"word_name_tokens (--name-tokens) is the token slots per name (>= 1), not {n}")
+
+
 READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "word_name_tokens",
                 "image_phrases", "word_unknown", "word_abstain", "word_ground")
 

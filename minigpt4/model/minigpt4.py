@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from minigpt4.config import MiniGPT4Config, VisionSideConfig
+from minigpt4.config import MiniGPT4Config, VisionSideConfig, check_word_name_tokens
 from minigpt4.data.image import ImageInput, adapt_pixels, load_image, preprocess
 from minigpt4.model.losses import head_cross_entropy
 from minigpt4.model.qformer import QFormer
@@ -44,8 +44,8 @@ class WordReadout(nn.Module):
         self.classify = nn.Linear(in_features, table.shape[0] + 1)
         self.temperature = temperature
         self.set_abstain(abstain, unknown)
-        # Rebuilt from the LLM at load (not saved): (names + 1, name tokens, hidden), row 0 "none", zero vectors.
-        self.register_buffer("table", self.with_none(table[:, None] if table.dim() == 2 else table), persistent=False)
+        # `table` (names, name tokens, hidden), rebuilt from the LLM at load (not saved); row 0 is "none", zeros.
+        self.register_buffer("table", self.with_none(table), persistent=False)
         attributes = attributes or {}
         self.attributes = nn.ModuleDict({a: nn.Linear(in_features, t.shape[0] + 1) for a, t in attributes.items()})
         for a, t in attributes.items():
@@ -73,8 +73,7 @@ class WordReadout(nn.Module):
     @classmethod
     def for_llm(cls, cfg: MiniGPT4Config, llm: nn.Module, tokenizer) -> "WordReadout":
         attributes = {a: word_embeddings(llm, tokenizer, words) for a, words in cfg.word_attributes.items()}
-        if cfg.word_name_tokens < 1:
-            raise ValueError(f"word_name_tokens is the token slots per name (>= 1), not {cfg.word_name_tokens}")
+        check_word_name_tokens(cfg.word_name_tokens)
         names = phrase_embeddings(llm, [ids[:cfg.word_name_tokens] for ids in word_token_ids(tokenizer, cfg.proj_words)],
                                   cfg.word_name_tokens)
         return cls(cfg.word_features, names, cfg.word_temperature,

@@ -21,7 +21,7 @@ import json
 import logging
 from pathlib import Path
 
-from minigpt4.config import READOUT_KEYS, VisionSideConfig, get_config
+from minigpt4.config import READOUT_KEYS, VisionSideConfig, check_word_name_tokens, get_config
 from minigpt4.weights.common import PROJ_KEYS
 
 log = logging.getLogger(__name__)
@@ -366,8 +366,7 @@ def arrange(src: str, name: str, layout: str, labels: str = "none", root: Path =
     cfg = default_config(stage=src, root=root)
     cfg.word_layout = layout
     if name_tokens is not None:
-        if name_tokens < 1:
-            raise ValueError(f"--name-tokens is the token slots per name (>= 1), not {name_tokens}")
+        check_word_name_tokens(name_tokens)
         cfg.word_name_tokens = name_tokens
     cfg.label_words(grid_labels(cfg.num_word_queries) if labels == "grid" else [],
                     tokenizer_for(cfg.llm))
