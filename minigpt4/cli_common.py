@@ -34,6 +34,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--abstain", type=float, default=None, metavar="P",
                    help="a word readout's region name below probability P reads its unknown word ('thing'): "
                         "fewer invented objects for a few named ones (default: the model's own setting)")
+    g.add_argument("--always", default=None, metavar="ATTRS",
+                   help="comma list of a word readout's attributes that every object gets a word of, e.g. color "
+                        "(its classifier's 'none' goes to its words on a region that holds something); '' for "
+                        "none (default: the model's own setting)")
     g.add_argument("--grounded", action=argparse.BooleanOptionalAction, default=None,
                    help="answers about the picture (describe, alt-text, ask, chat) name only objects the word "
                         "readout read; any other object word reads 'thing'. A question asking for a recipe, a web "
@@ -133,10 +137,12 @@ def load_model_from_args(args: argparse.Namespace):
         if getattr(args, "llm", None):
             cfg.llm.path = args.llm
         model = build_model(cfg, dtype=parse_dtype(dtype), device=device, quantize=args.quantize)
-    if getattr(args, "abstain", None) is not None:
-        try:
+    try:
+        if getattr(args, "abstain", None) is not None:
             model.set_word_abstain(args.abstain)
-        except ValueError as e:
-            raise CLIError(str(e)) from None
+        if getattr(args, "always", None) is not None:
+            model.set_word_always([a for a in args.always.split(",") if a])
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     model.eval()
     return model

@@ -285,7 +285,17 @@ def test_a_word_readout_publishes_and_loads_with_its_words(tmp_path):
     abstaining = default_config(root=root)
     assert (abstaining.word_unknown, abstaining.word_abstain, abstaining.word_ground) == ("thing", 0.7, False)
     publish(run, "stage1", root, abstain=0.7, ground=True)  # --ground: grounded answers by default
-    assert default_config(root=root).word_ground
+    assert default_config(root=root).word_ground and default_config(root=root).word_always == []
+    # --always: attributes with a word on every object; only the readout's own attributes
+    with pytest.raises(CheckpointError, match=r"--always: word_always \['color'\]: not attributes"):
+        publish(run, "stage1", root, always=["color"])
+    cfg.word_attributes = {"color": ["red", "blue"]}
+    save_checkpoint(run, 40, {**load_trainable(run / "checkpoints" / "step_30"),
+                              "word_proj.attributes.color.weight": torch.zeros(3, 4),
+                              "word_proj.attributes.color.bias": torch.zeros(3)}, state={"step": 40},
+                    meta={"step": 40, **cfg.readout_meta()})
+    publish(run, "stage1", root, abstain=0.7, always=["color"])
+    assert default_config(root=root).word_always == ["color"]
 
 
 def test_a_readout_on_its_own_vision_side_loads_that_export_and_publishes_its_name(tmp_path):

@@ -576,6 +576,48 @@ def test_unsure_region_names_read_the_unknown_word_when_the_readout_abstains():
         model.set_word_abstain(1.5)
 
 
+@torch.no_grad()
+def test_word_always_gives_every_object_a_word_of_the_attribute():
+    """MiniGPT4Config.word_always: an attribute whose classifier says "none" on a region that holds something gives
+    that "none" to its words in proportion (the colour of a kind the world gives none); an empty region stays empty,
+    other attributes keep their "none"; the setting travels in the readout's metadata and must name an attribute."""
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout = ["cat", "dog"], "pair"
+    cfg.word_attributes = {"count": ["one", "two"], "color": ["red", "blue"]}
+    model = build_model(cfg).eval()
+    readout = model.word_proj
+    for head in (readout.classify, readout.attributes["count"], readout.attributes["color"]):
+        head.weight.zero_()
+    readout.classify.bias.copy_(torch.tensor([0.0, 30.0, -30.0]))  # every region: "cat"
+    readout.attributes["count"].bias.copy_(torch.tensor([30.0, 0.0, -30.0]))  # count: "none"
+    readout.attributes["color"].bias.copy_(torch.tensor([30.0, -1.0, -2.0]))  # colour: "none", then red over blue
+    feats = torch.zeros(1, N_IMG, cfg.proj_in_features)
+    table = lambda a: getattr(readout, f"table_{a}")
+    before = readout(feats)
+    assert before[0, :, :2].abs().max() < 1e-6  # neither count nor colour said
+    model.cfg.word_always = ["color"]
+    readout.always = frozenset(model.cfg.word_always)
+    after = readout(feats)
+    p = torch.tensor([-1.0, -2.0]).div(readout.temperature).softmax(-1)  # red, blue as the classifier ranks them
+    assert torch.allclose(after[0, :, 1], (p @ table("color")[1:]).expand(N_IMG, -1), atol=1e-5)
+    assert after[0, :, 0].abs().max() < 1e-6 and torch.equal(after[0, :, 2:], before[0, :, 2:])  # count, name kept
+    readout.classify.bias.copy_(torch.tensor([30.0, -30.0, -30.0]))  # empty regions: no colour either
+    assert readout(feats)[0, :, :2].abs().max() < 1e-6
+    meta = model.cfg.readout_meta()
+    again = get_config("tiny")
+    again.apply_readout_meta(meta)
+    assert again.word_always == ["color"] and build_model(again).word_proj.always == {"color"}
+    assert "word_always" not in build_model(get_config("tiny")).cfg.readout_meta()
+    with pytest.raises(ValueError, match=r"word_always \['size'\]: not attributes of this readout"):
+        again.apply_readout_meta({**meta, "word_always": '["size"]'})
+    model.set_word_always([])  # chat/eval/serve --always '': the model's own setting off
+    readout.classify.bias.copy_(torch.tensor([0.0, 30.0, -30.0]))
+    assert model.word_proj.always == frozenset() and torch.equal(readout(feats), before)
+    with pytest.raises(ValueError, match="not attributes of this readout"):
+        model.set_word_always(["size"])
+    assert model.cfg.word_always == [] and model.word_proj.always == frozenset()
+
+
 def _label_starts(cfg):
     """Where each label starts in the pair layout (label, word, projection per word)."""
     starts, at = [], 0

@@ -437,3 +437,48 @@ def test_first_turns_are_drawn_like_any_question_not_mostly_yes(tmp_path):
     first_yes, pool_yes = sum(firsts) / len(firsts), sum(pool) / len(pool)
     assert first_yes < pool_yes + 0.15, (first_yes, pool_yes)
     assert 0 < first_yes  # presence questions still come first sometimes
+
+
+def test_stand_in_questions_ask_about_an_unnamed_kind_by_a_noun_no_kind_is_called(tmp_path):
+    """`unname --stand-in 1`: every unnamed kind of a drill is asked about by a stand-in noun (plural kept), its yes/no
+    questions are gone with their answers, the image stays on the first question, the answers of the kept questions
+    are unchanged, and the unnaming itself is the same as without stand-ins."""
+    from minigpt4.world.__main__ import main
+    from minigpt4.world.export import drills
+    from minigpt4.world.regions import STAND_INS, region_groups
+    from minigpt4.world.vocab import mention_table
+    words = {w for form in mention_table() for w in form.split()}
+    assert len(set(STAND_INS)) == len(STAND_INS) >= 50
+    assert not [n for n in STAND_INS if n in words or n + "s" in words]  # "paddle" is in "ping pong paddle": not one
+    out = tmp_path / "ds"
+    export(str(out), 40, "train", seed=7, size=96, kinds=["scene"])
+    drills(str(out / "data.jsonl"), str(out / "qa.jsonl"))
+    truth = {r["image_id"]: r["truth"] for r in map(json.loads, open(out / "data.jsonl"))}
+    args = ["unname", str(out / "qa.jsonl"), "--truth", str(out / "data.jsonl"), "--share", "0.5"]
+    assert main(args + ["--out", str(tmp_path / "plain.jsonl")]) == 0
+    assert main(args + ["--out", str(tmp_path / "stand.jsonl"), "--stand-in", "1"]) == 0
+    plain = [json.loads(l) for l in open(tmp_path / "plain.jsonl")]
+    stand = [json.loads(l) for l in open(tmp_path / "stand.jsonl")]
+    assert [r["unnamed"] for r in plain] == [r["unnamed"] for r in stand]
+    nouns = set(STAND_INS) | {n + "s" for n in STAND_INS} | {n + "es" for n in STAND_INS}
+    rewritten = 0
+    for p, s in zip(plain, stand):
+        if p["conversations"] == s["conversations"]:
+            continue
+        gone = {region_groups(truth[p["id"]])[i]["name"] for i in p["unnamed"]}
+        about_gone = [bool({n for _, names in find_mentions(q["value"]) for n in names} & gone)
+                      for q in p["conversations"][0::2]]
+        answers = [t["value"] for t in p["conversations"][1::2]]
+        dropped = [g and a in ("yes", "no") for g, a in zip(about_gone, answers)]
+        # the kept pairs are the plain record's minus the yes/no questions about unnamed kinds, answers unchanged
+        assert [t["value"] for t in s["conversations"][1::2]] == [a for a, d in zip(answers, dropped) if not d]
+        asked = [t["value"] for t in s["conversations"][0::2]]
+        assert asked[0].startswith("<image>\n") and not any("<image>" in q for q in asked[1:])
+        kept_gone = [g for g, d in zip(about_gone, dropped) if not d]
+        for q, was_gone in zip(asked, kept_gone):
+            used = {w.strip("?,.") for w in q.split()} & nouns
+            assert bool(used) == was_gone and not {n for _, names in find_mentions(q) for n in names} & gone
+            rewritten += was_gone
+    assert rewritten >= 10
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "bad.jsonl"), "--stand-in", "2"])

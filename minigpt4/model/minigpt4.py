@@ -44,6 +44,7 @@ class WordReadout(nn.Module):
         self.classify = nn.Linear(in_features, table.shape[0] + 1)
         self.temperature = temperature
         self.set_abstain(abstain, unknown)
+        self.always: frozenset[str] = frozenset()  # attributes with a word on every object (MiniGPT4Config.word_always)
         # `table` (names, name tokens, hidden), rebuilt from the LLM at load (not saved); row 0 is "none", zeros.
         self.register_buffer("table", self.with_none(table), persistent=False)
         attributes = attributes or {}
@@ -76,12 +77,15 @@ class WordReadout(nn.Module):
         check_word_name_tokens(cfg.word_name_tokens)
         names = phrase_embeddings(llm, [ids[:cfg.word_name_tokens] for ids in word_token_ids(tokenizer, cfg.proj_words)],
                                   cfg.word_name_tokens)
-        return cls(cfg.word_features, names, cfg.word_temperature,
+        cfg.check_word_always()
+        readout = cls(cfg.word_features, names, cfg.word_temperature,
                    attributes, {g["name"]: (phrase_embeddings(llm, g["word_ids"]), g["slots"])
                                 for g in cfg.image_phrases}, cfg.num_word_queries,
                    {g["name"]: [g["words"].index(w) + 1 for w in g["ends"]]
                     for g in cfg.image_phrases if g.get("ends")},
                    cfg.word_abstain, unknown_class(cfg))
+        readout.always = frozenset(cfg.word_always)
+        return readout
 
     def set_abstain(self, abstain: float, unknown: int | None) -> None:
         """Names below probability `abstain` read class `unknown` (MiniGPT4Config.word_abstain)."""
@@ -106,10 +110,22 @@ class WordReadout(nn.Module):
             probs = self.read_as(probs, self.unsure(probs), self.unknown)
         if drop > 0 or unnamed is not None:
             probs = self.drop_words(probs, drop, drop_to, unnamed)
-        slots = [self.probs(features, head) @ getattr(self, f"table_{a}").to(features.dtype)
-                 for a, head in self.attributes.items()]
+        held = 1 - probs[..., :1]  # the probability that the region holds something
+        slots = [self.attribute_probs(features, a, held) @ getattr(self, f"table_{a}").to(features.dtype)
+                 for a in self.attributes]
         name = torch.einsum("bqc,cth->bqth", probs, self.table.to(features.dtype))
         return torch.cat([torch.stack(slots, dim=2), name], dim=2) if slots else name
+
+    def attribute_probs(self, features: torch.Tensor, attribute: str, held: torch.Tensor) -> torch.Tensor:
+        """(B, Q, words + 1) probabilities of `attribute`'s words. In `always` (MiniGPT4Config.word_always) its
+        "none" goes to its words in proportion as far as the region holds something (`held`, (B, Q, 1)): a word on
+        every object."""
+        head = self.attributes[attribute]
+        probs = self.probs(features, head)
+        if attribute not in self.always:
+            return probs
+        words = (head(features)[..., 1:] / self.temperature).softmax(-1)  # from logits: "none" may take all
+        return (1 - held) * probs + held * torch.cat([torch.zeros_like(probs[..., :1]), words], dim=-1)
 
     def unsure(self, probs: torch.Tensor) -> torch.Tensor:
         """(B, Q) true where a name is below the abstention probability (an empty region stays empty)."""
@@ -510,6 +526,19 @@ class MiniGPT4(nn.Module):
             raise ValueError("--abstain acts on a word readout's names; this model has none")
         self.word_proj.set_abstain(abstain, unknown_class(self.cfg))
         self.cfg.word_abstain = abstain
+        self.clear_cache()
+
+    def set_word_always(self, attributes: Sequence[str]) -> None:
+        """MiniGPT4Config.word_always on a loaded model (chat/eval/serve --always); cached image encodings go."""
+        if self.word_proj is None:
+            raise ValueError("--always acts on a word readout's attributes; this model has none")
+        old, self.cfg.word_always = self.cfg.word_always, list(attributes)
+        try:
+            self.cfg.check_word_always()
+        except ValueError:
+            self.cfg.word_always = old
+            raise
+        self.word_proj.always = frozenset(attributes)
         self.clear_cache()
 
     def clear_cache(self) -> None:

@@ -217,14 +217,16 @@ def trained_on(run: str | Path, root: Path = DEFAULT_DIR) -> str:
 
 
 def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: str | None = None,
-            out_dir: str | Path | None = None, abstain: float | None = None, ground: bool = False) -> Path:
+            out_dir: str | Path | None = None, abstain: float | None = None, ground: bool = False,
+            always: list[str] | None = None) -> Path:
     """Copy a training run's latest projection into checkpoints/default/<stage>/ (atomically), with
     the run's loss plot, JSONL log and summary so the shipped weights carry their own record. The
     projection records the stage-0 export it was fit on (`vision`, default: the one the run's model
     spec names), and `--model default@<stage>` loads that vision side with it. `out_dir`: write the
     stage folder there instead, to evaluate it (`--model default@<vision>@<out_dir>`) before it ships. `abstain`:
     the readout's word_abstain the stage loads with (MiniGPT4Config; chat --abstain overrides it); `ground`: its
-    answers about the picture name only objects the readout read (word_ground; --no-grounded overrides it)."""
+    answers about the picture name only objects the readout read (word_ground; --no-grounded overrides it); `always`:
+    the readout's attributes with a word on every object (word_always)."""
     import shutil
 
     from minigpt4.train.checkpoint import latest_checkpoint, load_trainable, lora_spec
@@ -269,6 +271,15 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
         if "proj_words" not in meta:
             raise CheckpointError(f"--ground keeps the names a word readout read, and {run} has no readout")
         meta["word_ground"] = "1"
+    if always:
+        probe = get_config("tiny")
+        probe.apply_readout_meta(meta)
+        probe.word_always = list(always)
+        try:
+            probe.check_word_always()
+        except ValueError as e:
+            raise CheckpointError(f"--always: {e}") from None
+        meta["word_always"] = json.dumps(list(always))
     word_vision = proj_metadata(projection_file(root, vision)).get("word_vision")
     if "proj_words" in meta and word_vision:  # a readout on its own vision side: the export it reads
         meta["word_vision"] = word_vision
@@ -424,6 +435,8 @@ if __name__ == "__main__":
                      help="the readout's region names below this probability read its unknown word (word_abstain)")
     pub.add_argument("--ground", action="store_true",
                      help="answers about the picture name only objects the readout read (word_ground)")
+    pub.add_argument("--always", default="",
+                     help="comma list of readout attributes with a word on every object, e.g. color (word_always)")
     dv = sub.add_parser("dual-vision", help="stage-0 folder NAME: VISION's side for the projection + the word "
                                             "readout of WORDS on WORDS' own side")
     dv.add_argument("vision", help="the export the projection reads, e.g. stage0-gpu")
@@ -444,7 +457,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.command == "publish":
         out = publish(args.run_dir, args.stage, vision=args.vision, out_dir=args.out, abstain=args.abstain,
-                      ground=args.ground)
+                      ground=args.ground, always=[a for a in args.always.split(",") if a])
         print(f"wrote {out}")
     elif args.command == "dual-vision":
         print(f"wrote {dual_vision(args.vision, args.words, args.name, layout=args.layout)}")

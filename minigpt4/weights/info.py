@@ -109,6 +109,8 @@ def _answers_line(cfg) -> str | None:
              "every region name as read",
              "grounded: object words the readout did not read are written 'thing'" if cfg.word_ground else
              "not grounded"]
+    if cfg.word_always:
+        parts.append(f"a {' and '.join(cfg.word_always)} word on every object")
     return "; ".join(parts)
 
 

@@ -46,6 +46,10 @@ def main(argv=None) -> int:
     u.add_argument("--tasks", default="describe,alt-text,qa", help="comma list of the record tasks to unname in")
     u.add_argument("--always", default="", help="comma list of kinds unnamed in every image (stand-ins for held-out "
                                                  "kinds, whose names the readout never reads)")
+    u.add_argument("--stand-in", type=float, default=0.0,
+                   help="probability that an unnamed kind's questions (qa records) ask by a noun no world kind is "
+                        "called, its yes/no questions dropped: teaches that a name the readout cannot read is the "
+                        "picture's 'thing' (a held-out kind asked by name)")
     s = sub.add_parser("sheet", help="save a 4x4 contact sheet of one kind")
     s.add_argument("--kind", default="scene", choices=KINDS)
     s.add_argument("--out", required=True)
@@ -65,14 +69,16 @@ def main(argv=None) -> int:
         print(f"wrote {n} drills: {a.out}")
     elif a.cmd == "unname":
         from .regions import unname_file
-        if not 0 <= a.share <= 1:
-            ap.error(f"--share is a probability in [0, 1], not {a.share}")
+        for flag, v in (("--share", a.share), ("--stand-in", a.stand_in)):
+            if not 0 <= v <= 1:
+                ap.error(f"{flag} is a probability in [0, 1], not {v}")
         from .vocab import by_name
         always = frozenset(split(a.always))
         if always - set(by_name()):
             ap.error(f"--always: not object kinds of the world: {', '.join(sorted(always - set(by_name())))} "
                      f"(names as in an export's truth, e.g. 'money bag')")
-        c = unname_file(a.records, a.truth, a.out, a.share, a.seed, a.word, tuple(split(a.tasks)), always)
+        c = unname_file(a.records, a.truth, a.out, a.share, a.seed, a.word, tuple(split(a.tasks)), always,
+                        a.stand_in)
         print(f"wrote {a.out}: {c['records']} records, {c['with_unnamed']} with {c['unnamed_regions']} unnamed regions")
     else:
         from PIL import Image

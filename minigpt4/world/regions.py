@@ -93,16 +93,63 @@ def unname_answers(answers: list[str], truth: dict, rng: random.Random, share: f
     return [unname_text(a, gone, word) for a in answers], [i for i, g in enumerate(groups) if g and g["name"] in gone]
 
 
+# Nouns that no world kind is called and no name holds (the tests check the world's mention table): a question about
+# an unnamed kind asked with one of these cannot be answered from what the kind looks like, only from its "thing".
+STAND_INS = tuple("""kettle pillow stapler mirror helmet blanket anchor pitcher saddle shovel spatula stool
+suitcase teapot thimble toaster tripod vase whistle wheelbarrow windmill yoyo zipper harp funnel goblet hammock ladle
+mitten needle pebble rake ribbon seesaw spoon thermos turban tuba bagpipe bench birdcage bookcase cabinet
+carpet chandelier cushion dagger doormat dumbbell easel faucet fence flask garland gong hairbrush jug kayak lampshade
+locket mailbox mop napkin oar ornament parasol pendant pinwheel quilt robe satchel sickle skillet slipper
+stethoscope stopwatch tambourine tiara towel tray trowel tumbler ukulele valve vest wagon walrus whisk wreath
+xylophone""".split())
+YES_NO = ("yes", "no")
+
+
+def stand_in_questions(turns: list[dict], kinds: list[str], rng: random.Random, share: float) -> list[dict]:
+    """`turns` where each of `kinds` (unnamed in the record), with probability `share`, is asked about by a stand-in
+    noun (STAND_INS) instead of its name, and its yes/no questions are gone (whether a never-seen noun is in the
+    picture is not known from a "thing"). Why: asked by its own name, an unnamed kind of the training world is still
+    found by what its region looks like; a held-out kind is not, and the trained model answered "Where is the waffle?"
+    as for an absent object ("bottom right") while answering "Where is the thing?" right (session 31)."""
+    roles = [t.get("from") for t in turns]
+    if len(turns) % 2 or roles != ["human", "gpt"] * (len(turns) // 2):
+        return turns  # only question-answer pairs are rewritten
+    for kind in kinds:
+        if rng.random() >= share:
+            continue
+        noun, kept, image = rng.choice(STAND_INS), [], ""
+        for i in range(0, len(turns) - 1, 2):
+            ask, reply = turns[i], turns[i + 1]
+            if "<image>" in ask["value"]:
+                image = "<image>\n"
+            text = ask["value"].replace("<image>\n", "").replace("<image>", "")
+            asked = unname_text(text, {kind}, noun)
+            if asked != text:
+                if reply["value"].strip().lower().rstrip(".") in YES_NO:
+                    continue  # a yes/no question about the stand-in: dropped with its answer
+                if noun[0] in "aeiou":
+                    asked = re.sub(rf"\b([Aa]) (?={noun})", r"\1n ", asked)
+            kept += [dict(ask, value=(image if not kept else "") + asked), reply]
+        if kept:  # a record of nothing but yes/no questions about the kind stays as it was
+            turns = kept
+    return turns
+
+
 def unname_record(record: dict, truth: dict, rng: random.Random, share: float, word: str = "thing",
-                  always: frozenset[str] = frozenset()) -> dict:
+                  always: frozenset[str] = frozenset(), stand_in: float = 0.0) -> dict:
     """A LLaVA record unnamed (unname_answers): its answers (gpt turns) say `word`, its questions keep the name (as a
-    user asks about a held-out kind by name), record["unnamed"] lists the regions."""
+    user asks about a held-out kind by name) or, with probability `stand_in` per unnamed kind, a stand-in noun
+    (stand_in_questions), record["unnamed"] lists the regions."""
     turns = record.get("conversations", [])
     mine = [i for i, t in enumerate(turns) if t.get("from") in ("gpt", "assistant")]
     answers, regions = unname_answers([turns[i]["value"] for i in mine], truth, rng, share, word, always)
     turns = list(turns)
     for i, a in zip(mine, answers):
         turns[i] = dict(turns[i], value=a)
+    if stand_in > 0 and regions:
+        groups = region_groups(truth)
+        turns = stand_in_questions(turns, sorted({groups[r]["name"] for r in regions}),
+                                   random.Random(f"stand-in:{record.get('id')}"), stand_in)  # unnaming draws unchanged
     return dict(record, conversations=turns, **{UNNAMED_KEY: regions})
 
 
@@ -118,12 +165,13 @@ def _missing(where: str, key, truth_path: str) -> ValueError:
 
 def unname_file(records_path: str, truth_path: str, out: str, share: float, seed: int = 0,
                 word: str = "thing", tasks: tuple[str, ...] = UNNAME_TASKS,
-                always: frozenset[str] = frozenset()) -> dict:
+                always: frozenset[str] = frozenset(), stand_in: float = 0.0) -> dict:
     """`records_path` with kinds unnamed, each record joined by its id to its image's truth in a world export's
     data.jsonl (a record with none there is refused). A LLaVA JSONL (instructions, drills): the records of `tasks`
     (the others are copied without the field, so TrainConfig.word_dropout still drops their words at random), image
     paths rewritten relative to `out`. A cc_sbu_align folder (`minigpt4 curate export`'s descriptions): every caption,
-    `out` a folder with its filter_cap.json and a link to the images. `always`: kinds unnamed in every image."""
+    `out` a folder with its filter_cap.json and a link to the images. `always`: kinds unnamed in every image.
+    `stand_in`: the share of unnamed kinds whose questions ask by a stand-in noun (stand_in_questions; qa records)."""
     import json
     import os
 
@@ -160,7 +208,8 @@ def unname_file(records_path: str, truth_path: str, out: str, share: float, seed
         if rec.get("id") not in truth:
             raise _missing(f"{records_path}:{n}", rec.get("id"), truth_path)
         if rec.get("task") in tasks:
-            rec = unname_record(rec, truth[rec["id"]], rng, share, word, always)
+            rec = unname_record(rec, truth[rec["id"]], rng, share, word, always,
+                                stand_in if rec.get("task") == "qa" else 0.0)
         if isinstance(rec.get("image"), str) and src != dst:
             rec["image"] = os.path.relpath(os.path.join(src, rec["image"]), dst)
         count(rec.get(UNNAMED_KEY))

@@ -25,8 +25,9 @@
 #                unname; session 27: answers that kept the name taught the LLM to guess one for every "thing")
 #   4. eval      held-out images: the bare LLM vs stage 1 vs stage 2 -> RUNS/eval/compare.md; the stages with the
 #                readout abstaining
-#                (ABSTAIN: an unsure region name reads "thing") and grounded answers (GROUNDED=1: an object word
-#                the readout did not read reads "thing"); both stages are published with them
+#                (ABSTAIN: an unsure region name reads "thing"), optionally a colour word on every object
+#                (ALWAYS=color: off, MODEL_CARD "Session 31") and grounded answers (GROUNDED=1: an object word the readout did not read reads "thing"); both stages
+#                are published with them
 #                into checkpoints/default/stage1 and stage2 (what `--model default` loads)
 # SCALE=tiny runs the same chain in minutes (what CI runs) into RUNS (default runs/default-tiny), publishing nothing
 # and keeping the committed readout.
@@ -45,6 +46,7 @@ RUNS=${RUNS:-runs/default}
 N_TRAIN=${N_TRAIN:-12000}; N_CURATE=${N_CURATE:-400}; EVAL_N=${EVAL_N:-120}; PUBLISH=${PUBLISH:-1}
 STAGE1_STEPS=${STAGE1_STEPS:-600}; DRILL_STEPS=${DRILL_STEPS:-160}; MIX_STEPS=${MIX_STEPS:-1000}
 ABSTAIN=${ABSTAIN:-0.7}   # region names below this probability read "thing" (session 27: CHAIR_i 26.8 -> 18.6%)
+ALWAYS=${ALWAYS:-}   # "color": every object gets a colour word (session 31: Q&A +2, CHAIR_i +2.4 on two samples; off)
 # answers about the picture name only objects the readout read (session 28: CHAIR_i 18.6 -> 4.5% at the same recall)
 GROUND=(--grounded); [ "${GROUNDED:-1}" = 1 ] || GROUND=(--no-grounded)
 mkdir -p "$RUNS" && RUNS=$(cd "$RUNS" && pwd)   # absolute: recipe paths are relative to the recipe file
@@ -73,7 +75,7 @@ minigpt4 train recipes/default/stage1-effnet.yaml model="$SIDE" output_dir="$RUN
   max_steps="$STAGE1_STEPS" "${cache[@]}" ${STEP_ARGS:-} ${TRAIN_ARGS:-}
 publish() {  # publish RUN STAGE: the run's projection (+ adapters) into checkpoints/default/STAGE, with the readout's
   python -m minigpt4.weights.default publish "$1" "$2" --vision stage0-effnet-html-grid --abstain "$ABSTAIN" \
-    $([ "${GROUNDED:-1}" = 1 ] && echo --ground)   # abstention and grounding as its defaults
+    --always "$ALWAYS" $([ "${GROUNDED:-1}" = 1 ] && echo --ground)   # abstention, colours, grounding as defaults
 }
 if [ "$PUBLISH" = 1 ]; then publish "$RUNS/stage1" stage1; fi
 
@@ -105,6 +107,6 @@ if [ "$RUNS/eval/compare.md" -nt "$RUNS/stage2/checkpoints/latest" ]; then
   echo "up to date: $RUNS/eval/compare.md (delete it to evaluate again)"
 else
   minigpt4 eval --compare "$SIDE@$RUNS/stage1:no-image" "$SIDE@$RUNS/stage1" "$SIDE@$RUNS/stage2" --n "$EVAL_N" \
-    --abstain "$ABSTAIN" "${GROUND[@]}" --out "$RUNS/eval" ${EVAL_ARGS:-}
+    --abstain "$ABSTAIN" --always "$ALWAYS" "${GROUND[@]}" --out "$RUNS/eval" ${EVAL_ARGS:-}
 fi
 say "done: $RUNS/eval/compare.md; shipped weights in checkpoints/default/"
