@@ -79,11 +79,11 @@ class WordReadout(nn.Module):
                                   cfg.word_name_tokens)
         cfg.check_word_always()
         readout = cls(cfg.word_features, names, cfg.word_temperature,
-                   attributes, {g["name"]: (phrase_embeddings(llm, g["word_ids"]), g["slots"])
-                                for g in cfg.image_phrases}, cfg.num_word_queries,
-                   {g["name"]: [g["words"].index(w) + 1 for w in g["ends"]]
-                    for g in cfg.image_phrases if g.get("ends")},
-                   cfg.word_abstain, unknown_class(cfg))
+                      attributes, {g["name"]: (phrase_embeddings(llm, g["word_ids"]), g["slots"])
+                                   for g in cfg.image_phrases}, cfg.num_word_queries,
+                      {g["name"]: [g["words"].index(w) + 1 for w in g["ends"]]
+                       for g in cfg.image_phrases if g.get("ends")},
+                      cfg.word_abstain, unknown_class(cfg))
         readout.always = frozenset(cfg.word_always)
         return readout
 

@@ -110,7 +110,8 @@ def stand_in_questions(turns: list[dict], kinds: list[str], rng: random.Random, 
     noun (STAND_INS) instead of its name, and its yes/no questions are gone (whether a never-seen noun is in the
     picture is not known from a "thing"). Why: asked by its own name, an unnamed kind of the training world is still
     found by what its region looks like; a held-out kind is not, and the trained model answered "Where is the waffle?"
-    as for an absent object ("bottom right") while answering "Where is the thing?" right (session 31)."""
+    as for an absent object ("bottom right") while answering "Where is the thing?" right (session 31; 200 steps of
+    the stage-2 mix with half the unnamed kinds asked this way did not change that: MODEL_CARD "Session 31")."""
     roles = [t.get("from") for t in turns]
     if len(turns) % 2 or roles != ["human", "gpt"] * (len(turns) // 2):
         return turns  # only question-answer pairs are rewritten
