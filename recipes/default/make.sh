@@ -46,7 +46,7 @@ RUNS=${RUNS:-runs/default}
 N_TRAIN=${N_TRAIN:-12000}; N_CURATE=${N_CURATE:-400}; EVAL_N=${EVAL_N:-120}; PUBLISH=${PUBLISH:-1}
 STAGE1_STEPS=${STAGE1_STEPS:-600}; DRILL_STEPS=${DRILL_STEPS:-160}; MIX_STEPS=${MIX_STEPS:-1000}
 ABSTAIN=${ABSTAIN:-0.7}   # region names below this probability read "thing" (session 27: CHAIR_i 26.8 -> 18.6%)
-ALWAYS=${ALWAYS:-}   # "color": every object gets a colour word (session 31: Q&A +2, CHAIR_i +2.4 on two samples; off)
+ALWAYS=${ALWAYS:-}   # "color": every object gets a colour word (session 31: Q&A +1.8, CHAIR_i +3.1 on 3 samples: off)
 # answers about the picture name only objects the readout read (session 28: CHAIR_i 18.6 -> 4.5% at the same recall)
 GROUND=(--grounded); [ "${GROUNDED:-1}" = 1 ] || GROUND=(--no-grounded)
 mkdir -p "$RUNS" && RUNS=$(cd "$RUNS" && pwd)   # absolute: recipe paths are relative to the recipe file
