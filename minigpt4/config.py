@@ -209,7 +209,7 @@ class MiniGPT4Config:
     # off kinds it never saw named, where the name classifier can only say "thing" (session 23).
     word_attributes: dict[str, list[str]] = field(default_factory=dict)
     # Attributes whose word every object gets: their "none" goes to their words as far as the region holds something
-    # (WordReadout.given). The colour classifier says "none" for the emoji kinds the world gives no colour, and so
+    # (WordReadout.attribute_probs). The colour classifier says "none" for the emoji kinds the world gives no colour, so
     # for 70% of the held-out kinds' regions that have one (session 31: its best colour there is right for 71%).
     word_always: list[str] = field(default_factory=list)
     # Token slots per name (our addition): a name reaches the LLM as the first N tokens of " name", a shorter one ends
