@@ -296,6 +296,16 @@ def test_a_word_readout_publishes_and_loads_with_its_words(tmp_path):
                     meta={"step": 40, **cfg.readout_meta()})
     publish(run, "stage1", root, abstain=0.7, always=["color"])
     assert default_config(root=root).word_always == ["color"]
+    # loaded onto a base as MODEL@FOLDER, a published folder brings its settings; a run brings none
+    from minigpt4.weights.pretrained import apply_published_settings
+    cfg.word_unknown = "thing"
+    model = build_model(cfg)
+    assert (model.cfg.word_abstain, model.word_proj.always) == (0.0, frozenset())
+    assert apply_published_settings(model, root / "stage1") is model
+    assert (model.cfg.word_abstain, model.word_proj.abstain, model.word_proj.always, model.cfg.word_ground) == \
+        (0.7, 0.7, {"color"}, False)
+    apply_published_settings(model, run)
+    assert (model.word_proj.abstain, model.word_proj.always) == (0.7, {"color"})
 
 
 def test_a_readout_on_its_own_vision_side_loads_that_export_and_publishes_its_name(tmp_path):

@@ -312,7 +312,7 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: str 
             # int8 comes after the run's weights: LoRA adapters are folded into fp32 weights first
             model = load_model(base, device, dtype, None if quantize == "int8" else quantize, llm, eva, blip2,
                                ckpt, seed)
-            return quantize_after_merge(apply_trainable(model, run), quantize)
+            return quantize_after_merge(apply_published_settings(apply_trainable(model, run), run), quantize)
     if spec_s == "default" or spec_s.startswith("default@"):  # the weights this project trained (weights/default.py)
         from minigpt4.weights.default import default_config, default_lora, load_default_state, parse_spec
         stage = parse_spec(spec_s)
@@ -372,6 +372,24 @@ def apply_trainable(model, run: str | Path):
               f"training run {run} (load it onto the model it was trained from)")
     if lora:
         merge_adapters(model, lora, lora_spec(run), f"training run {run}")
+    return model
+
+
+def apply_published_settings(model, run: str | Path):
+    """A published stage folder's readout settings (publish --abstain / --ground / --always) on `model`, so that
+    `default@VISION@FOLDER` answers as the folder would once shipped (the base's settings otherwise: session 31
+    evaluated a candidate so without noticing). Runs and checkpoints carry none: the model is returned as it was."""
+    from minigpt4.train.checkpoint import is_published_stage
+    from minigpt4.weights.default import proj_metadata
+    if model.word_proj is None or not is_published_stage(run):
+        return model
+    meta = proj_metadata(Path(run) / "proj.safetensors")
+    try:
+        model.set_word_abstain(float(meta.get("word_abstain", 0.0)))
+        model.set_word_always(json.loads(meta.get("word_always", "[]")))
+    except ValueError as e:
+        raise CheckpointError(f"{run}: {e}") from None
+    model.cfg.word_ground = meta.get("word_ground") == "1"
     return model
 
 
