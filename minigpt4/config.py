@@ -319,9 +319,9 @@ class MiniGPT4Config:
     def proj_in_features(self) -> int:
         return self.main_side.out_features
 
-    def check_word_always(self) -> None:
-        """word_always names attributes of this readout."""
-        bad = [a for a in self.word_always if a not in self.word_attributes]
+    def check_word_always(self, attributes: Sequence[str] | None = None) -> None:
+        """word_always (or `attributes`, a value for it) names attributes of this readout."""
+        bad = [a for a in (self.word_always if attributes is None else attributes) if a not in self.word_attributes]
         if bad:
             raise ValueError(f"word_always {bad}: not attributes of this readout (it has "
                              f"{sorted(self.word_attributes) or 'none'}; fit-words --attributes adds them)")

@@ -532,12 +532,8 @@ class MiniGPT4(nn.Module):
         """MiniGPT4Config.word_always on a loaded model (chat/eval/serve --always); cached image encodings go."""
         if self.word_proj is None:
             raise ValueError("--always acts on a word readout's attributes; this model has none")
-        old, self.cfg.word_always = self.cfg.word_always, list(attributes)
-        try:
-            self.cfg.check_word_always()
-        except ValueError:
-            self.cfg.word_always = old
-            raise
+        self.cfg.check_word_always(attributes)
+        self.cfg.word_always = list(attributes)
         self.word_proj.always = frozenset(attributes)
         self.clear_cache()
 

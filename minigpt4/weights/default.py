@@ -259,11 +259,11 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     meta = {"run": str(run), "checkpoint": ckpt.name, "vision": vision}
     readout = proj_metadata(ckpt / "trainable.safetensors")
     meta.update({k: readout[k] for k in READOUT_KEYS if k in readout})
+    probe = get_config("tiny")  # the run's readout as a config, for the checks below
+    probe.apply_readout_meta(meta)
     if abstain is not None:
         if "proj_words" not in meta:
             raise CheckpointError(f"--abstain acts on a word readout's names, and {run} has no readout")
-        probe = get_config("tiny")
-        probe.apply_readout_meta(meta)
         if not probe.word_unknown:
             raise CheckpointError(f"--abstain: {run}'s readout has no unknown word to abstain to")
         meta.update(word_unknown=probe.word_unknown, word_abstain=str(abstain))
@@ -272,11 +272,8 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
             raise CheckpointError(f"--ground keeps the names a word readout read, and {run} has no readout")
         meta["word_ground"] = "1"
     if always:
-        probe = get_config("tiny")
-        probe.apply_readout_meta(meta)
-        probe.word_always = list(always)
         try:
-            probe.check_word_always()
+            probe.check_word_always(always)
         except ValueError as e:
             raise CheckpointError(f"--always: {e}") from None
         meta["word_always"] = json.dumps(list(always))

@@ -383,13 +383,14 @@ def apply_published_settings(model, run: str | Path):
     from minigpt4.weights.default import proj_metadata
     if model.word_proj is None or not is_published_stage(run):
         return model
-    meta = proj_metadata(Path(run) / "proj.safetensors")
+    published = get_config("tiny")  # the folder's readout settings, read as any projection file's are
     try:
-        model.set_word_abstain(float(meta.get("word_abstain", 0.0)))
-        model.set_word_always(json.loads(meta.get("word_always", "[]")))
+        published.apply_readout_meta(proj_metadata(Path(run) / "proj.safetensors"))
+        model.set_word_abstain(published.word_abstain)
+        model.set_word_always(published.word_always)
     except ValueError as e:
         raise CheckpointError(f"{run}: {e}") from None
-    model.cfg.word_ground = meta.get("word_ground") == "1"
+    model.cfg.word_ground = published.word_ground
     return model
 
 

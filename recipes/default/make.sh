@@ -26,8 +26,8 @@
 #   4. eval      held-out images: the bare LLM vs stage 1 vs stage 2 -> RUNS/eval/compare.md; the stages with the
 #                readout abstaining
 #                (ABSTAIN: an unsure region name reads "thing"), optionally a colour word on every object
-#                (ALWAYS=color: off, MODEL_CARD "Session 31") and grounded answers (GROUNDED=1: an object word the readout did not read reads "thing"); both stages
-#                are published with them
+#                (ALWAYS=color: off, MODEL_CARD "Session 31") and grounded answers (GROUNDED=1: an object word
+#                the readout did not read reads "thing"); both stages are published with them
 #                into checkpoints/default/stage1 and stage2 (what `--model default` loads)
 # SCALE=tiny runs the same chain in minutes (what CI runs) into RUNS (default runs/default-tiny), publishing nothing
 # and keeping the committed readout.
