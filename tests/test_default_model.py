@@ -9,7 +9,7 @@ from minigpt4.config import get_config
 from minigpt4.train.checkpoint import load_trainable, save_checkpoint
 from minigpt4.weights.common import CheckpointError
 from minigpt4.weights.default import (attach_words, default_config, default_lora, default_parts, dual_vision,
-                                      load_default_state, parse_spec, publish)
+                                      load_default_state, parse_spec, publish, take_attributes)
 
 
 def _root(tmp_path: Path, stages=("stage1", "stage2")) -> Path:
@@ -353,8 +353,8 @@ def test_a_stage_trained_without_the_readout_takes_it_from_a_dual_vision_folder(
     save_file({"proj.weight": torch.zeros(2, 4), "proj.bias": torch.zeros(2),
                "word_proj.classify.weight": torch.ones(3, 4), "word_proj.classify.bias": torch.zeros(3)},
               str(root / "stage0-names" / "proj.safetensors"), metadata=cfg.readout_meta())
-    with pytest.raises(CheckpointError, match="not a dual-vision folder"):
-        attach_words("stage2", "stage0-names", root)
+    with pytest.raises(CheckpointError, match="stage2 was trained on stage0.*never saw"):
+        attach_words("stage2", "stage0-names", root)  # a readout on another main side
     dual_vision("stage0", "stage0-names", "stage0-dual", root)
     attach_words("stage2", "stage0-dual", root)
     loaded = default_config(root=root)
@@ -367,6 +367,54 @@ def test_a_stage_trained_without_the_readout_takes_it_from_a_dual_vision_folder(
     dual_vision("stage0-names", "stage0-names", "stage0-other", root)  # a main side stage1 never read
     with pytest.raises(CheckpointError, match="stage1 was trained on stage0.*never saw"):
         attach_words("stage1", "stage0-other", root)
+
+
+def test_a_stage_trained_with_a_readout_takes_a_refit_of_it_on_the_same_side(tmp_path):
+    """attach-words with a readout refit on the side the stage was trained on (session 32: MLP attribute classifiers):
+    the same words in the same form attach and the stage keeps its own settings (abstention, grounding); a readout
+    that reads out other words is refused by name; --out leaves the shipped stage as it was."""
+    from minigpt4.weights.common import expected_layout
+    root = _root(tmp_path)
+
+    def readout(folder, words, hidden, settings=()):
+        cfg = get_config("tiny")
+        cfg.proj_words, cfg.word_attributes, cfg.word_attribute_hidden = words, {"size": ["small", "large"]}, hidden
+        cfg.word_abstain, cfg.word_ground = (0.7, True) if settings else (0.0, False)
+        state = {k: torch.full(v, float(hidden + 1)) for k, v in expected_layout(cfg, ["proj"]).items()
+                 if k.startswith("word_proj.")}
+        if settings:  # a published stage: its projection and its settings
+            state["proj.weight"] = torch.full((2, 4), 2.0)
+        else:  # a stage-0 folder: the vision side the stage was trained on, bytes and all
+            (root / folder).mkdir()
+            (root / folder / "vision.safetensors").write_bytes((root / "stage0" / "vision.safetensors").read_bytes())
+        save_file(state, str(root / folder / "proj.safetensors"), metadata={**cfg.readout_meta(), "vision": "stage0"})
+    readout("stage2", ["cat", "dog", "thing"], 0, settings=True)  # trained with a linear readout, published
+    readout("stage0-linear", ["cat", "dog", "thing"], 0)
+    names = load_file(root / "stage0-linear" / "proj.safetensors")["word_proj.classify.weight"]
+    readout("stage0-mlp", ["cat", "dog", "thing"], 8)
+    readout("stage0-other", ["cat", "cow", "thing"], 8)
+    # take-attributes: a linear readout's attribute classifiers from the MLP fit; its names stay bit for bit
+    take_attributes("stage0-mlp", "stage0-linear", root)
+    taken = load_file(root / "stage0-linear" / "proj.safetensors")
+    assert torch.equal(taken["word_proj.classify.weight"], names) and "word_proj.attributes.size.weight" not in taken
+    assert float(taken["word_proj.attributes.size.2.bias"][0]) == 9.0
+    assert default_config(root=root, stage="stage0-linear").word_attribute_hidden == 8
+    readout("stage0-far", ["cat", "dog", "thing"], 8)
+    (root / "stage0-far" / "vision.safetensors").write_bytes(b"another side")
+    with pytest.raises(CheckpointError, match="fit on another vision side"):
+        take_attributes("stage0-far", "stage0-mlp", root)
+    with pytest.raises(CheckpointError, match="stage2 was trained on a readout whose proj_words differ"):
+        attach_words("stage2", "stage0-other", root)
+    before = (root / "stage2" / "proj.safetensors").read_bytes()
+    attach_words("stage2", "stage0-mlp", root, out_dir=tmp_path / "candidate")
+    assert (root / "stage2" / "proj.safetensors").read_bytes() == before
+    from minigpt4.weights.default import proj_metadata
+    cfg = get_config("tiny")
+    cfg.apply_readout_meta(proj_metadata(tmp_path / "candidate" / "proj.safetensors"))
+    assert (cfg.word_attribute_hidden, cfg.word_abstain, cfg.word_ground) == (8, 0.7, True)
+    state = load_file(tmp_path / "candidate" / "proj.safetensors")
+    assert float(state["proj.weight"][0, 0]) == 2.0 and float(state["word_proj.attributes.size.0.weight"][0, 0]) == 9.0
+    assert "word_proj.attributes.size.weight" not in state
 
 
 def test_info_describes_the_shipped_default_model_and_its_stages():

@@ -618,6 +618,38 @@ def test_word_always_gives_every_object_a_word_of_the_attribute():
     assert model.cfg.word_always == [] and model.word_proj.always == frozenset()
 
 
+@torch.no_grad()
+def test_attribute_classifiers_with_hidden_units_give_the_words_their_mlp_picks():
+    """MiniGPT4Config.word_attribute_hidden: each attribute's classifier is one GELU layer then a Linear (the name's
+    stays linear); the region's attribute word is the MLP's pick, also under word_always; the width travels in the
+    readout's metadata, so a reloaded config builds the same heads."""
+    cfg = get_config("tiny")
+    cfg.proj_words, cfg.word_layout = ["cat", "dog"], "pair"
+    cfg.word_attributes, cfg.word_attribute_hidden = {"color": ["red", "blue"]}, 4
+    model = build_model(cfg).eval()
+    readout = model.word_proj
+    head = readout.attributes["color"]
+    assert isinstance(readout.classify, torch.nn.Linear) and [type(m).__name__ for m in head] == [
+        "Linear", "GELU", "Linear"] and head[0].weight.shape == (4, cfg.word_features)
+    readout.classify.weight.zero_()
+    readout.classify.bias.copy_(torch.tensor([0.0, 30.0, -30.0]))  # every region: "cat"
+    head[0].weight.zero_()
+    head[0].bias.copy_(torch.tensor([1.0, -1.0, 0.0, 0.0]))  # GELU(1) ~ 0.84, GELU(-1) ~ -0.16
+    head[2].weight.zero_()
+    head[2].bias.zero_()
+    head[2].weight[2, 0] = 60.0  # "blue" from the first hidden unit, after its GELU
+    feats = torch.zeros(1, N_IMG, cfg.proj_in_features)
+    blue = getattr(readout, "table_color")[2]
+    assert torch.allclose(readout(feats)[0, :, 0], blue.expand(N_IMG, -1), atol=1e-4)
+    model.set_word_always(["color"])
+    assert torch.allclose(readout(feats)[0, :, 0], blue.expand(N_IMG, -1), atol=1e-4)
+    again = get_config("tiny")
+    again.apply_readout_meta(model.cfg.readout_meta())
+    assert again.word_attribute_hidden == 4
+    assert build_model(again).word_proj.attributes["color"][0].weight.shape == (4, cfg.word_features)
+    assert "word_attribute_hidden" not in build_model(get_config("tiny")).cfg.readout_meta()
+
+
 def _label_starts(cfg):
     """Where each label starts in the pair layout (label, word, projection per word)."""
     starts, at = [], 0

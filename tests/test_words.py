@@ -98,6 +98,31 @@ def test_fit_head_with_an_unknown_word_names_new_kinds_unknown_and_keeps_the_see
     assert said[0.3] > 0.1 and said[0.3] > 20 * said[0.0], said
 
 
+def test_fit_head_with_hidden_units_learns_what_a_linear_one_cannot_and_reads_raw_features():
+    """--attribute-hidden: an attribute that is no linear function of the features (here the sign of x0 * x1, as a
+    colour is of an object's and its background's pixels pooled together) needs the hidden layer; the returned state
+    has the standardisation folded into its first layer, so attribute_head loads it and reads raw features."""
+    from minigpt4.model.minigpt4 import attribute_head
+    from minigpt4.train.words import fit_head
+
+    def data(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 6, generator=g) * 2.0 + 7.0  # an offset and scale the fit must fold away
+        return x, 1 + ((x[:, 0] - 7.0) * (x[:, 1] - 7.0) > 0).long()  # classes 1 and 2, XOR of two signs
+    (tx, ty), (vx, vy) = data(4000, 0), data(800, 1)
+    scores = {}
+    for hidden in (0, 32):
+        state, history = fit_head(tx, ty, vx, vy, classes=3, epochs=15, lr=1e-2, batch_size=128, hidden=hidden,
+                                  log=lambda _: None)
+        head = attribute_head(6, 3, hidden)
+        head.load_state_dict(state)  # strict: the keys are the head's own
+        with torch.no_grad():
+            scores[hidden] = (head(vx).argmax(-1) == vy).float().mean().item()
+        kept = max(h["accuracy"] for h in history)  # rounded to 4 places; folding may flip a borderline region
+        assert abs(scores[hidden] - kept) <= 1 / len(vy), (scores, kept)  # what the fit kept, read on raw input
+    assert scores[0] < 0.7 and scores[32] > 0.9, scores
+
+
 def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, capsys):
     """--targets regions on a grid side (the EfficientNet's nine region tokens): a name classifier with the unknown
     word last and one classifier per attribute, which the model config reads back and loads strictly."""
@@ -147,6 +172,16 @@ def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, ca
     assert (tmp_path / "stage0-new" / "stage0.json").read_bytes() == \
         (DEFAULT_DIR / "stage0-effnet" / "stage0.json").read_bytes()
     assert not (tmp_path / "stage0.json").exists()  # not a stage-0 folder's name: only the readout
+    # --attribute-hidden: each attribute's classifier an MLP, recorded so the model builds (and strictly loads) it
+    assert main(["fit-words", "default@stage0-effnet", "--targets", "regions", "--attributes", "size",
+                 "--attribute-hidden", "16", "--images", "8", "--val", "4", "--epochs", "1",
+                 "--out", str(tmp_path / "mlp")]) == 0
+    with safe_open(str(tmp_path / "mlp" / "proj.safetensors"), framework="pt") as f:
+        cfg.apply_readout_meta(f.metadata())
+    state = load_file(tmp_path / "mlp" / "proj.safetensors")
+    assert cfg.word_attribute_hidden == 16 and state["word_proj.attributes.size.0.weight"].shape == (16, 472)
+    assert "word_proj.attributes.size.weight" not in state
+    check_layout(state, expected_layout(cfg, ["proj"]), "fit-words output")
     # what cannot work is refused by name (one line on stderr, exit status 2)
     for args, message in ((["tiny", "--attributes", "color"], "need --targets regions"),
                           (["tiny", "--phrases", "picture"], "need --targets regions"),
@@ -156,7 +191,9 @@ def test_fit_words_regions_cli_fits_names_and_attributes_per_region(tmp_path, ca
                           (["default@stage0-effnet", "--targets", "regions", "--attributes", "weight"],
                            r"unknown --attributes \['weight'\]"),
                           (["default@stage0-effnet", "--targets", "regions", "--dish-every", "-1"],
-                           "--dish-every must be 0")):
+                           "--dish-every must be 0"),
+                          (["default@stage0-effnet", "--targets", "regions", "--attribute-hidden", "8"],
+                           "without --attributes")):
         assert main(["fit-words", *args, "--images", "8", "--val", "4", "--out", str(tmp_path / "x")]) == 2
         assert re.search(message, capsys.readouterr().err)
 

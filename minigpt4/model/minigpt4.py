@@ -27,6 +27,13 @@ TRAINABLE_GROUPS = ("proj", "words", "qformer", "vision", "lora")
 WORD_LAYOUTS = ("sum", "pair", "append")  # MiniGPT4Config.word_layout
 
 
+def attribute_head(in_features: int, classes: int, hidden: int = 0) -> nn.Module:
+    """An attribute's classifier (MiniGPT4Config.word_attribute_hidden): linear, or one GELU layer of `hidden`."""
+    if not hidden:
+        return nn.Linear(in_features, classes)
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, classes))
+
+
 class WordReadout(nn.Module):
     """Each query as a word the LLM already knows: a linear classifier over `words` and "none" (class 0); the query's
     token is the probability-weighted mix of those words' input embeddings (none adds nothing). MiniGPT-4's linear
@@ -39,7 +46,7 @@ class WordReadout(nn.Module):
                  attributes: dict[str, torch.Tensor] | None = None,
                  phrases: dict[str, tuple[torch.Tensor, int]] | None = None, tokens: int = 1,
                  phrase_ends: dict[str, Sequence[int]] | None = None, abstain: float = 0.0,
-                 unknown: int | None = None):
+                 unknown: int | None = None, attribute_hidden: int = 0):
         super().__init__()
         self.classify = nn.Linear(in_features, table.shape[0] + 1)
         self.temperature = temperature
@@ -48,7 +55,8 @@ class WordReadout(nn.Module):
         # `table` (names, name tokens, hidden), rebuilt from the LLM at load (not saved); row 0 is "none", zeros.
         self.register_buffer("table", self.with_none(table), persistent=False)
         attributes = attributes or {}
-        self.attributes = nn.ModuleDict({a: nn.Linear(in_features, t.shape[0] + 1) for a, t in attributes.items()})
+        self.attributes = nn.ModuleDict({a: attribute_head(in_features, t.shape[0] + 1, attribute_hidden)
+                                         for a, t in attributes.items()})
         for a, t in attributes.items():
             self.register_buffer(f"table_{a}", self.with_none(t), persistent=False)
         # Image phrase groups (MiniGPT4Config.image_phrases): name -> (table, slots); each slot's classifier reads all
@@ -83,7 +91,7 @@ class WordReadout(nn.Module):
                                    for g in cfg.image_phrases}, cfg.num_word_queries,
                       {g["name"]: [g["words"].index(w) + 1 for w in g["ends"]]
                        for g in cfg.image_phrases if g.get("ends")},
-                      cfg.word_abstain, unknown_class(cfg))
+                      cfg.word_abstain, unknown_class(cfg), cfg.word_attribute_hidden)
         readout.always = frozenset(cfg.word_always)
         return readout
 
@@ -96,7 +104,7 @@ class WordReadout(nn.Module):
                              "has none: fit it with `minigpt4 fit-words --unknown thing` (word_unknown)")
         self.abstain, self.unknown = abstain, unknown
 
-    def probs(self, features: torch.Tensor, head: nn.Linear | None = None) -> torch.Tensor:
+    def probs(self, features: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
         """The name classifier's (or `head`'s, an attribute's) tempered softmax."""
         return ((head or self.classify)(features) / self.temperature).softmax(-1)
 

@@ -71,7 +71,7 @@ def short(keys: Iterable[str], n: int = 12) -> str:
 # --- the layout we load into ------------------------------------------------------------------
 def skeleton(cfg: MiniGPT4Config) -> nn.Module:
     """The non-LLM part of the model on the meta device: key names and shapes, no memory."""
-    from minigpt4.model.minigpt4 import build_vision_side
+    from minigpt4.model.minigpt4 import attribute_head, build_vision_side
     with torch.device("meta"):
         m = nn.Module()
         build_vision_side(m, cfg.main_side)
@@ -79,7 +79,8 @@ def skeleton(cfg: MiniGPT4Config) -> nn.Module:
         if cfg.proj_words:  # the word readout's classifier (its word table is rebuilt from the LLM, not stored)
             m.word_proj = nn.Module()
             m.word_proj.classify = nn.Linear(cfg.word_features, len(cfg.proj_words) + 1)
-            m.word_proj.attributes = nn.ModuleDict({a: nn.Linear(cfg.word_features, len(words) + 1)
+            m.word_proj.attributes = nn.ModuleDict({a: attribute_head(cfg.word_features, len(words) + 1,
+                                                                      cfg.word_attribute_hidden)
                                                     for a, words in cfg.word_attributes.items()})
             m.word_proj.phrases = nn.ModuleDict({g["name"]: nn.Linear(cfg.num_word_queries * cfg.word_features,
                                                                       g["slots"] * (len(g["words"]) + 1))

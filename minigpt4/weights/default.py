@@ -388,18 +388,63 @@ def arrange(src: str, name: str, layout: str, labels: str = "none", root: Path =
     return out
 
 
-def attach_words(stage: str, base: str, root: Path = DEFAULT_DIR) -> Path:
-    """Add `base`'s word readout (a dual_vision folder) to the published `stage`, whose projection and adapters were
-    trained on `base`'s main vision side: the stage then records `base` as its vision side and loads both."""
+def take_attributes(src: str, dest: str, root: Path = DEFAULT_DIR) -> Path:
+    """Stage-0 folder `dest`'s attribute classifiers replaced by `src`'s, a readout fit on the same vision side with
+    the same attribute words (e.g. `fit-words --attribute-hidden 1024`; session 32): `dest`'s names, phrases and
+    layout stay as they are, bit for bit, so a stage trained on `dest` takes the result with attach-words."""
+    from safetensors.torch import load_file
+
+    from minigpt4.utils import atomic_save_safetensors
+    from minigpt4.weights.common import CheckpointError
+    src_file, dest_file = root / src / "proj.safetensors", root / dest / "proj.safetensors"
+    configs = []
+    for name, file in ((src, src_file), (dest, dest_file)):
+        if not is_vision_stage(name) or not file.exists():
+            raise CheckpointError(f"take-attributes works on stage-0 folders with a word readout, not {name!r}")
+        cfg = get_config("tiny")
+        cfg.apply_readout_meta(proj_metadata(file))
+        if not cfg.word_attributes:
+            raise CheckpointError(f"{root / name}'s readout has no attribute classifiers: fit-words --attributes")
+        configs.append(cfg)
+    if configs[0].word_attributes != configs[1].word_attributes:
+        raise CheckpointError(f"{src}'s attributes {configs[0].word_attributes} are not {dest}'s "
+                              f"{configs[1].word_attributes}: fit {src} with the same --attributes")
+    if (root / src / "vision.safetensors").read_bytes() != (root / dest / "vision.safetensors").read_bytes():
+        raise CheckpointError(f"{src} was fit on another vision side than {dest}: its classifiers read other features")
+    tensors = {k: v for k, v in load_file(dest_file).items() if not k.startswith("word_proj.attributes.")}
+    tensors.update({k: v for k, v in load_file(src_file).items() if k.startswith("word_proj.attributes.")})
+    meta = {k: v for k, v in proj_metadata(dest_file).items() if k != "word_attribute_hidden"}
+    if configs[0].word_attribute_hidden:
+        meta["word_attribute_hidden"] = str(configs[0].word_attribute_hidden)
+    atomic_save_safetensors(tensors, dest_file, metadata=meta)
+    return dest_file
+
+
+# What a stage's LLM was trained to read: a readout swapped into a trained stage must give the same (its classifiers
+# may differ); the stage's own settings (publish --abstain/--ground/--always) stay the stage's.
+READOUT_FORM_KEYS = ("proj_words", "word_layout", "word_labels", "word_attributes", "word_name_tokens", "image_phrases",
+                     "word_unknown")
+READOUT_SETTING_KEYS = ("word_abstain", "word_ground", "word_always")
+
+
+def attach_words(stage: str, base: str, root: Path = DEFAULT_DIR, out_dir: str | Path | None = None) -> Path:
+    """Give the published `stage` the word readout of the stage-0 folder `base`, whose main vision side is the one
+    the stage's projection and adapters were trained on: a dual-vision folder's (the readout on its own side; the
+    stage then records `base` as its vision side and loads both), or a readout refit on the same side, e.g. with MLP
+    attribute classifiers (session 32). A stage trained with a readout takes only one that reads out the same words
+    in the same form (READOUT_FORM_KEYS) and keeps its settings. `out_dir`: write the changed stage folder there
+    (its other files copied) instead of changing `stage` in place, to evaluate it first."""
+    import shutil
+
     from safetensors.torch import load_file
 
     from minigpt4.utils import atomic_save_safetensors
     from minigpt4.weights.common import CheckpointError
     base_file, stage_file = root / base / "proj.safetensors", root / stage / "proj.safetensors"
     readout = proj_metadata(base_file if base_file.exists() else None)
-    if not readout.get("word_vision"):
-        raise CheckpointError(f"{root / base} is not a dual-vision folder (no word readout on its own vision side): "
-                              f"make one with `python -m minigpt4.weights.default dual-vision`")
+    if not readout.get("proj_words"):
+        raise CheckpointError(f"{root / base} has no word readout to attach: fit one first (minigpt4 fit-words), or "
+                              f"make a dual-vision folder (python -m minigpt4.weights.default dual-vision)")
     if not stage_file.exists():
         raise CheckpointError(f"no published {stage} at {stage_file}")
     trained_on_vision = recorded_vision(stage_file)
@@ -407,12 +452,29 @@ def attach_words(stage: str, base: str, root: Path = DEFAULT_DIR) -> Path:
             (root / base / "vision.safetensors").read_bytes():
         raise CheckpointError(f"{stage} was trained on {trained_on_vision}, but {base}'s main vision side is another "
                               f"export: its projection would read features it never saw")
+    stage_meta = proj_metadata(stage_file)
+    if stage_meta.get("proj_words"):
+        trained, attached = get_config("tiny"), get_config("tiny")  # both readouts as configs (defaults filled in)
+        trained.apply_readout_meta(stage_meta)
+        attached.apply_readout_meta(readout)
+        differ = [k for k in READOUT_FORM_KEYS if getattr(trained, k) != getattr(attached, k)]
+        if differ:
+            raise CheckpointError(f"{stage} was trained on a readout whose {', '.join(differ)} differ from "
+                                  f"{base}'s: its LLM would read words it never learned; attach a readout fit "
+                                  f"with the same words, attributes, labels and phrases, or train the stage on {base}")
+    out = Path(out_dir) if out_dir is not None else root / stage
+    if out != root / stage:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in (root / stage).iterdir():
+            if f.is_file():
+                shutil.copyfile(f, out / f.name)
     tensors = {k: v for k, v in load_file(stage_file).items() if not k.startswith("word_proj.")}
     tensors.update({k: v for k, v in load_file(base_file).items() if k.startswith("word_proj.")})
-    kept = {k: v for k, v in proj_metadata(stage_file).items() if k not in READOUT_KEYS}  # the base's readout only
-    meta = {**kept, **{k: readout[k] for k in (*READOUT_KEYS, "word_vision") if k in readout}, "vision": base}
-    atomic_save_safetensors(tensors, stage_file, metadata=meta)
-    return stage_file
+    kept = {k: v for k, v in stage_meta.items() if k not in READOUT_KEYS or k in READOUT_SETTING_KEYS}
+    meta = {**kept, **{k: readout[k] for k in (*READOUT_KEYS, "word_vision")
+                       if k in readout and k not in READOUT_SETTING_KEYS}, "vision": base}
+    atomic_save_safetensors(tensors, out / "proj.safetensors", metadata=meta)
+    return out / "proj.safetensors"
 
 
 if __name__ == "__main__":
@@ -448,11 +510,19 @@ if __name__ == "__main__":
                     help="grid: 'top left:' ... 'bottom right:' before the 3x3 region tokens' words")
     ar.add_argument("--name-tokens", type=int, default=None, metavar="N",
                     help="each name as the first N tokens of ' name' (default: SRC's; 1 = its first token only)")
-    aw = sub.add_parser("attach-words", help="add the word readout of a dual-vision folder to a published stage")
+    aw = sub.add_parser("attach-words", help="give a published stage the word readout of a stage-0 folder on the same "
+                                             "main vision side (a dual-vision folder, or a readout refit)")
     aw.add_argument("stage", choices=STAGES)
-    aw.add_argument("base", help="the dual-vision folder, e.g. stage0-dual")
+    aw.add_argument("base", help="the stage-0 folder, e.g. stage0-dual or stage0-effnet-mlp-grid")
+    aw.add_argument("--out", help="write the changed stage folder here instead of changing the stage (not shipped)")
+    ta = sub.add_parser("take-attributes", help="a stage-0 folder's attribute classifiers from another fit on the "
+                                                "same vision side (names, phrases and layout kept)")
+    ta.add_argument("src", help="the fit with the attribute classifiers, e.g. stage0-effnet-mlp")
+    ta.add_argument("dest", help="the stage-0 folder to change, e.g. stage0-effnet-html-grid")
     args = ap.parse_args()
-    if args.command == "publish":
+    if args.command == "take-attributes":
+        print(f"wrote {take_attributes(args.src, args.dest)}")
+    elif args.command == "publish":
         out = publish(args.run_dir, args.stage, vision=args.vision, out_dir=args.out, abstain=args.abstain,
                       ground=args.ground, always=[a for a in args.always.split(",") if a])
         print(f"wrote {out}")
@@ -461,4 +531,4 @@ if __name__ == "__main__":
     elif args.command == "arrange":
         print(f"wrote {arrange(args.src, args.name, args.layout, args.labels, name_tokens=args.name_tokens)}")
     else:
-        print(f"wrote {attach_words(args.stage, args.base)}")
+        print(f"wrote {attach_words(args.stage, args.base, out_dir=args.out)}")

@@ -126,6 +126,8 @@ def _words_line(cfg) -> str | None:
             f"{cfg.num_word_queries} tokens ({cfg.word_layout})")
     if cfg.word_attributes:
         line += ", each name after its " + ", ".join(f"{a} ({len(w)} words)" for a, w in cfg.word_attributes.items())
+        if cfg.word_attribute_hidden:
+            line += f" (each from {cfg.word_attribute_hidden} hidden units)"
     if cfg.word_labels:
         line += f", each after its label ({cfg.word_labels[0]!r} ... {cfg.word_labels[-1]!r})"
     for g in cfg.image_phrases:
