@@ -470,7 +470,8 @@ def attach_words(stage: str, base: str, root: Path = DEFAULT_DIR, out_dir: str |
                 shutil.copyfile(f, out / f.name)
     tensors = {k: v for k, v in load_file(stage_file).items() if not k.startswith("word_proj.")}
     tensors.update({k: v for k, v in load_file(base_file).items() if k.startswith("word_proj.")})
-    kept = {k: v for k, v in stage_meta.items() if k not in READOUT_KEYS or k in READOUT_SETTING_KEYS}
+    kept = {k: v for k, v in stage_meta.items()  # the stage's record and settings; the readout (and its side) is base's
+            if (k not in READOUT_KEYS or k in READOUT_SETTING_KEYS) and k != "word_vision"}
     meta = {**kept, **{k: readout[k] for k in (*READOUT_KEYS, "word_vision")
                        if k in readout and k not in READOUT_SETTING_KEYS}, "vision": base}
     atomic_save_safetensors(tensors, out / "proj.safetensors", metadata=meta)
