@@ -275,11 +275,11 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch
              unknown_share: float = 0.15, seed: int = 0, name: str = "head", log=print,
              hidden: int = 0) -> tuple[dict, list[dict]]:
     """A linear classifier (with `hidden`: attribute_head's MLP) on (N, features) region features with direct targets;
-    returns the best epoch's state (folded(): the standardisation folded in) and the history. "Best" is held-out accuracy over all regions: over the regions
-    with a word alone ("occupied" in the history), an epoch that colours every uncoloured emoji would win. With
-    `unknown` (a class id): each batch draws `unknown_share` of the other classes, and their regions learn `unknown`
-    with their own class masked out, so an object the classifier cannot place says `unknown` rather than a wrong
-    name; the held-out score counts it as wrong on seen kinds (it is the price)."""
+    returns the best epoch's state (folded(): the standardisation folded in) and the history. "Best" is held-out
+    accuracy over all regions: over the regions with a word alone ("occupied" in the history), an epoch that colours
+    every uncoloured emoji would win. With `unknown` (a class id): each batch draws `unknown_share` of the other
+    classes, and their regions learn `unknown` with their own class masked out, so an object the classifier cannot place
+    says `unknown` rather than a wrong name; the held-out score counts it as wrong on seen kinds (it is the price)."""
     g = torch.Generator().manual_seed(seed)
     head, opt, sched, mean, std = linear_classifier(x, classes, epochs, lr, batch_size, hidden)
     xs, vx = (x - mean) / std, (val_x - mean) / std

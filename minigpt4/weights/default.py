@@ -63,6 +63,14 @@ def proj_metadata(proj: Path | None) -> dict:
         return f.metadata() or {}
 
 
+def readout_config(meta: dict[str, str]):
+    """A projection file's readout metadata read into a config (its defaults filled in), to compare or check readouts
+    without building a model."""
+    cfg = get_config("tiny")
+    cfg.apply_readout_meta(meta)
+    return cfg
+
+
 def recorded_vision(proj: Path | None) -> str:
     """The stage-0 export a published projection was fit on (publish records it; older ones: stage0)."""
     return proj_metadata(proj).get("vision", "stage0")
@@ -259,8 +267,7 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     meta = {"run": str(run), "checkpoint": ckpt.name, "vision": vision}
     readout = proj_metadata(ckpt / "trainable.safetensors")
     meta.update({k: readout[k] for k in READOUT_KEYS if k in readout})
-    probe = get_config("tiny")  # the run's readout as a config, for the checks below
-    probe.apply_readout_meta(meta)
+    probe = readout_config(meta)  # the run's readout, for the checks below
     if abstain is not None:
         if "proj_words" not in meta:
             raise CheckpointError(f"--abstain acts on a word readout's names, and {run} has no readout")
@@ -401,8 +408,7 @@ def take_attributes(src: str, dest: str, root: Path = DEFAULT_DIR) -> Path:
     for name, file in ((src, src_file), (dest, dest_file)):
         if not is_vision_stage(name) or not file.exists():
             raise CheckpointError(f"take-attributes works on stage-0 folders with a word readout, not {name!r}")
-        cfg = get_config("tiny")
-        cfg.apply_readout_meta(proj_metadata(file))
+        cfg = readout_config(proj_metadata(file))
         if not cfg.word_attributes:
             raise CheckpointError(f"{root / name}'s readout has no attribute classifiers: fit-words --attributes")
         configs.append(cfg)
@@ -454,9 +460,7 @@ def attach_words(stage: str, base: str, root: Path = DEFAULT_DIR, out_dir: str |
                               f"export: its projection would read features it never saw")
     stage_meta = proj_metadata(stage_file)
     if stage_meta.get("proj_words"):
-        trained, attached = get_config("tiny"), get_config("tiny")  # both readouts as configs (defaults filled in)
-        trained.apply_readout_meta(stage_meta)
-        attached.apply_readout_meta(readout)
+        trained, attached = readout_config(stage_meta), readout_config(readout)
         differ = [k for k in READOUT_FORM_KEYS if getattr(trained, k) != getattr(attached, k)]
         if differ:
             raise CheckpointError(f"{stage} was trained on a readout whose {', '.join(differ)} differ from "
@@ -514,12 +518,13 @@ if __name__ == "__main__":
     aw = sub.add_parser("attach-words", help="give a published stage the word readout of a stage-0 folder on the same "
                                              "main vision side (a dual-vision folder, or a readout refit)")
     aw.add_argument("stage", choices=STAGES)
-    aw.add_argument("base", help="the stage-0 folder, e.g. stage0-dual or stage0-effnet-mlp-grid")
+    aw.add_argument("base", help="the stage-0 folder, e.g. stage0-dual, or a copy of stage0-effnet-html-grid given "
+                                 "other attribute classifiers by take-attributes")
     aw.add_argument("--out", help="write the changed stage folder here instead of changing the stage (not shipped)")
     ta = sub.add_parser("take-attributes", help="a stage-0 folder's attribute classifiers from another fit on the "
                                                 "same vision side (names, phrases and layout kept)")
-    ta.add_argument("src", help="the fit with the attribute classifiers, e.g. stage0-effnet-mlp")
-    ta.add_argument("dest", help="the stage-0 folder to change, e.g. stage0-effnet-html-grid")
+    ta.add_argument("src", help="the fit with the attribute classifiers (fit-words --out checkpoints/default/SRC)")
+    ta.add_argument("dest", help="the stage-0 folder to change, e.g. a copy of stage0-effnet-html-grid")
     args = ap.parse_args()
     if args.command == "take-attributes":
         print(f"wrote {take_attributes(args.src, args.dest)}")

@@ -380,12 +380,11 @@ def apply_published_settings(model, run: str | Path):
     `default@VISION@FOLDER` answers as the folder would once shipped (the base's settings otherwise: session 31
     evaluated a candidate so without noticing). Runs and checkpoints carry none: the model is returned as it was."""
     from minigpt4.train.checkpoint import is_published_stage
-    from minigpt4.weights.default import proj_metadata
+    from minigpt4.weights.default import proj_metadata, readout_config
     if model.word_proj is None or not is_published_stage(run):
         return model
-    published = get_config("tiny")  # the folder's readout settings, read as any projection file's are
-    try:
-        published.apply_readout_meta(proj_metadata(Path(run) / "proj.safetensors"))
+    try:  # the folder's readout settings, read as any projection file's are
+        published = readout_config(proj_metadata(Path(run) / "proj.safetensors"))
         model.set_word_abstain(published.word_abstain)
         model.set_word_always(published.word_always)
     except ValueError as e:
