@@ -9,7 +9,8 @@ from minigpt4.config import get_config
 from minigpt4.train.checkpoint import load_trainable, save_checkpoint
 from minigpt4.weights.common import CheckpointError
 from minigpt4.weights.default import (attach_words, default_config, default_lora, default_parts, dual_vision,
-                                      load_default_state, parse_spec, publish, take_attributes)
+                                      load_default_state, parse_spec, proj_metadata, publish, set_settings,
+                                      take_attributes)
 
 
 def _root(tmp_path: Path, stages=("stage1", "stage2")) -> Path:
@@ -306,6 +307,32 @@ def test_a_word_readout_publishes_and_loads_with_its_words(tmp_path):
         (0.7, 0.7, {"color"}, False)
     apply_published_settings(model, run)
     assert (model.word_proj.abstain, model.word_proj.always) == (0.7, {"color"})
+    # settings: a published stage's settings change in place, weights and record untouched, every file alike
+    before = load_file(str(root / "stage1" / "proj.safetensors"))
+    set_settings("stage1", root, abstain=0.85, ground=True)
+    changed = default_config(root=root)
+    assert (changed.word_abstain, changed.word_ground, changed.word_always) == (0.85, True, ["color"])
+    after = load_file(str(root / "stage1" / "proj.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    set_settings(root / "stage1", root, ground=False, always=[])
+    assert (default_config(root=root).word_ground, default_config(root=root).word_always) == (False, [])
+    assert proj_metadata(root / "stage1" / "proj.safetensors")["checkpoint"] == "step_40"
+    with pytest.raises(CheckpointError, match=r"--abstain 1.5: a probability in \[0, 1\)"):
+        set_settings("stage1", root, abstain=1.5)
+    with pytest.raises(CheckpointError, match="--always: word_always"):
+        set_settings("stage1", root, abstain=0.5, always=["size"])  # nothing written: abstain stays
+    assert default_config(root=root).word_abstain == 0.85
+    with pytest.raises(CheckpointError, match="no published stage at .*stage2: publish one first"):
+        set_settings("stage2", root, abstain=0.5)
+    # the command line: a folder's settings printed once written; a wrong value is one line, not a traceback
+    import subprocess
+    import sys
+    cli = [sys.executable, "-m", "minigpt4.weights.default", "settings", str(root / "stage1")]
+    done = subprocess.run([*cli, "--abstain", "0.6", "--ground"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().endswith("word_abstain=0.6, word_ground=1"), done.stderr
+    done = subprocess.run([*cli, "--abstain", "2"], capture_output=True, text=True)
+    assert (done.returncode, done.stderr.strip()) == (1, "error: --abstain 2.0: a probability in [0, 1) (0: never "
+                                                         "abstain)")
 
 
 def test_a_readout_on_its_own_vision_side_loads_that_export_and_publishes_its_name(tmp_path):

@@ -267,23 +267,7 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     meta = {"run": str(run), "checkpoint": ckpt.name, "vision": vision}
     readout = proj_metadata(ckpt / "trainable.safetensors")
     meta.update({k: readout[k] for k in READOUT_KEYS if k in readout})
-    probe = readout_config(meta)  # the run's readout, for the checks below
-    if abstain is not None:
-        if "proj_words" not in meta:
-            raise CheckpointError(f"--abstain acts on a word readout's names, and {run} has no readout")
-        if not probe.word_unknown:
-            raise CheckpointError(f"--abstain: {run}'s readout has no unknown word to abstain to")
-        meta.update(word_unknown=probe.word_unknown, word_abstain=str(abstain))
-    if ground:
-        if "proj_words" not in meta:
-            raise CheckpointError(f"--ground keeps the names a word readout read, and {run} has no readout")
-        meta["word_ground"] = "1"
-    if always:
-        try:
-            probe.check_word_always(always)
-        except ValueError as e:
-            raise CheckpointError(f"--always: {e}") from None
-        meta["word_always"] = json.dumps(list(always))
+    meta = with_settings(meta, str(run), abstain=abstain, ground=ground or None, always=always or None)
     word_vision = proj_metadata(projection_file(root, vision)).get("word_vision")
     if "proj_words" in meta and word_vision:  # a readout on its own vision side: the export it reads
         meta["word_vision"] = word_vision
@@ -299,6 +283,53 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
         elif (out / name).exists():  # an older run's record would mislabel these weights
             (out / name).unlink()
     return out / "proj.safetensors"
+
+
+def with_settings(meta: dict[str, str], what: str, abstain: float | None = None, ground: bool | None = None,
+                  always: list[str] | None = None) -> dict[str, str]:
+    """`meta` (a projection file's metadata) with the readout settings a stage loads with: `abstain` (word_abstain:
+    region names below this probability read the unknown word), `ground` (word_ground: answers name only objects the
+    readout read), `always` (word_always: attributes with a word on every object; [] none). None keeps a setting."""
+    from minigpt4.weights.common import CheckpointError
+    meta, probe = dict(meta), readout_config(meta)
+    if any(x is not None for x in (abstain, ground, always)) and "proj_words" not in meta:
+        raise CheckpointError(f"{what} has no word readout: --abstain, --ground and --always set how one reads")
+    if abstain is not None:
+        if not probe.word_unknown:
+            raise CheckpointError(f"--abstain: {what}'s readout has no unknown word to abstain to")
+        if not 0.0 <= abstain < 1.0:
+            raise CheckpointError(f"--abstain {abstain}: a probability in [0, 1) (0: never abstain)")
+        meta.update(word_unknown=probe.word_unknown, word_abstain=str(abstain))
+    if ground is not None:
+        meta.pop("word_ground", None)
+        meta.update({"word_ground": "1"} if ground else {})
+    if always is not None:
+        try:
+            probe.check_word_always(always)
+        except ValueError as e:
+            raise CheckpointError(f"--always: {e}") from None
+        meta.pop("word_always", None)
+        meta.update({"word_always": json.dumps(list(always))} if always else {})
+    return meta
+
+
+def set_settings(stage: str, root: Path = DEFAULT_DIR, abstain: float | None = None, ground: bool | None = None,
+                 always: list[str] | None = None) -> Path:
+    """Change the readout settings a published stage loads with (with_settings), weights untouched: each of the
+    folder's files is rewritten atomically, so the default model's settings change without its training run."""
+    from safetensors.torch import load_file
+
+    from minigpt4.utils import atomic_save_safetensors
+    from minigpt4.weights.common import CheckpointError
+    folder = Path(stage) if Path(stage).is_dir() else root / stage
+    files = [f for f in (folder / "proj.safetensors", folder / "lora.safetensors") if f.exists()]
+    if not files:
+        raise CheckpointError(f"no published stage at {folder}: publish one first (python -m "
+                              f"minigpt4.weights.default publish RUN STAGE)")
+    updated = [(f, with_settings(proj_metadata(f), str(folder), abstain, ground, always)) for f in files]
+    for f, meta in updated:  # all checked before any is written
+        atomic_save_safetensors(load_file(f), f, metadata=meta)
+    return files[0]
 
 
 def copy_vision_side(src: Path, out: Path) -> Path:
@@ -525,16 +556,32 @@ if __name__ == "__main__":
                                                 "same vision side (names, phrases and layout kept)")
     ta.add_argument("src", help="the fit with the attribute classifiers (fit-words --out checkpoints/default/SRC)")
     ta.add_argument("dest", help="the stage-0 folder to change, e.g. a copy of stage0-effnet-html-grid")
+    st = sub.add_parser("settings", help="change the readout settings a published stage loads with (weights kept)")
+    st.add_argument("stage", help="a stage (stage1, stage2) or a published stage folder")
+    st.add_argument("--abstain", type=float, default=None,
+                    help="region names below this probability read the unknown word (0: never)")
+    st.add_argument("--ground", action=argparse.BooleanOptionalAction, default=None,
+                    help="answers about the picture name only objects the readout read")
+    st.add_argument("--always", default=None, help="comma list of attributes with a word on every object ('' none)")
     args = ap.parse_args()
-    if args.command == "take-attributes":
-        print(f"wrote {take_attributes(args.src, args.dest)}")
-    elif args.command == "publish":
-        out = publish(args.run_dir, args.stage, vision=args.vision, out_dir=args.out, abstain=args.abstain,
-                      ground=args.ground, always=[a for a in args.always.split(",") if a])
-        print(f"wrote {out}")
-    elif args.command == "dual-vision":
-        print(f"wrote {dual_vision(args.vision, args.words, args.name, layout=args.layout)}")
-    elif args.command == "arrange":
-        print(f"wrote {arrange(args.src, args.name, args.layout, args.labels, name_tokens=args.name_tokens)}")
-    else:
-        print(f"wrote {attach_words(args.stage, args.base, out_dir=args.out)}")
+    from minigpt4.weights.common import CheckpointError
+    try:  # a wrong folder or setting is the user's to fix: its message, not a traceback
+        if args.command == "take-attributes":
+            print(f"wrote {take_attributes(args.src, args.dest)}")
+        elif args.command == "publish":
+            out = publish(args.run_dir, args.stage, vision=args.vision, out_dir=args.out, abstain=args.abstain,
+                          ground=args.ground, always=[a for a in args.always.split(",") if a])
+            print(f"wrote {out}")
+        elif args.command == "settings":
+            always = None if args.always is None else [a for a in args.always.split(",") if a]
+            out = set_settings(args.stage, abstain=args.abstain, ground=args.ground, always=always)
+            print(f"wrote {out}: " + ", ".join(f"{k}={v}" for k, v in sorted(proj_metadata(out).items())
+                                               if k in READOUT_SETTING_KEYS))
+        elif args.command == "dual-vision":
+            print(f"wrote {dual_vision(args.vision, args.words, args.name, layout=args.layout)}")
+        elif args.command == "arrange":
+            print(f"wrote {arrange(args.src, args.name, args.layout, args.labels, name_tokens=args.name_tokens)}")
+        else:
+            print(f"wrote {attach_words(args.stage, args.base, out_dir=args.out)}")
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
