@@ -447,19 +447,19 @@ def test_a_stage_trained_with_a_readout_takes_a_refit_of_it_on_the_same_side(tmp
 def test_info_describes_the_shipped_default_model_and_its_stages():
     """`minigpt4 info default` (no weights loaded): both shipped stages run the frozen EfficientNet with the word
     readout (148 image tokens: the picture's phrases, the page's, then nine regions' words and projection tokens),
-    abstaining at 0.7 and grounded by default."""
+    abstaining at 0.9 and grounded by default."""
     from minigpt4.weights.default import default_config
     from minigpt4.weights.info import model_info
     for stage in (None, "stage1"):
         info = model_info("default" + (f"@{stage}" if stage else ""))
         assert info["image_tokens"] == 148 and "word_vision" not in info["parameters"]
-        assert "grounded" in info["answers"] and "below 0.7" in info["answers"]
+        assert "grounded" in info["answers"] and "below 0.9" in info["answers"]
         assert (info["adapters"] is None) == (stage == "stage1")  # stage 2 ships LoRA adapters, stage 1 none
         assert (info["parameters"]["llm"]["trainable"] > 0) == (stage is None)
         assert info["parameters"]["vision"]["trainable"] == 0 and info["parameters"]["proj"]["trainable"] > 0
         cfg = default_config(stage=stage)
         assert cfg.vision.arch == "efficientnet_lite0" and cfg.word_layout == "pair"
-        assert cfg.word_abstain == 0.7 and cfg.word_ground and cfg.proj_words[-1] == cfg.word_unknown == "thing"
+        assert cfg.word_abstain == 0.9 and cfg.word_ground and cfg.proj_words[-1] == cfg.word_unknown == "thing"
 
 
 def test_a_readout_on_a_pretrained_encoder_beside_the_shipped_side_configures_and_loads_that_side(tmp_path):
