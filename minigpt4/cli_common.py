@@ -34,6 +34,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--abstain", type=float, default=None, metavar="P",
                    help="a word readout's region name below probability P reads its unknown word ('thing'): "
                         "fewer invented objects for a few named ones (default: the model's own setting)")
+    g.add_argument("--ground-sure", type=float, default=None, metavar="P",
+                   help="grounded answers keep only the names a word readout read with probability >= P; the LLM "
+                        "still reads every name above --abstain (default: the model's own setting)")
     g.add_argument("--always", default=None, metavar="ATTRS",
                    help="comma list of a word readout's attributes that every object gets a word of, e.g. color "
                         "(its classifier's 'none' goes to its words on a region that holds something); '' for "
@@ -140,6 +143,8 @@ def load_model_from_args(args: argparse.Namespace):
     try:
         if getattr(args, "abstain", None) is not None:
             model.set_word_abstain(args.abstain)
+        if getattr(args, "ground_sure", None) is not None:
+            model.set_word_ground_sure(args.ground_sure)
         if getattr(args, "always", None) is not None:
             model.set_word_always([a for a in args.always.split(",") if a])
     except ValueError as e:

@@ -119,7 +119,8 @@ def check_word_name_tokens(n: int) -> None:
 
 
 READOUT_KEYS = ("proj_words", "word_layout", "word_labels", "word_label_ids", "word_attributes", "word_name_tokens",
-                "image_phrases", "word_unknown", "word_abstain", "word_ground", "word_always", "word_attribute_hidden")
+                "image_phrases", "word_unknown", "word_abstain", "word_ground", "word_ground_sure", "word_always",
+                "word_attribute_hidden")
 
 
 @dataclass
@@ -187,6 +188,9 @@ class MiniGPT4Config:
     # Answers about the picture (describe, alt text, questions, chat) name only objects the readout read; others read
     # "thing" (minigpt4.chat.grounding; --grounded / --no-grounded override it)
     word_ground: bool = False
+    # Grounded answers keep only the names the readout read at least this sure; the LLM still reads every name above
+    # word_abstain (session 33: a strict abstain alone also cost the ungrounded answers, prompts and recipes, theirs)
+    word_ground_sure: float = 0.0
     # How a query's word and its projection reach the LLM: "sum" - one slot holds both; "pair" - two slots, the word's
     # then the projection's; "append" - all the projection's tokens, then all the words (the projection's tokens keep
     # the places a model trained without the readout read them at). pair and append double the image tokens.
@@ -349,6 +353,8 @@ class MiniGPT4Config:
             meta["word_abstain"] = str(self.word_abstain)
         if self.word_ground:
             meta["word_ground"] = "1"
+        if self.word_ground_sure:
+            meta["word_ground_sure"] = str(self.word_ground_sure)
         if self.word_always:
             meta["word_always"] = json.dumps(self.word_always)
         if self.word_attribute_hidden:
@@ -372,6 +378,7 @@ class MiniGPT4Config:
             self.word_unknown = meta.get("word_unknown", "thing" if "thing" in self.proj_words else "")
             self.word_abstain = float(meta.get("word_abstain", 0.0))
             self.word_ground = meta.get("word_ground") == "1"
+            self.word_ground_sure = float(meta.get("word_ground_sure", 0.0))
             self.word_always = json.loads(meta.get("word_always", "[]"))
             self.check_word_always()
 

@@ -101,5 +101,7 @@ def test_bad_flags_are_one_line_errors(images, capsys):
     assert "--batch-size must be >= 1" in capsys.readouterr().err
     assert main(["describe", str(images[0]), "--abstain", "0.7"]) == 2  # the tiny model has no word readout
     assert "--abstain acts on a word readout's names; this model has none" in capsys.readouterr().err
+    assert main(["describe", str(images[0]), "--ground-sure", "0.9"]) == 2
+    assert "--ground-sure acts on a word readout's names; this model has none" in capsys.readouterr().err
     assert main(["describe", str(images[0]), "--always", "color"]) == 2
     assert "--always acts on a word readout's attributes; this model has none" in capsys.readouterr().err

@@ -314,7 +314,13 @@ def test_a_word_readout_publishes_and_loads_with_its_words(tmp_path):
     assert (changed.word_abstain, changed.word_ground, changed.word_always) == (0.85, True, ["color"])
     after = load_file(str(root / "stage1" / "proj.safetensors"))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    set_settings(root / "stage1", root, ground=False, always=[])
+    set_settings(root / "stage1", root, ground_sure=0.9)  # grounded answers keep only names read this sure
+    assert (default_config(root=root).word_ground_sure, default_config(root=root).word_abstain) == (0.9, 0.85)
+    model = build_model(cfg)
+    apply_published_settings(model, root / "stage1")
+    assert model.cfg.word_ground_sure == 0.9
+    set_settings(root / "stage1", root, ground=False, always=[], ground_sure=0.0)
+    assert "word_ground_sure" not in proj_metadata(root / "stage1" / "proj.safetensors")
     assert (default_config(root=root).word_ground, default_config(root=root).word_always) == (False, [])
     assert proj_metadata(root / "stage1" / "proj.safetensors")["checkpoint"] == "step_40"
     with pytest.raises(CheckpointError, match=r"--abstain 1.5: a probability in \[0, 1\)"):
@@ -447,19 +453,21 @@ def test_a_stage_trained_with_a_readout_takes_a_refit_of_it_on_the_same_side(tmp
 def test_info_describes_the_shipped_default_model_and_its_stages():
     """`minigpt4 info default` (no weights loaded): both shipped stages run the frozen EfficientNet with the word
     readout (148 image tokens: the picture's phrases, the page's, then nine regions' words and projection tokens),
-    abstaining at 0.9 and grounded by default."""
+    abstaining at 0.7 and grounded by default on the names read at least 0.9 sure."""
     from minigpt4.weights.default import default_config
     from minigpt4.weights.info import model_info
     for stage in (None, "stage1"):
         info = model_info("default" + (f"@{stage}" if stage else ""))
         assert info["image_tokens"] == 148 and "word_vision" not in info["parameters"]
-        assert "grounded" in info["answers"] and "below 0.9" in info["answers"]
+        assert "below 0.7 reads" in info["answers"] and "grounded" in info["answers"]
+        assert "(or read below 0.9) are written 'thing'" in info["answers"]
         assert (info["adapters"] is None) == (stage == "stage1")  # stage 2 ships LoRA adapters, stage 1 none
         assert (info["parameters"]["llm"]["trainable"] > 0) == (stage is None)
         assert info["parameters"]["vision"]["trainable"] == 0 and info["parameters"]["proj"]["trainable"] > 0
         cfg = default_config(stage=stage)
         assert cfg.vision.arch == "efficientnet_lite0" and cfg.word_layout == "pair"
-        assert cfg.word_abstain == 0.9 and cfg.word_ground and cfg.proj_words[-1] == cfg.word_unknown == "thing"
+        assert (cfg.word_abstain, cfg.word_ground_sure, cfg.word_ground) == (0.7, 0.9, True)
+        assert cfg.proj_words[-1] == cfg.word_unknown == "thing"
 
 
 def test_a_readout_on_a_pretrained_encoder_beside_the_shipped_side_configures_and_loads_that_side(tmp_path):

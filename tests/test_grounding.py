@@ -76,10 +76,21 @@ def test_read_names_follows_the_readout_and_its_abstention(model, monkeypatch):
     try:
         model.clear_cache()
         assert model.read_names([_image(2)])[0] in ({"cat"}, {"dog"})
+        # --ground-sure: a torn name grounds nothing, while the LLM still reads it (the image's encoding is the same)
+        told = model.encode_images([_image(2)])
+        model.set_word_ground_sure(0.7)
+        assert model.read_names([_image(2)]) == [frozenset()]
+        torch.testing.assert_close(model.encode_images([_image(2)]), told)
+        model.set_word_ground_sure(0.0)
+        assert model.read_names([_image(2)])[0] in ({"cat"}, {"dog"})
+        with pytest.raises(ValueError, match=r"--ground-sure is a probability in \[0, 1\)"):
+            model.set_word_ground_sure(1.0)
         model.set_word_abstain(0.7)  # below 0.7 a name reads "thing", which names nothing
         assert model.read_names([_image(2)]) == [frozenset()]
+        assert not torch.equal(model.encode_images([_image(2)]), told)  # ... and the LLM reads "thing"
     finally:
         model.set_word_abstain(0.0)
+        model.set_word_ground_sure(0.0)
         with torch.no_grad():
             model.word_proj.classify.bias.copy_(torch.tensor([-30.0, 30.0, -30.0, -30.0, -30.0]))
         model.clear_cache()

@@ -517,8 +517,11 @@ class MiniGPT4(nn.Module):
     def _keep_names(self, keys: list[str], features: torch.Tensor) -> None:
         """Cache read_names for images `keys` from their vision_features."""
         feats = self.split_features(features)[1]
-        names, phrases = self.word_proj.read(feats.to(self.word_proj.classify.weight.dtype))
+        feats = feats.to(self.word_proj.classify.weight.dtype)
+        names, phrases = self.word_proj.read(feats)
         words, unknown = self.cfg.proj_words, unknown_class(self.cfg)
+        if self.cfg.word_ground_sure:  # a name read less sure than this grounds nothing (the LLM still reads it)
+            names = torch.where(self.word_proj.probs(feats).max(-1).values < self.cfg.word_ground_sure, 0, names)
         groups = {g["name"]: g["words"] for g in self.cfg.image_phrases}
         for b, k in enumerate(keys):
             read = {words[c - 1] for c in names[b].tolist() if c and c != unknown}
@@ -534,6 +537,15 @@ class MiniGPT4(nn.Module):
             raise ValueError("--abstain acts on a word readout's names; this model has none")
         self.word_proj.set_abstain(abstain, unknown_class(self.cfg))
         self.cfg.word_abstain = abstain
+        self.clear_cache()
+
+    def set_word_ground_sure(self, sure: float) -> None:
+        """MiniGPT4Config.word_ground_sure on a loaded model (chat/eval/serve --ground-sure); cached names go."""
+        if self.word_proj is None:
+            raise ValueError("--ground-sure acts on a word readout's names; this model has none")
+        if not 0.0 <= sure < 1.0:
+            raise ValueError(f"--ground-sure is a probability in [0, 1), not {sure}")
+        self.cfg.word_ground_sure = sure
         self.clear_cache()
 
     def set_word_always(self, attributes: Sequence[str]) -> None:

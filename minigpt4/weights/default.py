@@ -226,7 +226,7 @@ def trained_on(run: str | Path, root: Path = DEFAULT_DIR) -> str:
 
 def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: str | None = None,
             out_dir: str | Path | None = None, abstain: float | None = None, ground: bool = False,
-            always: list[str] | None = None) -> Path:
+            always: list[str] | None = None, ground_sure: float | None = None) -> Path:
     """Copy a training run's latest projection into checkpoints/default/<stage>/ (atomically), with
     the run's loss plot, JSONL log and summary so the shipped weights carry their own record. The
     projection records the stage-0 export it was fit on (`vision`, default: the one the run's model
@@ -267,7 +267,8 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
     meta = {"run": str(run), "checkpoint": ckpt.name, "vision": vision}
     readout = proj_metadata(ckpt / "trainable.safetensors")
     meta.update({k: readout[k] for k in READOUT_KEYS if k in readout})
-    meta = with_settings(meta, str(run), abstain=abstain, ground=ground or None, always=always or None)
+    meta = with_settings(meta, str(run), abstain=abstain, ground=ground or None, always=always or None,
+                         ground_sure=ground_sure)
     word_vision = proj_metadata(projection_file(root, vision)).get("word_vision")
     if "proj_words" in meta and word_vision:  # a readout on its own vision side: the export it reads
         meta["word_vision"] = word_vision
@@ -286,20 +287,27 @@ def publish(run_dir: str | Path, stage: str, root: Path = DEFAULT_DIR, vision: s
 
 
 def with_settings(meta: dict[str, str], what: str, abstain: float | None = None, ground: bool | None = None,
-                  always: list[str] | None = None) -> dict[str, str]:
+                  always: list[str] | None = None, ground_sure: float | None = None) -> dict[str, str]:
     """`meta` (a projection file's metadata) with the readout settings a stage loads with: `abstain` (word_abstain:
     region names below this probability read the unknown word), `ground` (word_ground: answers name only objects the
-    readout read), `always` (word_always: attributes with a word on every object; [] none). None keeps a setting."""
+    readout read), `ground_sure` (word_ground_sure: ... read at least this sure; 0 every name), `always`
+    (word_always: attributes with a word on every object; [] none). None keeps a setting."""
     from minigpt4.weights.common import CheckpointError
     meta, probe = dict(meta), readout_config(meta)
-    if any(x is not None for x in (abstain, ground, always)) and "proj_words" not in meta:
-        raise CheckpointError(f"{what} has no word readout: --abstain, --ground and --always set how one reads")
+    if any(x is not None for x in (abstain, ground, always, ground_sure)) and "proj_words" not in meta:
+        raise CheckpointError(f"{what} has no word readout: --abstain, --ground, --ground-sure and --always set how "
+                              f"one reads")
     if abstain is not None:
         if not probe.word_unknown:
             raise CheckpointError(f"--abstain: {what}'s readout has no unknown word to abstain to")
         if not 0.0 <= abstain < 1.0:
             raise CheckpointError(f"--abstain {abstain}: a probability in [0, 1) (0: never abstain)")
         meta.update(word_unknown=probe.word_unknown, word_abstain=str(abstain))
+    if ground_sure is not None:
+        if not 0.0 <= ground_sure < 1.0:
+            raise CheckpointError(f"--ground-sure {ground_sure}: a probability in [0, 1) (0: every name read)")
+        meta.pop("word_ground_sure", None)
+        meta.update({"word_ground_sure": str(ground_sure)} if ground_sure else {})
     if ground is not None:
         meta.pop("word_ground", None)
         meta.update({"word_ground": "1"} if ground else {})
@@ -314,7 +322,7 @@ def with_settings(meta: dict[str, str], what: str, abstain: float | None = None,
 
 
 def set_settings(stage: str, root: Path = DEFAULT_DIR, abstain: float | None = None, ground: bool | None = None,
-                 always: list[str] | None = None) -> Path:
+                 always: list[str] | None = None, ground_sure: float | None = None) -> Path:
     """Change the readout settings a published stage loads with (with_settings), weights untouched: each of the
     folder's files is rewritten atomically, so the default model's settings change without its training run."""
     from safetensors.torch import load_file
@@ -326,7 +334,8 @@ def set_settings(stage: str, root: Path = DEFAULT_DIR, abstain: float | None = N
     if not files:
         raise CheckpointError(f"no published stage at {folder}: publish one first (python -m "
                               f"minigpt4.weights.default publish RUN STAGE)")
-    updated = [(f, with_settings(proj_metadata(f), str(folder), abstain, ground, always)) for f in files]
+    updated = [(f, with_settings(proj_metadata(f), str(folder), abstain, ground, always, ground_sure))
+               for f in files]
     for f, meta in updated:  # all checked before any is written
         atomic_save_safetensors(load_file(f), f, metadata=meta)
     return files[0]
@@ -461,7 +470,7 @@ def take_attributes(src: str, dest: str, root: Path = DEFAULT_DIR) -> Path:
 # may differ); the stage's own settings (publish --abstain/--ground/--always) stay the stage's.
 READOUT_FORM_KEYS = ("proj_words", "word_layout", "word_labels", "word_attributes", "word_name_tokens", "image_phrases",
                      "word_unknown")
-READOUT_SETTING_KEYS = ("word_abstain", "word_ground", "word_always")
+READOUT_SETTING_KEYS = ("word_abstain", "word_ground", "word_ground_sure", "word_always")
 
 
 def attach_words(stage: str, base: str, root: Path = DEFAULT_DIR, out_dir: str | Path | None = None) -> Path:
@@ -530,6 +539,8 @@ if __name__ == "__main__":
                      help="the readout's region names below this probability read its unknown word (word_abstain)")
     pub.add_argument("--ground", action="store_true",
                      help="answers about the picture name only objects the readout read (word_ground)")
+    pub.add_argument("--ground-sure", type=float, default=None,
+                     help="grounded answers keep only names the readout read at least this sure (word_ground_sure)")
     pub.add_argument("--always", default="",
                      help="comma list of readout attributes with a word on every object, e.g. color (word_always)")
     dv = sub.add_parser("dual-vision", help="stage-0 folder NAME: VISION's side for the projection + the word "
@@ -562,6 +573,8 @@ if __name__ == "__main__":
                     help="region names below this probability read the unknown word (0: never)")
     st.add_argument("--ground", action=argparse.BooleanOptionalAction, default=None,
                     help="answers about the picture name only objects the readout read")
+    st.add_argument("--ground-sure", type=float, default=None,
+                    help="grounded answers keep only names read at least this sure; the LLM still reads the rest")
     st.add_argument("--always", default=None, help="comma list of attributes with a word on every object ('' none)")
     args = ap.parse_args()
     from minigpt4.weights.common import CheckpointError
@@ -570,11 +583,13 @@ if __name__ == "__main__":
             print(f"wrote {take_attributes(args.src, args.dest)}")
         elif args.command == "publish":
             out = publish(args.run_dir, args.stage, vision=args.vision, out_dir=args.out, abstain=args.abstain,
-                          ground=args.ground, always=[a for a in args.always.split(",") if a])
+                          ground=args.ground, always=[a for a in args.always.split(",") if a],
+                          ground_sure=args.ground_sure)
             print(f"wrote {out}")
         elif args.command == "settings":
             always = None if args.always is None else [a for a in args.always.split(",") if a]
-            out = set_settings(args.stage, abstain=args.abstain, ground=args.ground, always=always)
+            out = set_settings(args.stage, abstain=args.abstain, ground=args.ground, always=always,
+                               ground_sure=args.ground_sure)
             print(f"wrote {out}: " + ", ".join(f"{k}={v}" for k, v in sorted(proj_metadata(out).items())
                                                if k in READOUT_SETTING_KEYS))
         elif args.command == "dual-vision":

@@ -107,8 +107,9 @@ def _answers_line(cfg) -> str | None:
         return None
     parts = [f"a region name below {cfg.word_abstain:g} reads {cfg.word_unknown!r}" if cfg.word_abstain else
              "every region name as read",
-             "grounded: object words the readout did not read are written 'thing'" if cfg.word_ground else
-             "not grounded"]
+             ("grounded: object words the readout did not read"
+              + (f" (or read below {cfg.word_ground_sure:g})" if cfg.word_ground_sure else "")
+              + " are written 'thing'") if cfg.word_ground else "not grounded"]
     if cfg.word_always:
         parts.append(f"a {' and '.join(cfg.word_always)} word on every object")
     return "; ".join(parts)

@@ -386,6 +386,7 @@ def apply_published_settings(model, run: str | Path):
     try:  # the folder's readout settings, read as any projection file's are
         published = readout_config(proj_metadata(Path(run) / "proj.safetensors"))
         model.set_word_abstain(published.word_abstain)
+        model.set_word_ground_sure(published.word_ground_sure)
         model.set_word_always(published.word_always)
     except ValueError as e:
         raise CheckpointError(f"{run}: {e}") from None

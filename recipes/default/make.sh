@@ -25,7 +25,8 @@
 #                unname; session 27: answers that kept the name taught the LLM to guess one for every "thing")
 #   4. eval      held-out images: the bare LLM vs stage 1 vs stage 2 -> RUNS/eval/compare.md; the stages with the
 #                readout abstaining
-#                (ABSTAIN: an unsure region name reads "thing"), optionally a colour word on every object
+#                (ABSTAIN: an unsure region name reads "thing"; GROUND_SURE: grounded answers keep only the names
+#                read this sure), optionally a colour word on every object
 #                (ALWAYS=color: off, MODEL_CARD "Session 31") and grounded answers (GROUNDED=1: an object word
 #                the readout did not read reads "thing"); both stages are published with them
 #                into checkpoints/default/stage1 and stage2 (what `--model default` loads)
@@ -45,8 +46,10 @@ fi
 RUNS=${RUNS:-runs/default}
 N_TRAIN=${N_TRAIN:-12000}; N_CURATE=${N_CURATE:-400}; EVAL_N=${EVAL_N:-120}; PUBLISH=${PUBLISH:-1}
 STAGE1_STEPS=${STAGE1_STEPS:-600}; DRILL_STEPS=${DRILL_STEPS:-160}; MIX_STEPS=${MIX_STEPS:-1000}
-ABSTAIN=${ABSTAIN:-0.9}   # region names below this probability read "thing" (session 27 at 0.7: CHAIR_i 26.8 ->
-#   18.6%; session 33, 0.7 -> 0.9 on three test samples: 9.4 -> 5.9% pooled, Q&A -0.3, recall -1.0, prompts -4)
+ABSTAIN=${ABSTAIN:-0.7}   # region names below this probability read "thing" (session 27: CHAIR_i 26.8 -> 18.6%)
+# grounded answers keep only names read at least this sure; the LLM still reads the rest (session 33: CHAIR_i 9.4 ->
+# 6.0% pooled over three test samples, Q&A +0.4, recall -1.0; abstaining at 0.9 instead cost prompts 4 points)
+GROUND_SURE=${GROUND_SURE:-0.9}
 ALWAYS=${ALWAYS:-}   # "color": every object gets a colour word (session 31: Q&A +1.8, CHAIR_i +3.1 on 3 samples: off)
 # answers about the picture name only objects the readout read (session 28: CHAIR_i 18.6 -> 4.5% at the same recall)
 GROUND=(--grounded); [ "${GROUNDED:-1}" = 1 ] || GROUND=(--no-grounded)
@@ -76,6 +79,7 @@ minigpt4 train recipes/default/stage1-effnet.yaml model="$SIDE" output_dir="$RUN
   max_steps="$STAGE1_STEPS" "${cache[@]}" ${STEP_ARGS:-} ${TRAIN_ARGS:-}
 publish() {  # publish RUN STAGE: the run's projection (+ adapters) into checkpoints/default/STAGE, with the readout's
   python -m minigpt4.weights.default publish "$1" "$2" --vision stage0-effnet-html-grid --abstain "$ABSTAIN" \
+    --ground-sure "$GROUND_SURE" \
     --always "$ALWAYS" $([ "${GROUNDED:-1}" = 1 ] && echo --ground)   # abstention, colours, grounding as defaults
 }
 if [ "$PUBLISH" = 1 ]; then publish "$RUNS/stage1" stage1; fi
@@ -108,6 +112,6 @@ if [ "$RUNS/eval/compare.md" -nt "$RUNS/stage2/checkpoints/latest" ]; then
   echo "up to date: $RUNS/eval/compare.md (delete it to evaluate again)"
 else
   minigpt4 eval --compare "$SIDE@$RUNS/stage1:no-image" "$SIDE@$RUNS/stage1" "$SIDE@$RUNS/stage2" --n "$EVAL_N" \
-    --abstain "$ABSTAIN" --always "$ALWAYS" "${GROUND[@]}" --out "$RUNS/eval" ${EVAL_ARGS:-}
+    --abstain "$ABSTAIN" --ground-sure "$GROUND_SURE" --always "$ALWAYS" "${GROUND[@]}" --out "$RUNS/eval" ${EVAL_ARGS:-}
 fi
 say "done: $RUNS/eval/compare.md; shipped weights in checkpoints/default/"
