@@ -470,6 +470,23 @@ def test_info_describes_the_shipped_default_model_and_its_stages():
         assert cfg.proj_words[-1] == cfg.word_unknown == "thing"
 
 
+def test_info_describes_a_candidate_stage_folder_with_its_own_settings(tmp_path):
+    """`minigpt4 info default@VISION@FOLDER`: a published stage folder (publish --out) on its vision side, with the
+    folder's settings and adapters, as load_model builds it."""
+    import shutil
+
+    from minigpt4.weights.default import DEFAULT_DIR, recorded_vision
+    from minigpt4.weights.info import model_info
+    folder = tmp_path / "cand"
+    shutil.copytree(DEFAULT_DIR / "stage2", folder)
+    set_settings(folder, abstain=0.5, ground=False)
+    info = model_info(f"default@{recorded_vision(folder / 'proj.safetensors')}@{folder}")
+    assert info["answers"].startswith("a region name below 0.5 reads 'thing'; not grounded")
+    assert info["adapters"].startswith("LoRA r 16") and info["parameters"]["llm"]["trainable"] > 0
+    (folder / "lora.safetensors").unlink()
+    assert model_info(f"default@stage0-effnet-html-grid@{folder}")["adapters"] is None
+
+
 def test_a_readout_on_a_pretrained_encoder_beside_the_shipped_side_configures_and_loads_that_side(tmp_path):
     """The word readout may read an export of another build (here the EfficientNet from PyPI: 224 px, 9 region tokens
     of width 472, ImageNet normalisation, no Q-Former): default_config gives the word side that export's settings,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt4.config import PRESETS, MiniGPT4Config
+from minigpt4.train.checkpoint import is_published_stage
 from minigpt4.weights.common import CheckpointError, part_of, skeleton
 from minigpt4.weights.pretrained import WEIGHTS_FILE, folder_size, preset_config, read_folder_config
 
@@ -43,10 +44,19 @@ def model_info(spec: str) -> dict[str, Any]:
     if spec in PRESETS:
         cfg = preset_config(spec)
     elif spec == "default" or (spec.startswith("default@") and spec.count("@") == 1):  # this project's own model
-        from minigpt4.weights.default import default_config, parse_spec
+        from minigpt4.weights.default import default_config, default_parts, parse_spec
         cfg = default_config(preset_config("small"), stage=parse_spec(spec))
         cfg.name = spec
-        adapters, adapter_params = _default_adapters(parse_spec(spec))
+        adapters, adapter_params = _adapters(default_parts(stage=parse_spec(spec))["lora"])
+    elif spec.startswith("default@") and spec.count("@") == 2 and is_published_stage(spec.rsplit("@", 1)[1]):
+        # default@VISION@FOLDER: a published stage folder (publish --out) on its vision side, as load_model builds it
+        from minigpt4.weights.default import default_config, parse_spec, proj_metadata
+        base, run = spec.rsplit("@", 1)
+        cfg = default_config(preset_config("small"), stage=parse_spec(base))
+        cfg.apply_readout_meta(proj_metadata(Path(run) / "proj.safetensors"))  # its readout and settings
+        cfg.name = spec
+        lora = Path(run) / "lora.safetensors"
+        adapters, adapter_params = _adapters(lora if lora.exists() else None)
     else:
         folder = Path(spec)
         if not folder.is_dir():
@@ -83,15 +93,13 @@ def model_info(spec: str) -> dict[str, Any]:
     return info
 
 
-def _default_adapters(stage: str | None) -> tuple[str | None, int]:
+def _adapters(path: Path | None) -> tuple[str | None, int]:
     """(description, parameters) of the LoRA adapters a default-model stage ships, read without loading them."""
     from math import prod
 
     from safetensors import safe_open
 
     from minigpt4.train.checkpoint import lora_spec
-    from minigpt4.weights.default import default_parts
-    path = default_parts(stage=stage)["lora"]
     if path is None:
         return None, 0
     with safe_open(str(path), framework="pt") as f:
