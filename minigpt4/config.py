@@ -189,7 +189,7 @@ class MiniGPT4Config:
     # "thing" (minigpt4.chat.grounding; --grounded / --no-grounded override it)
     word_ground: bool = False
     # Grounded answers keep only the names the readout read at least this sure; the LLM still reads every name above
-    # word_abstain (session 33: a strict abstain alone also cost the ungrounded answers, prompts and recipes, theirs)
+    # word_abstain (session 33: abstaining at 0.9 instead also took names from answers never grounded: prompts, recipes)
     word_ground_sure: float = 0.0
     # How a query's word and its projection reach the LLM: "sum" - one slot holds both; "pair" - two slots, the word's
     # then the projection's; "append" - all the projection's tokens, then all the words (the projection's tokens keep
